@@ -1,0 +1,133 @@
+//! The launcher: prepares a task's run folder and spawns `beat shim` for it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use super::adapter::LaunchCommand;
+use super::run_dir::{RunDir, RunSpec, process_start_time, write_atomically};
+use crate::model::TaskRecord;
+use crate::settings::Settings;
+
+/// Spawns shims. One per engine.
+pub struct Launcher {
+    pub runs_root: PathBuf,
+    /// The program and leading arguments that run the shim: `[beat, shim]`.
+    pub shim_command: Vec<OsString>,
+    /// The environment the daemon started with; agents get it plus their settings.
+    pub base_env: Vec<(OsString, OsString)>,
+}
+
+/// A shim that has been spawned by this process.
+pub struct Launched {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl Launcher {
+    pub fn run_dir(&self, task_id: &str) -> RunDir {
+        RunDir::new(&self.runs_root, task_id)
+    }
+
+    /// The agent's environment: the daemon's, less what the adapter removes, plus what
+    /// it sets, plus `BACKBEAT_WORKER` and `BACKBEAT_TASK_ID`.
+    pub fn agent_env(&self, task: &TaskRecord, cmd: &LaunchCommand) -> Vec<(OsString, OsString)> {
+        let removed = |name: &OsString| {
+            let name = name.to_string_lossy();
+            cmd.env_remove
+                .iter()
+                .any(|pat| match pat.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == pat.as_str(),
+                })
+        };
+        let mut env: Vec<(OsString, OsString)> = self
+            .base_env
+            .iter()
+            .filter(|(k, _)| !removed(k))
+            .cloned()
+            .collect();
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(name, _)| name != k);
+            env.push((k.into(), v.into()));
+        };
+        for (k, v) in &cmd.env_set {
+            set(k, v);
+        }
+        set("BACKBEAT_WORKER", "true");
+        set("BACKBEAT_TASK_ID", &task.id);
+        env
+    }
+
+    /// Writes the run folder and spawns the shim in a session of its own, so that
+    /// nothing that signals the daemon's process group reaches the agent.
+    pub fn launch(
+        &self,
+        task: &TaskRecord,
+        cmd: &LaunchCommand,
+        settings: &Settings,
+    ) -> std::io::Result<Launched> {
+        let run = self.run_dir(&task.id);
+        if run.path.exists() {
+            std::fs::remove_dir_all(&run.path)?;
+        }
+        std::fs::create_dir_all(&run.path)?;
+        if cmd.prompt_on_stdin {
+            std::fs::write(run.prompt(), &task.prompt)?;
+        }
+        let spec = RunSpec {
+            task_id: task.id.clone(),
+            argv: cmd.argv.clone(),
+            cwd: PathBuf::from(&task.working_directory),
+            prompt_on_stdin: cmd.prompt_on_stdin,
+            timeout_ms: task.timeout,
+            idle_timeout_ms: task.idle_timeout,
+            max_output_bytes: task.max_output_buffer,
+            kill_grace_ms: settings.kill_grace_period_ms,
+        };
+        let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
+        // Not fsynced: if the machine dies before the shim starts, recovery finds no
+        // shim.json and launches again.
+        write_atomically(&run.spec(), &bytes, false)?;
+        self.spawn_shim(&run.path, self.agent_env(task, cmd))
+    }
+
+    fn spawn_shim(
+        &self,
+        run_path: &Path,
+        env: Vec<(OsString, OsString)>,
+    ) -> std::io::Result<Launched> {
+        let log = std::fs::File::create(run_path.join("shim.log"))?;
+        let mut command = tokio::process::Command::new(&self.shim_command[0]);
+        command
+            .args(&self.shim_command[1..])
+            .arg(run_path)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the shim exited at once"))?;
+        let start_time = process_start_time(pid)
+            .ok_or_else(|| std::io::Error::other("the shim vanished right after it was spawned"))?;
+        Ok(Launched {
+            child,
+            pid,
+            start_time,
+        })
+    }
+}

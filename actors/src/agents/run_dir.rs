@@ -1,0 +1,214 @@
+//! The run folder: the contract between the daemon and `beat shim`.
+//!
+//! Owns: the layout of `$BACKBEAT_HOME/runs/<task-id>/` (`spec.json`, `prompt.txt`,
+//! `stdout.log`, `stderr.log`, `exit.json`), the types written there, and the
+//! process-identity check (PID plus start time) used to adopt a shim after a restart.
+//! Must never: hold a pipe to the agent. The daemon only reads files, so that its own
+//! death loses no output and no result.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const SPEC_FILE: &str = "spec.json";
+pub const PROMPT_FILE: &str = "prompt.txt";
+pub const STDOUT_FILE: &str = "stdout.log";
+pub const STDERR_FILE: &str = "stderr.log";
+pub const EXIT_FILE: &str = "exit.json";
+pub const SHIM_FILE: &str = "shim.json";
+
+/// Written by the shim before it starts the agent: who it is, so that a daemon that
+/// died between spawning it and journaling the start can still adopt it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimIdentity {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// The marker written once where output stops being kept.
+pub fn truncation_marker(limit: u64) -> String {
+    format!(
+        "\n[backbeat: output truncated at {limit} bytes (maxOutputBuffer); the rest was discarded]\n"
+    )
+}
+
+/// What the shim runs and under which limits. The agent's environment is the shim's
+/// own (set by the daemon when it spawns the shim), so secrets never touch the disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    pub task_id: String,
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    /// Feed `prompt.txt` on stdin and then end-of-file; otherwise stdin is `/dev/null`.
+    pub prompt_on_stdin: bool,
+    pub timeout_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_output_bytes: u64,
+    /// Time between TERM and KILL when the shim stops the agent's process group.
+    pub kill_grace_ms: u64,
+}
+
+/// Why the shim stopped the agent, when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "camelCase")]
+pub enum KillCause {
+    /// The daemon asked (SIGTERM to the shim): a user's cancel.
+    Cancel,
+    Timeout {
+        #[serde(rename = "afterMs")]
+        after_ms: u64,
+    },
+    Idle {
+        #[serde(rename = "afterMs")]
+        after_ms: u64,
+    },
+}
+
+/// The result of one run, written atomically by the shim (write, fsync, rename).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub killed_for: Option<KillCause>,
+    pub started_at: i64,
+    pub ended_at: i64,
+    /// Peak resident memory of the agent and its reaped descendants, in KiB.
+    pub max_rss_kb: u64,
+    /// Bytes of output the agent produced (kept or not).
+    pub output_bytes: u64,
+    pub truncated: bool,
+    /// The agent could not be executed at all.
+    pub spawn_error: Option<String>,
+}
+
+/// Paths inside one task's run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(runs_root: &Path, task_id: &str) -> RunDir {
+        RunDir {
+            path: runs_root.join(task_id),
+        }
+    }
+    pub fn spec(&self) -> PathBuf {
+        self.path.join(SPEC_FILE)
+    }
+    pub fn prompt(&self) -> PathBuf {
+        self.path.join(PROMPT_FILE)
+    }
+    pub fn stdout(&self) -> PathBuf {
+        self.path.join(STDOUT_FILE)
+    }
+    pub fn stderr(&self) -> PathBuf {
+        self.path.join(STDERR_FILE)
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.path.join(EXIT_FILE)
+    }
+    pub fn shim(&self) -> PathBuf {
+        self.path.join(SHIM_FILE)
+    }
+
+    pub fn read_shim(&self) -> Option<ShimIdentity> {
+        serde_json::from_slice(&std::fs::read(self.shim()).ok()?).ok()
+    }
+
+    /// The run's result, if the shim has written it.
+    pub fn read_exit(&self) -> std::io::Result<Option<ExitRecord>> {
+        match std::fs::read(self.exit()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn read_spec(&self) -> std::io::Result<RunSpec> {
+        let bytes = std::fs::read(self.spec())?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see either nothing or all of it.
+pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
+    }
+    std::fs::rename(&tmp, path)?;
+    if durable && let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/<pid>/stat`,
+/// field 22), or `None` when no such process exists. Together with the PID it names a
+/// process uniquely, where a PID alone may have been reused.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// State letter and start time of `pid` from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state); field 22 is index 19 here.
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
+}
+
+/// True when the process that was `pid` with `start_time` is still alive (a zombie has
+/// finished: it counts as gone).
+pub fn is_same_process_alive(pid: u32, start_time: u64) -> bool {
+    matches!(proc_stat(pid), Some((state, start)) if start == start_time && state != "Z" && state != "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_found_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let start = process_start_time(me).expect("own /proc entry");
+        assert!(is_same_process_alive(me, start));
+        assert!(!is_same_process_alive(me, start + 1));
+    }
+
+    #[test]
+    fn exit_record_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: dir.path().to_path_buf(),
+        };
+        assert_eq!(run.read_exit().unwrap(), None);
+        let rec = ExitRecord {
+            exit_code: None,
+            signal: Some(9),
+            killed_for: Some(KillCause::Timeout { after_ms: 5 }),
+            started_at: 1,
+            ended_at: 2,
+            max_rss_kb: 3,
+            output_bytes: 4,
+            truncated: true,
+            spawn_error: None,
+        };
+        write_atomically(&run.exit(), &serde_json::to_vec(&rec).unwrap(), true).unwrap();
+        assert_eq!(run.read_exit().unwrap(), Some(rec));
+    }
+}

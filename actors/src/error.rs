@@ -1,0 +1,39 @@
+//! The engine's errors. Each message says what to do about it.
+
+use crate::agents::AgentError;
+use crate::journal::JournalError;
+use crate::model::{InvalidTransition, TaskStatus};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("task {0} not found. List tasks with `beat list` (MCP: TaskStatus without taskId)")]
+    TaskNotFound(String),
+    #[error("task {id} cannot be cancelled: it is already {status}")]
+    CannotCancel { id: String, status: TaskStatus },
+    #[error(
+        "task {id} cannot be retried while it is {status}: wait for it to finish, or cancel it first"
+    )]
+    CannotRetry { id: String, status: TaskStatus },
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("reading the database failed: {0}. Check that {1} is readable")]
+    Store(String, String),
+    #[error("internal error: {0}. Please report it; the daemon log has details")]
+    Internal(String),
+}
+
+impl From<InvalidTransition> for EngineError {
+    fn from(e: InvalidTransition) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for EngineError {
+    fn from(e: actix::MailboxError) -> Self {
+        EngineError::Internal(format!("an engine actor did not answer ({e})"))
+    }
+}

@@ -1,0 +1,321 @@
+//! The `ResourceGovernor`: who may start an agent now.
+//!
+//! Owns: the queue of tasks waiting for a slot (by priority, first come first served
+//! within one), the set of granted slots, live CPU and memory measurements, and the
+//! learned memory footprint of each agent kind.
+//! Must never: sleep between starts. A start is granted the moment a slot is free and
+//! the measured headroom, less what agents still starting are expected to take, stays
+//! above the reserves (the original waited 10 s between spawns, spec W16).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::model::Priority;
+use crate::settings::SettingsSource;
+
+/// A task may start its agent now. The task answers with `Release` if it cannot use it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Grant {
+    pub task_id: String,
+}
+
+/// A task waits for a slot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enqueue {
+    pub task_id: String,
+    pub priority: Priority,
+    pub agent: String,
+    pub recipient: Recipient<Grant>,
+}
+
+/// A running agent found at recovery takes a slot without being granted one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Adopted {
+    pub task_id: String,
+    pub agent: String,
+}
+
+/// A waiting task no longer wants a slot (cancelled while queued).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Withdraw {
+    pub task_id: String,
+}
+
+/// A granted slot is free again; `max_rss_kb` teaches the governor the agent's size.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub task_id: String,
+    pub max_rss_kb: Option<u64>,
+}
+
+/// Counters for status and benchmarks.
+#[derive(Message)]
+#[rtype(result = "GovernorSnapshot")]
+pub struct Snapshot;
+
+#[derive(Debug, Clone, Default, MessageResponse)]
+pub struct GovernorSnapshot {
+    pub waiting: usize,
+    pub running: usize,
+    pub max_workers: usize,
+    pub granted_total: u64,
+    pub blocked_by_resources: Option<String>,
+}
+
+struct Waiter {
+    agent: String,
+    recipient: Recipient<Grant>,
+}
+
+struct Slot {
+    agent: String,
+    granted_at: Instant,
+}
+
+/// Memory an agent kind is assumed to take before one has been measured.
+const DEFAULT_FOOTPRINT: u64 = 64 << 20;
+/// An agent counts as "still starting" (its memory not yet visible) this long.
+const STARTING_WINDOW: Duration = Duration::from_secs(2);
+/// CPU an agent that is still starting is assumed to take, in cores.
+const STARTING_CPU: f64 = 0.25;
+/// When resources block a start, look again this soon.
+const RESOURCE_RECHECK: Duration = Duration::from_millis(250);
+
+pub struct ResourceGovernor {
+    settings: SettingsSource,
+    order: BinaryHeap<Reverse<(Priority, u64, String)>>,
+    waiting: HashMap<String, Waiter>,
+    running: HashMap<String, Slot>,
+    next_seq: u64,
+    granted_total: u64,
+    footprint: HashMap<String, u64>,
+    sys: sysinfo::System,
+    cores: f64,
+    sampled_at: Option<Instant>,
+    recheck_scheduled: bool,
+    blocked_by_resources: Option<String>,
+}
+
+impl ResourceGovernor {
+    pub fn new(settings: SettingsSource) -> ResourceGovernor {
+        ResourceGovernor {
+            settings,
+            order: BinaryHeap::new(),
+            waiting: HashMap::new(),
+            running: HashMap::new(),
+            next_seq: 0,
+            granted_total: 0,
+            footprint: HashMap::new(),
+            sys: sysinfo::System::new(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as f64,
+            sampled_at: None,
+            recheck_scheduled: false,
+            blocked_by_resources: None,
+        }
+    }
+
+    fn sample(&mut self) {
+        let fresh = self
+            .sampled_at
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
+        if !fresh {
+            self.sys.refresh_memory();
+            self.sys.refresh_cpu_usage();
+            self.sampled_at = Some(Instant::now());
+        }
+    }
+
+    fn available_memory(&self) -> u64 {
+        match self.sys.cgroup_limits() {
+            Some(c) if c.total_memory > 0 => c.free_memory.min(self.sys.available_memory()),
+            _ => self.sys.available_memory(),
+        }
+    }
+
+    /// Why `agent` may not start now, or `None` when it may.
+    fn lacks_headroom(
+        &mut self,
+        agent: &str,
+        memory_reserve: u64,
+        cpu_reserved: f64,
+    ) -> Option<String> {
+        if memory_reserve == 0 && cpu_reserved <= 0.0 {
+            return None;
+        }
+        self.sample();
+        let starting: Vec<&Slot> = self
+            .running
+            .values()
+            .filter(|s| s.granted_at.elapsed() < STARTING_WINDOW)
+            .collect();
+        let expected = |a: &str| *self.footprint.get(a).unwrap_or(&DEFAULT_FOOTPRINT);
+        if memory_reserve > 0 {
+            let pending: u64 = starting.iter().map(|s| expected(&s.agent)).sum();
+            let free = self.available_memory().saturating_sub(pending);
+            let need = memory_reserve + expected(agent);
+            if free < need {
+                return Some(format!(
+                    "memory: {} MiB available, {} MiB needed (memoryReserve plus the agent)",
+                    free >> 20,
+                    need >> 20
+                ));
+            }
+        }
+        if cpu_reserved > 0.0 {
+            let usage = f64::from(self.sys.global_cpu_usage()) / 100.0;
+            let idle = self.cores * (1.0 - usage) - starting.len() as f64 * STARTING_CPU;
+            if idle < cpu_reserved {
+                return Some(format!(
+                    "cpu: {idle:.2} cores idle, {cpu_reserved} reserved (cpuCoresReserved)"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Grants as many starts as slots and headroom allow, best first.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let settings = (self.settings)();
+        while self.running.len() < settings.max_workers {
+            let Some(Reverse((_, _, id))) = self.order.peek() else {
+                break;
+            };
+            let id = id.clone();
+            let Some(agent) = self.waiting.get(&id).map(|w| w.agent.clone()) else {
+                self.order.pop(); // withdrawn
+                continue;
+            };
+            if let Some(why) =
+                self.lacks_headroom(&agent, settings.memory_reserve, settings.cpu_cores_reserved)
+            {
+                if self.blocked_by_resources.as_deref() != Some(&why) {
+                    tracing::info!(task = %id, %why, "start deferred for lack of headroom");
+                }
+                self.blocked_by_resources = Some(why);
+                if !self.recheck_scheduled {
+                    self.recheck_scheduled = true;
+                    ctx.run_later(RESOURCE_RECHECK, |act, ctx| {
+                        act.recheck_scheduled = false;
+                        act.pump(ctx);
+                    });
+                }
+                return;
+            }
+            self.blocked_by_resources = None;
+            self.order.pop();
+            let Some(waiter) = self.waiting.remove(&id) else {
+                continue;
+            };
+            self.running.insert(
+                id.clone(),
+                Slot {
+                    agent: waiter.agent,
+                    granted_at: Instant::now(),
+                },
+            );
+            self.granted_total += 1;
+            waiter.recipient.do_send(Grant { task_id: id });
+        }
+    }
+}
+
+impl Actor for ResourceGovernor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // CPU usage is a difference of two readings: keep one recent.
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.sys.refresh_cpu_usage();
+        });
+    }
+}
+
+impl Handler<Enqueue> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        if self.running.contains_key(&msg.task_id) || self.waiting.contains_key(&msg.task_id) {
+            return; // already known: never grant one task twice
+        }
+        self.next_seq += 1;
+        self.order
+            .push(Reverse((msg.priority, self.next_seq, msg.task_id.clone())));
+        self.waiting.insert(
+            msg.task_id,
+            Waiter {
+                agent: msg.agent,
+                recipient: msg.recipient,
+            },
+        );
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Adopted> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Adopted, _ctx: &mut Context<Self>) {
+        // Adopted runs are not "starting": their memory is already measured.
+        let long_ago = Instant::now()
+            .checked_sub(STARTING_WINDOW)
+            .unwrap_or_else(Instant::now);
+        self.running.insert(
+            msg.task_id,
+            Slot {
+                agent: msg.agent,
+                granted_at: long_ago,
+            },
+        );
+    }
+}
+
+impl Handler<Withdraw> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Withdraw, ctx: &mut Context<Self>) {
+        self.waiting.remove(&msg.task_id);
+        if self.running.remove(&msg.task_id).is_some() {
+            self.pump(ctx);
+        }
+    }
+}
+
+impl Handler<Release> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
+        if let Some(slot) = self.running.remove(&msg.task_id)
+            && let Some(kb) = msg.max_rss_kb.filter(|&kb| kb > 0)
+        {
+            // Learn the agent's size: a moving average that follows recent runs.
+            let seen = kb * 1024;
+            let entry = self.footprint.entry(slot.agent).or_insert(seen);
+            *entry = (*entry * 3 + seen) / 4;
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Snapshot> for ResourceGovernor {
+    type Result = GovernorSnapshot;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Context<Self>) -> GovernorSnapshot {
+        GovernorSnapshot {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            max_workers: (self.settings)().max_workers,
+            granted_total: self.granted_total,
+            blocked_by_resources: self.blocked_by_resources.clone(),
+        }
+    }
+}

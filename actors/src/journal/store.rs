@@ -1,0 +1,169 @@
+//! Reads: read-only connections in a small pool, used off the actor threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::schema::open_read_connection;
+use crate::model::{Priority, TaskEvent, TaskRecord, TaskStatus};
+
+/// Read access to the journal's state tables.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// A row of `events`.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub entity_id: String,
+    pub event: TaskEvent,
+}
+
+/// Filter of a task listing, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub limit: Option<usize>,
+}
+
+const TASK_COLUMNS: &str = "id, prompt, status, priority, agent, working_directory, timeout,
+    idle_timeout, max_output_buffer, parent_task_id, retry_count, retry_of, created_at,
+    started_at, completed_at, not_before, exit_code, signal, reason, shim_pid,
+    shim_start_time, cancel_reason, output_bytes, output_truncated";
+
+fn conversion_error(column: usize, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
+}
+
+fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let status: String = row.get(2)?;
+    let priority: String = row.get(3)?;
+    Ok(TaskRecord {
+        id: row.get(0)?,
+        prompt: row.get(1)?,
+        status: TaskStatus::parse(&status)
+            .ok_or_else(|| conversion_error(2, format!("unknown status {status}")))?,
+        priority: Priority::parse(&priority)
+            .ok_or_else(|| conversion_error(3, format!("unknown priority {priority}")))?,
+        agent: row.get(4)?,
+        working_directory: row.get(5)?,
+        timeout: row.get::<_, i64>(6)? as u64,
+        idle_timeout: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        max_output_buffer: row.get::<_, i64>(8)? as u64,
+        parent_task_id: row.get(9)?,
+        retry_count: row.get(10)?,
+        retry_of: row.get(11)?,
+        created_at: row.get(12)?,
+        started_at: row.get(13)?,
+        completed_at: row.get(14)?,
+        not_before: row.get(15)?,
+        exit_code: row.get(16)?,
+        signal: row.get(17)?,
+        reason: row.get(18)?,
+        shim_pid: row.get(19)?,
+        shim_start_time: row.get::<_, Option<i64>>(20)?.map(|v| v as u64),
+        cancel_reason: row.get(21)?,
+        output_bytes: row.get::<_, Option<i64>>(22)?.map(|v| v as u64),
+        output_truncated: row.get(23)?,
+    })
+}
+
+impl Store {
+    pub fn new(path: &Path) -> Store {
+        Store {
+            path: path.to_path_buf(),
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Runs `f` on a pooled read connection. Blocking: call it off actor threads.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_read_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() < 8
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    pub fn task(&self, id: &str) -> rusqlite::Result<Option<TaskRecord>> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+                .query_row(params![id], task_from_row)
+                .optional()
+        })
+    }
+
+    pub fn tasks(&self, query: &TaskQuery) -> rusqlite::Result<Vec<TaskRecord>> {
+        let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
+        self.with(|c| match query.status {
+            Some(status) => c
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE status = ?1
+                     ORDER BY created_at DESC, id DESC LIMIT ?2"
+                ))?
+                .query_map(params![status.as_str(), limit], task_from_row)?
+                .collect(),
+            None => c
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1"
+                ))?
+                .query_map(params![limit], task_from_row)?
+                .collect(),
+        })
+    }
+
+    /// Tasks that are not finished, oldest first: what recovery brings back to life.
+    pub fn live_tasks(&self) -> rusqlite::Result<Vec<TaskRecord>> {
+        self.with(|c| {
+            c.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks
+                 WHERE status IN ('blocked', 'queued', 'running')
+                 ORDER BY created_at ASC, rowid ASC"
+            ))?
+            .query_map([], task_from_row)?
+            .collect()
+        })
+    }
+
+    /// Every event in commit order (for replay checks and audits).
+    pub fn events(&self) -> rusqlite::Result<Vec<StoredEvent>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, entity_id, payload FROM events WHERE entity_kind = 'task' ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let payload: String = row.get(2)?;
+                let event = serde_json::from_str(&payload)
+                    .map_err(|e| conversion_error(2, e.to_string()))?;
+                Ok(StoredEvent { seq: row.get(0)?, entity_id: row.get(1)?, event })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// How many times each task was started: a task that ran twice shows 2.
+    pub fn start_counts(&self) -> rusqlite::Result<Vec<(String, i64)>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT entity_id, COUNT(*) FROM events WHERE transition = 'started'
+                 GROUP BY entity_id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+    }
+}

@@ -1,0 +1,20 @@
+//! Backbeat's engine.
+//!
+//! Pure state machines at the core (`model`), the journal that makes every transition
+//! durable before it is acknowledged (`journal`), and thin actix actors around them:
+//! `Engine` (routing, recovery), `TaskActor` (one live task), `ResourceGovernor`
+//! (admission), `AgentProcess` (one agent run, through its shim), `Journal` (group
+//! commit). See `docs/ARCHITECTURE.md` for the map and the invariants.
+
+pub mod agents;
+pub mod engine;
+pub mod error;
+pub mod governor;
+pub mod journal;
+pub mod model;
+pub mod settings;
+pub mod task;
+
+pub use engine::{Cancel, Engine, EngineConfig, EngineHandle, NewTask, Recover, Retry, Submit};
+pub use error::EngineError;
+pub use model::{Priority, TaskRecord, TaskStatus};

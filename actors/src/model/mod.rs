@@ -1,0 +1,24 @@
+//! Entities and their pure state machines.
+//!
+//! Owns: the data types of every entity the engine journals, and the transition
+//! functions `apply(state, event) -> Result<state, InvalidTransition>`.
+//! Must never: touch the database, the clock, processes or actors. Everything here is
+//! deterministic so that the journal can be replayed and property-tested.
+
+pub mod task;
+
+pub use task::{
+    ExitOutcome, InvalidTransition, Priority, TaskEvent, TaskRecord, TaskStatus, apply,
+    outcome_of_exit,
+};
+
+/// Milliseconds since the Unix epoch: the one time unit the journal stores.
+pub type Millis = i64;
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

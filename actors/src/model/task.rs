@@ -1,0 +1,525 @@
+//! The task entity and its state machine.
+//!
+//! A task moves `queued -> running -> completed | failed | cancelled`; `queued` may also
+//! end in `cancelled` (the user) or `failed` (the agent could not be started). `blocked`
+//! is reserved for tasks waiting on dependencies. Every terminal state carries a reason a
+//! person can read. Transitions are pure: the journal stores each event beside the
+//! record it produced, and folding the events must give the stored records back.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use crate::agents::run_dir::{ExitRecord, KillCause};
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Blocked,
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Blocked,
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Blocked => "blocked",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// P0 is the most urgent; P2 is the default. Ordered so that `P0 < P1 < P2`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub enum Priority {
+    P0,
+    P1,
+    #[default]
+    P2,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P0 => "P0",
+            Priority::P1 => "P1",
+            Priority::P2 => "P2",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text {
+            "P0" => Some(Priority::P0),
+            "P1" => Some(Priority::P1),
+            "P2" => Some(Priority::P2),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the engine knows about one task. The `tasks` table holds exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub id: String,
+    pub prompt: String,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub agent: String,
+    pub working_directory: String,
+    /// Wall-clock limit of one run, in milliseconds.
+    pub timeout: u64,
+    /// Kill the agent after this long without output, in milliseconds.
+    pub idle_timeout: Option<u64>,
+    /// Bytes of agent output kept; more is discarded behind a visible marker.
+    pub max_output_buffer: u64,
+    pub parent_task_id: Option<String>,
+    pub retry_count: Option<u32>,
+    pub retry_of: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    /// The task may not start before this time (rate-limit resets, pipeline delays).
+    pub not_before: Option<Millis>,
+    /// The agent's exit code; `None` when it died by a signal or never ran.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the agent, as a name such as `SIGKILL`.
+    pub signal: Option<String>,
+    /// Why the task is where it is, for people.
+    pub reason: Option<String>,
+    /// The shim that parents the agent: its PID and its start time in clock ticks since
+    /// boot (from `/proc`), so that a reused PID is never mistaken for it.
+    pub shim_pid: Option<u32>,
+    pub shim_start_time: Option<u64>,
+    /// Set when a cancel was asked for while the agent ran: the user's reason.
+    pub cancel_reason: Option<String>,
+    pub output_bytes: Option<u64>,
+    pub output_truncated: bool,
+}
+
+/// One transition of a task, as journaled. Each variant names what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum TaskEvent {
+    /// A new task, in its first state (queued or blocked).
+    Submitted { task: Box<TaskRecord> },
+    /// The shim was spawned for the task's agent.
+    Started {
+        at: Millis,
+        shim_pid: u32,
+        shim_start_time: u64,
+    },
+    /// The user asked to cancel a running task; the shim is stopping the agent.
+    CancelRequested { reason: String },
+    /// The agent's run ended and its result was read from `exit.json`.
+    Finished { at: Millis, outcome: ExitOutcome },
+    /// The shim vanished without leaving a result.
+    Lost { at: Millis, reason: String },
+    /// A queued or blocked task was cancelled before it ran.
+    Cancelled { at: Millis, reason: String },
+    /// The agent could not be started at all (missing CLI, bad working directory).
+    StartFailed { at: Millis, reason: String },
+    /// A running task whose agent was never launched goes back to the queue
+    /// (a crash between being granted a slot and spawning the shim).
+    Requeued { reason: String },
+}
+
+impl TaskEvent {
+    /// The transition's name in the `events` table.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskEvent::Submitted { .. } => "submitted",
+            TaskEvent::Started { .. } => "started",
+            TaskEvent::CancelRequested { .. } => "cancel_requested",
+            TaskEvent::Finished { .. } => "finished",
+            TaskEvent::Lost { .. } => "lost",
+            TaskEvent::Cancelled { .. } => "cancelled",
+            TaskEvent::StartFailed { .. } => "start_failed",
+            TaskEvent::Requeued { .. } => "requeued",
+        }
+    }
+}
+
+/// The terminal result of one run, derived from the shim's `exit.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitOutcome {
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub reason: String,
+    pub output_bytes: u64,
+    pub output_truncated: bool,
+}
+
+/// A transition that the current state does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {task_id}: cannot apply '{event}' in state {from}")]
+pub struct InvalidTransition {
+    pub task_id: String,
+    pub event: &'static str,
+    pub from: String,
+}
+
+fn invalid(prev: Option<&TaskRecord>, event: &TaskEvent) -> InvalidTransition {
+    InvalidTransition {
+        task_id: prev.map(|t| t.id.clone()).unwrap_or_default(),
+        event: event.name(),
+        from: prev
+            .map(|t| t.status.as_str().to_string())
+            .unwrap_or_else(|| "(none)".to_string()),
+    }
+}
+
+/// The state machine: the record that `event` makes of `prev`.
+pub fn apply(
+    prev: Option<&TaskRecord>,
+    event: &TaskEvent,
+) -> Result<TaskRecord, InvalidTransition> {
+    use TaskStatus::*;
+    let Some(prev) = prev else {
+        return match event {
+            TaskEvent::Submitted { task } if matches!(task.status, Queued | Blocked) => {
+                Ok((**task).clone())
+            }
+            _ => Err(invalid(None, event)),
+        };
+    };
+    let mut next = prev.clone();
+    match (prev.status, event) {
+        (
+            Queued,
+            TaskEvent::Started {
+                at,
+                shim_pid,
+                shim_start_time,
+            },
+        ) => {
+            next.status = Running;
+            next.started_at = Some(*at);
+            next.shim_pid = Some(*shim_pid);
+            next.shim_start_time = Some(*shim_start_time);
+            next.reason = None;
+        }
+        (Running, TaskEvent::CancelRequested { reason }) => {
+            next.cancel_reason = Some(reason.clone());
+        }
+        (Running, TaskEvent::Finished { at, outcome }) if outcome.status.is_terminal() => {
+            next.status = outcome.status;
+            next.completed_at = Some(*at);
+            next.exit_code = outcome.exit_code;
+            next.signal = outcome.signal.clone();
+            next.reason = Some(outcome.reason.clone());
+            next.output_bytes = Some(outcome.output_bytes);
+            next.output_truncated = outcome.output_truncated;
+        }
+        (Running, TaskEvent::Lost { at, reason }) => {
+            next.status = Failed;
+            next.completed_at = Some(*at);
+            next.reason = Some(reason.clone());
+        }
+        (Running, TaskEvent::Requeued { reason }) => {
+            next.status = Queued;
+            next.started_at = None;
+            next.shim_pid = None;
+            next.shim_start_time = None;
+            next.reason = Some(reason.clone());
+        }
+        (Queued | Blocked, TaskEvent::Cancelled { at, reason }) => {
+            next.status = Cancelled;
+            next.completed_at = Some(*at);
+            next.reason = Some(reason.clone());
+        }
+        (Queued, TaskEvent::StartFailed { at, reason }) => {
+            next.status = Failed;
+            next.completed_at = Some(*at);
+            next.reason = Some(reason.clone());
+        }
+        _ => return Err(invalid(Some(prev), event)),
+    }
+    Ok(next)
+}
+
+/// Turns what the shim recorded into the task's terminal state and a sentence for people.
+/// A signal is a failure, never a success (the original counted it as success, spec W6).
+pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOutcome {
+    let (status, reason) = if let Some(error) = &exit.spawn_error {
+        (
+            TaskStatus::Failed,
+            format!("the agent could not be started: {error}"),
+        )
+    } else {
+        match &exit.killed_for {
+            Some(KillCause::Cancel) => (
+                TaskStatus::Cancelled,
+                match cancel_reason {
+                    Some(r) if !r.is_empty() => format!("cancelled by the user: {r}"),
+                    _ => "cancelled by the user".to_string(),
+                },
+            ),
+            Some(KillCause::Timeout { after_ms }) => (
+                TaskStatus::Failed,
+                format!("timed out after {}", human_duration(*after_ms)),
+            ),
+            Some(KillCause::Idle { after_ms }) => (
+                TaskStatus::Failed,
+                format!("no output for {}", human_duration(*after_ms)),
+            ),
+            None => match (exit.exit_code, exit.signal) {
+                (Some(0), _) => (TaskStatus::Completed, "exited with code 0".to_string()),
+                (Some(code), _) => (TaskStatus::Failed, format!("exited with code {code}")),
+                (None, Some(sig)) => (
+                    TaskStatus::Failed,
+                    format!("killed by signal {}", signal_name(sig)),
+                ),
+                (None, None) => (
+                    TaskStatus::Failed,
+                    "ended without an exit status".to_string(),
+                ),
+            },
+        }
+    };
+    ExitOutcome {
+        status,
+        exit_code: exit.exit_code,
+        signal: exit.signal.map(signal_name),
+        reason,
+        output_bytes: exit.output_bytes,
+        output_truncated: exit.truncated,
+    }
+}
+
+/// `SIGKILL` for 9, and so on; `SIG<n>` for numbers this table does not know.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("SIG{signal}"),
+    };
+    name.to_string()
+}
+
+/// `90 s`, `1500 ms`, `2 min`: durations as people write them.
+pub fn human_duration(ms: u64) -> String {
+    if ms % 60_000 == 0 && ms >= 60_000 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn record_with_prompt(prompt: &str) -> TaskRecord {
+        TaskRecord {
+            prompt: prompt.to_string(),
+            ..queued("task-test")
+        }
+    }
+
+    pub fn queued(id: &str) -> TaskRecord {
+        TaskRecord {
+            id: id.to_string(),
+            prompt: "p".into(),
+            status: TaskStatus::Queued,
+            priority: Priority::P2,
+            agent: "shell".into(),
+            working_directory: "/".into(),
+            timeout: 1000,
+            idle_timeout: None,
+            max_output_buffer: 1024,
+            parent_task_id: None,
+            retry_count: None,
+            retry_of: None,
+            created_at: 1,
+            started_at: None,
+            completed_at: None,
+            not_before: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            shim_pid: None,
+            shim_start_time: None,
+            cancel_reason: None,
+            output_bytes: None,
+            output_truncated: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::queued;
+    use super::*;
+
+    fn exit(code: Option<i32>, signal: Option<i32>, killed_for: Option<KillCause>) -> ExitRecord {
+        ExitRecord {
+            exit_code: code,
+            signal,
+            killed_for,
+            started_at: 0,
+            ended_at: 0,
+            max_rss_kb: 0,
+            output_bytes: 0,
+            truncated: false,
+            spawn_error: None,
+        }
+    }
+
+    #[test]
+    fn a_signal_is_a_failure_with_its_name() {
+        let o = outcome_of_exit(&exit(None, Some(9), None), None);
+        assert_eq!(o.status, TaskStatus::Failed);
+        assert_eq!(o.signal.as_deref(), Some("SIGKILL"));
+        assert_eq!(o.reason, "killed by signal SIGKILL");
+        assert_eq!(o.exit_code, None);
+    }
+
+    #[test]
+    fn exit_codes_decide_success() {
+        assert_eq!(
+            outcome_of_exit(&exit(Some(0), None, None), None).status,
+            TaskStatus::Completed
+        );
+        let o = outcome_of_exit(&exit(Some(3), None, None), None);
+        assert_eq!(
+            (o.status, o.reason.as_str()),
+            (TaskStatus::Failed, "exited with code 3")
+        );
+    }
+
+    #[test]
+    fn kills_say_why() {
+        let c = outcome_of_exit(
+            &exit(None, Some(15), Some(KillCause::Cancel)),
+            Some("wrong repo"),
+        );
+        assert_eq!(c.status, TaskStatus::Cancelled);
+        assert_eq!(c.reason, "cancelled by the user: wrong repo");
+        let t = outcome_of_exit(
+            &exit(None, Some(15), Some(KillCause::Timeout { after_ms: 2000 })),
+            None,
+        );
+        assert_eq!(
+            (t.status, t.reason.as_str()),
+            (TaskStatus::Failed, "timed out after 2 s")
+        );
+        let i = outcome_of_exit(
+            &exit(None, Some(9), Some(KillCause::Idle { after_ms: 90_000 })),
+            None,
+        );
+        assert_eq!(i.reason, "no output for 90 s");
+    }
+
+    #[test]
+    fn terminal_states_accept_nothing() {
+        let t = queued("task-a");
+        let done = apply(
+            Some(&t),
+            &TaskEvent::Cancelled {
+                at: 2,
+                reason: "x".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(done.status, TaskStatus::Cancelled);
+        for ev in [
+            TaskEvent::Started {
+                at: 3,
+                shim_pid: 1,
+                shim_start_time: 1,
+            },
+            TaskEvent::Cancelled {
+                at: 3,
+                reason: "again".into(),
+            },
+            TaskEvent::Lost {
+                at: 3,
+                reason: "x".into(),
+            },
+        ] {
+            assert!(apply(Some(&done), &ev).is_err(), "{ev:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn a_running_task_cannot_be_cancelled_directly() {
+        let t = queued("task-a");
+        let r = apply(
+            Some(&t),
+            &TaskEvent::Started {
+                at: 2,
+                shim_pid: 10,
+                shim_start_time: 5,
+            },
+        )
+        .unwrap();
+        assert!(
+            apply(
+                Some(&r),
+                &TaskEvent::Cancelled {
+                    at: 3,
+                    reason: "x".into()
+                }
+            )
+            .is_err()
+        );
+        let asked = apply(Some(&r), &TaskEvent::CancelRequested { reason: "x".into() }).unwrap();
+        assert_eq!(asked.status, TaskStatus::Running);
+        assert_eq!(asked.cancel_reason.as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,164 @@
+//! The `beat` command line: parsing, dispatch, exit codes, and shared output helpers.
+//!
+//! Data goes to stdout (`Task ID: ...`, `--json`, logs); messages for people to stderr.
+//! Exit codes: 0 success; a foreground run or `beat wait` whose task failed with agent
+//! exit code N exits N, any other failure or a cancel 1; usage errors 2; Ctrl-C 130.
+
+mod config;
+mod daemon;
+mod mcp;
+mod run;
+mod tasks;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::error::CliError;
+use crate::paths::Home;
+
+#[derive(Parser)]
+#[command(
+    name = "beat",
+    version,
+    about = "Run AI coding agents as durable background workers",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Delegate a task to an agent (detached; -f to follow it)
+    Run(run::RunArgs),
+    /// List tasks, newest first
+    #[command(alias = "ls")]
+    List(tasks::ListArgs),
+    /// Show one task, or list tasks
+    Status(tasks::StatusArgs),
+    /// Print a task's output
+    Logs(tasks::LogsArgs),
+    /// Cancel a queued or running task
+    Cancel(tasks::CancelArgs),
+    /// Run a finished task again as a new task
+    Retry(tasks::RetryArgs),
+    /// Wait until a task finishes; exits like `beat run -f`
+    Wait(tasks::WaitArgs),
+    /// Show or change the configuration
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Start, stop or inspect the daemon
+    #[command(subcommand)]
+    Daemon(daemon::DaemonCommand),
+    /// The MCP server for MCP clients
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
+    /// Internal: parent of one agent process
+    #[command(hide = true)]
+    Shim { run_dir: PathBuf },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let home = Home::from_env();
+    let result = match cli.command {
+        Command::Shim { run_dir } => return crate::shim::run(&run_dir),
+        Command::Daemon(cmd) => daemon::run(cmd, &home),
+        Command::Config(cmd) => config::run(cmd, &home),
+        Command::Mcp(cmd) => mcp::run(cmd, &home),
+        Command::Run(args) => block_on(run::run(args, &home)),
+        Command::List(args) => block_on(tasks::list(args, &home)),
+        Command::Status(args) => block_on(tasks::status(args, &home)),
+        Command::Logs(args) => block_on(tasks::logs(args, &home)),
+        Command::Cancel(args) => block_on(tasks::cancel(args, &home)),
+        Command::Retry(args) => block_on(tasks::retry(args, &home)),
+        Command::Wait(args) => block_on(tasks::wait(args, &home)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("beat: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+pub fn block_on<F: std::future::Future<Output = Result<i32, CliError>>>(
+    f: F,
+) -> Result<i32, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Prints one JSON document on stdout.
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Milliseconds since the epoch as an ISO-8601 UTC string.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A task record for `--json`: camelCase keys, ISO-8601 times.
+pub fn record_for_cli(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(map) = &mut v {
+        for key in ["createdAt", "startedAt", "completedAt", "notBefore"] {
+            if let Some(ms) = map.get(key).and_then(Value::as_i64) {
+                map.insert(key.into(), Value::from(iso(ms)));
+            }
+        }
+    }
+    v
+}
+
+/// `1500`, `1500ms`, `30s`, `5m`, `2h` as milliseconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "ms"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: use e.g. 1500, 30s, 5m or 2h"))?;
+    let factor = match unit {
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return Err(format!("'{text}' has an unknown unit: use ms, s, m or h")),
+    };
+    Ok((n * factor).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("1500").unwrap(), 1500);
+        assert_eq!(parse_duration("30s").unwrap(), 30_000);
+        assert_eq!(parse_duration("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration("1.5s").unwrap(), 1_500);
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

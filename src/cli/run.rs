@@ -1,0 +1,129 @@
+//! `beat run`: delegate a task; detached by default, or followed with `-f`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::{parse_duration, print_json};
+use crate::error::CliError;
+use crate::mcp::client::DaemonClient;
+use crate::paths::{Home, absolute};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The prompt (words are joined with spaces)
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = false)]
+    prompt: Vec<String>,
+    /// Agent to run (default: configuration `defaultAgent`)
+    #[arg(short, long)]
+    agent: Option<String>,
+    /// P0 (critical), P1 (high), P2 (normal)
+    #[arg(short, long, value_parser = ["P0", "P1", "P2"])]
+    priority: Option<String>,
+    /// Directory the agent works in (default: the current directory)
+    #[arg(short, long = "working-directory")]
+    working_directory: Option<PathBuf>,
+    /// Wall-clock limit: ms, or 30s, 5m, 2h
+    #[arg(short, long, value_parser = parse_duration)]
+    timeout: Option<u64>,
+    /// Stop the agent after this long without output: ms, or 30s, 5m
+    #[arg(long = "idle-timeout", value_parser = parse_duration)]
+    idle_timeout: Option<u64>,
+    /// Bytes of output kept
+    #[arg(short = 'b', long = "max-output-buffer", visible_alias = "buffer")]
+    max_output_buffer: Option<u64>,
+    /// Stream the agent's output and exit with the task's result
+    #[arg(short, long)]
+    foreground: bool,
+    /// Print {"taskId": ...} as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
+    let cwd = std::env::current_dir()?;
+    let mut request = json!({
+        "prompt": args.prompt.join(" "),
+        "workingDirectory": absolute(&args.working_directory.unwrap_or_else(|| cwd.clone()), &cwd).display().to_string(),
+    });
+    let fields = [
+        ("agent", args.agent.map(Value::from)),
+        ("priority", args.priority.map(Value::from)),
+        ("timeout", args.timeout.map(Value::from)),
+        ("idleTimeout", args.idle_timeout.map(Value::from)),
+        ("maxOutputBuffer", args.max_output_buffer.map(Value::from)),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            request[key] = v;
+        }
+    }
+    let client = DaemonClient::connect(home).await?;
+    let reply = client.call("DelegateTask", request).await?;
+    let id = reply["taskId"].as_str().unwrap_or_default().to_string();
+    if !args.foreground {
+        if args.json {
+            print_json(&json!({ "taskId": id }));
+        } else {
+            println!("Task ID: {id}");
+            eprintln!("Follow it with `beat logs {id} -f`; see it with `beat status {id}`.");
+        }
+        client.close().await;
+        return Ok(0);
+    }
+    eprintln!("Task ID: {id}");
+    let code = follow(&client, home, &id, true).await?;
+    if args.json {
+        let v = client.call("TaskStatus", json!({ "taskId": id })).await?;
+        print_json(&super::record_for_cli(&v["task"]));
+    }
+    client.close().await;
+    Ok(code)
+}
+
+/// Streams a task's output files until it is finished; Ctrl-C cancels it when
+/// `cancel_on_interrupt`. Returns the exit code that the task's end calls for.
+pub async fn follow(
+    client: &DaemonClient,
+    home: &Home,
+    id: &str,
+    cancel_on_interrupt: bool,
+) -> Result<i32, CliError> {
+    let run = home.run_dir(id);
+    let mut out = super::tasks::Follower::new(run.join("stdout.log"), false);
+    let mut err = super::tasks::Follower::new(run.join("stderr.log"), true);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let wait = client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 }));
+    tokio::pin!(wait);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        tokio::select! {
+            done = &mut wait => {
+                out.drain();
+                err.drain();
+                let v = done?;
+                if v["finished"] != Value::Bool(true) {
+                    // An hour passed: wait again.
+                    wait.set(client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 })));
+                    continue;
+                }
+                let record = crate::mcp::client::record_of(&v["task"])?;
+                return Ok(super::tasks::exit_code_of(&record));
+            }
+            _ = &mut interrupt, if cancel_on_interrupt => {
+                eprintln!("\nbeat: interrupted; cancelling {id}");
+                let _ = client.call("CancelTask", json!({ "taskId": id, "reason": "interrupted (Ctrl-C)" })).await;
+                out.drain();
+                err.drain();
+                return Ok(130);
+            }
+            _ = tick.tick() => {
+                out.drain();
+                err.drain();
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The configuration: `config.json` in `BACKBEAT_HOME`, the environment, the defaults.
+//!
+//! Owns: reading and writing `config.json` (0600, unknown keys kept), the environment
+//! variables of the original (`TASK_TIMEOUT`, `MAX_OUTPUT_BUFFER`, ...), their
+//! precedence (environment over file over defaults) and validation.
+//! Must never: let one bad value reset the others (the original did, spec W22): a bad
+//! value is reported and that one key falls back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use backbeat_actors::settings::{AgentSettings, Settings, SettingsSource};
+use serde_json::{Map, Value};
+
+/// One setting that `beat config` can show and set.
+pub struct Key {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// An integer in a range.
+    Int(u64, u64),
+    Float(f64, f64),
+    Text,
+    Level,
+}
+
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "timeout",
+        env: "TASK_TIMEOUT",
+        kind: Kind::Int(1_000, 86_400_000),
+        help: "default task timeout, ms",
+    },
+    Key {
+        name: "maxOutputBuffer",
+        env: "MAX_OUTPUT_BUFFER",
+        kind: Kind::Int(1_024, 1 << 30),
+        help: "default output kept per task, bytes",
+    },
+    Key {
+        name: "idleTimeout",
+        env: "TASK_IDLE_TIMEOUT",
+        kind: Kind::Int(1_000, 86_400_000),
+        help: "default idle timeout (no output), ms; unset disables",
+    },
+    Key {
+        name: "maxWorkers",
+        env: "MAX_WORKERS",
+        kind: Kind::Int(1, 1_000),
+        help: "most agents running at once",
+    },
+    Key {
+        name: "cpuCoresReserved",
+        env: "CPU_CORES_RESERVED",
+        kind: Kind::Float(0.0, 1024.0),
+        help: "cores that must stay idle for a new agent to start (0 disables)",
+    },
+    Key {
+        name: "memoryReserve",
+        env: "MEMORY_RESERVE",
+        kind: Kind::Int(0, 1 << 40),
+        help: "bytes of memory that must stay available",
+    },
+    Key {
+        name: "killGracePeriodMs",
+        env: "PROCESS_KILL_GRACE_PERIOD_MS",
+        kind: Kind::Int(0, 60_000),
+        help: "time between TERM and KILL, ms",
+    },
+    Key {
+        name: "defaultAgent",
+        env: "BACKBEAT_DEFAULT_AGENT",
+        kind: Kind::Text,
+        help: "agent used when a task names none",
+    },
+    Key {
+        name: "logLevel",
+        env: "LOG_LEVEL",
+        kind: Kind::Level,
+        help: "debug, info, warn or error",
+    },
+];
+
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Parses and checks a value for `key`; the error says what is allowed.
+pub fn parse_value(key: &Key, text: &str) -> Result<Value, String> {
+    match key.kind {
+        Kind::Int(min, max) => match text.trim().parse::<u64>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(Value::from(v)),
+            _ => Err(format!(
+                "{} must be a whole number from {min} to {max}",
+                key.name
+            )),
+        },
+        Kind::Float(min, max) => match text.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(Value::from(v)),
+            _ => Err(format!("{} must be a number from {min} to {max}", key.name)),
+        },
+        Kind::Text if !text.trim().is_empty() => Ok(Value::from(text.trim())),
+        Kind::Text => Err(format!("{} must not be empty", key.name)),
+        Kind::Level => match text.trim() {
+            l @ ("debug" | "info" | "warn" | "error") => Ok(Value::from(l)),
+            _ => Err(format!(
+                "{} must be one of debug, info, warn, error",
+                key.name
+            )),
+        },
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Where a resolved value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Environment,
+    File,
+    Default,
+}
+
+/// The file's contents (an empty object when there is none).
+pub fn read_file(path: &Path) -> Result<Map<String, Value>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(format!("{} is not a JSON object", path.display())),
+            Err(e) => Err(format!("{} is not valid JSON: {e}", path.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes the file atomically with mode 0600.
+pub fn write_file(path: &Path, map: &Map<String, Value>) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let text =
+        serde_json::to_string_pretty(&Value::Object(map.clone())).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// A resolved value and where it came from; `None` when unset everywhere.
+pub fn resolve(
+    key: &Key,
+    file: &Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> (Option<Value>, Source) {
+    if let Ok(text) = std::env::var(key.env)
+        && !text.is_empty()
+    {
+        match parse_value(key, &text) {
+            Ok(v) => return (Some(v), Source::Environment),
+            Err(e) => warnings.push(format!("ignoring {}={text}: {e}", key.env)),
+        }
+    }
+    if let Some(v) = file.get(key.name).filter(|v| !v.is_null()) {
+        match parse_value(key, &value_text(v)) {
+            Ok(v) => return (Some(v), Source::File),
+            Err(e) => warnings.push(format!("ignoring {} in config.json: {e}", key.name)),
+        }
+    }
+    (None, Source::Default)
+}
+
+/// Environment over file over defaults, for the engine.
+pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
+    let file = read_file(path).unwrap_or_else(|e| {
+        warnings.push(e);
+        Map::new()
+    });
+    let mut s = Settings::default();
+    let get = |name: &str, warnings: &mut Vec<String>| {
+        resolve(key(name).expect("known key"), &file, warnings).0
+    };
+    if let Some(v) = get("timeout", warnings).and_then(|v| v.as_u64()) {
+        s.timeout = v;
+    }
+    if let Some(v) = get("maxOutputBuffer", warnings).and_then(|v| v.as_u64()) {
+        s.max_output_buffer = v;
+    }
+    s.idle_timeout = get("idleTimeout", warnings).and_then(|v| v.as_u64());
+    if let Some(v) = get("maxWorkers", warnings).and_then(|v| v.as_u64()) {
+        s.max_workers = v as usize;
+    }
+    if let Some(v) = get("cpuCoresReserved", warnings).and_then(|v| v.as_f64()) {
+        s.cpu_cores_reserved = v;
+    }
+    if let Some(v) = get("memoryReserve", warnings).and_then(|v| v.as_u64()) {
+        s.memory_reserve = v;
+    }
+    if let Some(v) = get("killGracePeriodMs", warnings).and_then(|v| v.as_u64()) {
+        s.kill_grace_period_ms = v;
+    }
+    s.default_agent = get("defaultAgent", warnings).and_then(|v| v.as_str().map(String::from));
+    if let Some(Value::Object(agents)) = file.get("agents") {
+        let mut map = BTreeMap::new();
+        for (name, value) in agents {
+            match serde_json::from_value::<AgentSettings>(value.clone()) {
+                Ok(a) => {
+                    map.insert(name.clone(), a);
+                }
+                Err(e) => warnings.push(format!("ignoring agents.{name} in config.json: {e}")),
+            }
+        }
+        s.agents = map;
+    }
+    s
+}
+
+/// Re-reads `config.json` when it changes, so `beat config set` applies to new work
+/// without a restart. The environment is the daemon's, read when it started.
+pub fn settings_source(path: PathBuf) -> SettingsSource {
+    struct Cached {
+        mtime: Option<SystemTime>,
+        settings: Arc<Settings>,
+    }
+    let mtime_of = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let load = |p: &Path| {
+        let mut warnings = Vec::new();
+        let s = load_settings(p, &mut warnings);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Arc::new(s)
+    };
+    let cache = Mutex::new(Cached {
+        mtime: mtime_of(&path),
+        settings: load(&path),
+    });
+    Arc::new(move || {
+        let Ok(mut c) = cache.lock() else {
+            return Arc::new(Settings::default());
+        };
+        let now = mtime_of(&path);
+        if now != c.mtime {
+            c.mtime = now;
+            c.settings = load(&path);
+        }
+        c.settings.clone()
+    })
+}

@@ -1,0 +1,254 @@
+//! The daemon process: one per `BACKBEAT_HOME`.
+//!
+//! Owns: the exclusive lock (`daemon.lock`, which also holds the PID), the Unix socket
+//! (0600, in a 0700 home), the log file, the actix system that hosts the engine, the
+//! accept loop that serves MCP to every client, start on demand, and graceful stop.
+//! Must never: write to stdout (it belongs to no one here), or kill agents when it stops:
+//! they keep running in their shims for the next daemon to adopt.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backbeat_actors::engine::{Engine, EngineConfig, Recover};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::CliError;
+use crate::mcp::server::{BackbeatMcp, Hello};
+use crate::paths::Home;
+
+/// Tries to take the daemon lock without waiting; `None` when another process holds it.
+fn try_lock(home: &Home) -> std::io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(home.lock())?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        Ok(Some(file))
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// The PID of the running daemon, if one holds the lock.
+pub fn running_pid(home: &Home) -> Option<u32> {
+    if !home.lock().exists() {
+        return None;
+    }
+    match try_lock(home) {
+        Ok(None) => {
+            let mut text = String::new();
+            File::open(home.lock())
+                .ok()?
+                .read_to_string(&mut text)
+                .ok()?;
+            text.trim().parse().ok()
+        }
+        _ => None, // we got the lock (released on drop): nobody runs
+    }
+}
+
+fn init_logging(home: &Home, foreground: bool) {
+    use tracing_subscriber::prelude::*;
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let level = match level.as_str() {
+        "debug" | "info" | "warn" | "error" => level.as_str(),
+        _ => "info",
+    };
+    // rmcp logs every session at info: keep those for debug.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},rmcp=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.log());
+    let file_layer = file.ok().map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+    });
+    let stderr_layer =
+        foreground.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(file_layer)
+        .with(stderr_layer)
+        .try_init();
+}
+
+/// Runs the daemon in this process until SIGTERM or SIGINT. Returns at once, with
+/// success, when another daemon already holds the lock.
+pub fn run(home: &Home, foreground: bool) -> Result<(), CliError> {
+    home.ensure()?;
+    let Some(mut lock) = try_lock(home)? else {
+        if foreground {
+            eprintln!("beat: a daemon already runs for {}", home.root.display());
+        }
+        return Ok(());
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "{}", std::process::id())?;
+    lock.sync_all()?;
+    init_logging(home, foreground);
+    let socket_path = home.prepare_socket_dir()?;
+    let _ = std::fs::remove_file(&socket_path);
+
+    let exe = std::env::current_exe()?;
+    let system = actix_rt::System::new();
+    let result = system.block_on(serve(home.clone(), socket_path.clone(), exe));
+    let _ = std::fs::remove_file(&socket_path);
+    drop(lock);
+    result
+}
+
+async fn serve(home: Home, socket_path: PathBuf, exe: PathBuf) -> Result<(), CliError> {
+    let listener = tokio::net::UnixListener::bind(&socket_path)?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    let handle = Engine::start(EngineConfig {
+        db_path: home.db(),
+        runs_root: home.runs(),
+        shim_command: vec![exe.into_os_string(), "shim".into()],
+        settings: crate::config::settings_source(home.config()),
+    })?;
+    tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");
+    let engine = handle.engine.clone();
+    actix_rt::spawn(async move {
+        match engine.send(Recover).await {
+            Ok(Ok(n)) => tracing::info!(tasks = n, "recovery done"),
+            other => tracing::error!(?other, "recovery failed"),
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let handle = handle.clone();
+                    let home = home.clone();
+                    actix_rt::spawn(async move { serve_connection(stream, handle, home).await });
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("daemon stopping; running agents keep running and will be adopted");
+    Ok(())
+}
+
+async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHandle, home: Home) {
+    use rmcp::ServiceExt;
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut first = String::new();
+    // The first line is our hello (the client's working directory). A client that
+    // speaks MCP straight away is served too, with the daemon's directory.
+    if reader.read_line(&mut first).await.unwrap_or(0) == 0 {
+        return;
+    }
+    let (hello, replay) = match serde_json::from_str::<Hello>(&first) {
+        Ok(h) if h.backbeat == "hello" => (h, String::new()),
+        _ => (Hello::default(), first),
+    };
+    let input = AsyncReadExt::chain(std::io::Cursor::new(replay.into_bytes()), reader);
+    let server = BackbeatMcp::new(handle, home, hello.cwd.map(PathBuf::from));
+    match server.serve((input, write)).await {
+        Ok(running) => {
+            let _ = running.waiting().await;
+        }
+        Err(e) => tracing::debug!(error = %e, "MCP session ended during initialization"),
+    }
+}
+
+/// Starts a daemon for `home` unless one answers, and waits until it does. Two front
+/// ends racing here end with one daemon: the lock decides, the loser exits at once.
+pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
+    let socket = home.socket();
+    if let Ok(s) = UnixStream::connect(&socket).await {
+        return Ok(s);
+    }
+    home.ensure()?;
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args(["daemon", "start", "--foreground"])
+        .env("BACKBEAT_HOME", &home.root)
+        .env_remove("BACKBEAT_LOG_STDERR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe. A session of its own keeps the daemon out
+    // of reach of a client that kills its MCP server's process group.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| CliError::Daemon(format!("cannot start the daemon: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = UnixStream::connect(&socket).await {
+            // Reap our child later without blocking: it runs on, or it lost the race.
+            std::thread::spawn(move || child.wait());
+            return Ok(s);
+        }
+        if let Ok(Some(status)) = child.try_wait()
+            && !status.success()
+        {
+            return Err(CliError::Daemon(format!(
+                "the daemon failed to start ({status}); see {}",
+                home.log().display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Daemon(format!(
+                "the daemon did not answer on {} within 15 s; see {}",
+                socket.display(),
+                home.log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends SIGTERM to the daemon and waits until it released its lock.
+pub fn stop(home: &Home) -> Result<bool, CliError> {
+    let Some(pid) = running_pid(home) else {
+        return Ok(false);
+    };
+    // SAFETY: kill(2) on the PID recorded under the lock we just saw held.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running_pid(home).is_some() {
+        if Instant::now() > deadline {
+            return Err(CliError::Daemon(format!(
+                "the daemon (pid {pid}) did not stop within 20 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}

@@ -1,0 +1,8 @@
+//! MCP, the one protocol: the daemon's server, the CLI's client, and the stdio proxy.
+//!
+//! Must never: print to stdout except the protocol bytes of `beat mcp start`.
+
+pub mod client;
+pub mod proxy;
+pub mod server;
+pub mod tools;

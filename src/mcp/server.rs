@@ -1,0 +1,102 @@
+//! The daemon's MCP server: one `BackbeatMcp` per connection, all sharing the engine.
+//!
+//! Owns: `initialize`, `tools/list` (answered without touching the engine, so that a
+//! cold start answers at once) and the dispatch of `tools/call` to the tool families.
+//! Errors of a tool are `isError` results whose text says what to do; only a broken
+//! JSON-RPC message is a protocol error.
+
+use std::path::PathBuf;
+
+use backbeat_actors::EngineHandle;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::tools;
+use crate::paths::Home;
+
+/// The first line a Backbeat client sends before MCP: who it is and where it works.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+pub struct Hello {
+    pub backbeat: String,
+    pub cwd: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct BackbeatMcp {
+    pub engine: EngineHandle,
+    pub home: Home,
+    /// Where tasks without a working directory run: the client's directory.
+    pub session_cwd: PathBuf,
+}
+
+impl BackbeatMcp {
+    pub fn new(engine: EngineHandle, home: Home, cwd: Option<PathBuf>) -> BackbeatMcp {
+        let session_cwd = cwd
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("/"));
+        BackbeatMcp {
+            engine,
+            home,
+            session_cwd,
+        }
+    }
+}
+
+/// A tool's answer: `Ok` is a JSON success object, `Err` a message for the caller.
+pub type ToolOutcome = Result<Value, String>;
+
+pub fn to_result(outcome: ToolOutcome) -> CallToolResult {
+    match outcome {
+        Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
+        Err(message) => CallToolResult::error(vec![ContentBlock::text(
+            json!({ "success": false, "error": message }).to_string(),
+        )]),
+    }
+}
+
+impl ServerHandler for BackbeatMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("backbeat", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Backbeat runs coding agents as durable background tasks. DelegateTask starts one \
+                 and returns its taskId; TaskStatus, TaskLogs and WaitTask follow it; CancelTask and \
+                 RetryTask change it.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(tools::all()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let result = match tools::tasks::call(self, &request.name, args).await {
+            Some(outcome) => to_result(outcome),
+            None => CallToolResult::error(vec![ContentBlock::text(
+                json!({
+                    "success": false,
+                    "error": format!("Unknown tool: {}. Call tools/list for the tools this server has", request.name),
+                    "code": "INVALID_TOOL"
+                })
+                .to_string(),
+            )]),
+        };
+        Ok(result.into())
+    }
+}

@@ -1,0 +1,401 @@
+//! Task tools: DelegateTask, TaskStatus, TaskLogs, CancelTask, RetryTask (the original's
+//! names, fields and response keys, spec section 3.1) and WaitTask (new).
+
+use std::path::Path;
+use std::time::Duration;
+
+use backbeat_actors::agents::run_dir::RunDir;
+use backbeat_actors::engine::{Cancel, NewTask, Retry, Submit};
+use backbeat_actors::journal::TaskQuery;
+use backbeat_actors::{Priority, TaskRecord, TaskStatus};
+use rmcp::model::Tool;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{parse, tool};
+use crate::mcp::server::{BackbeatMcp, ToolOutcome};
+use crate::paths::absolute;
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+pub enum PriorityField {
+    P0,
+    P1,
+    P2,
+}
+
+impl From<PriorityField> for Priority {
+    fn from(p: PriorityField) -> Priority {
+        match p {
+            PriorityField::P0 => Priority::P0,
+            PriorityField::P1 => Priority::P1,
+            PriorityField::P2 => Priority::P2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusField {
+    Blocked,
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<StatusField> for TaskStatus {
+    fn from(s: StatusField) -> TaskStatus {
+        match s {
+            StatusField::Blocked => TaskStatus::Blocked,
+            StatusField::Queued => TaskStatus::Queued,
+            StatusField::Running => TaskStatus::Running,
+            StatusField::Completed => TaskStatus::Completed,
+            StatusField::Failed => TaskStatus::Failed,
+            StatusField::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// Delegate a prompt to a background agent.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelegateTaskArgs {
+    /// What the agent should do (1 byte to 1 MiB).
+    #[schemars(length(min = 1, max = 1048576))]
+    pub prompt: String,
+    /// P0 (critical), P1 (high) or P2 (normal, the default).
+    pub priority: Option<PriorityField>,
+    /// Directory the agent works in (default: the client's working directory).
+    pub working_directory: Option<String>,
+    /// Wall-clock limit in ms, 1000 to 86400000 (default: configuration `timeout`).
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub timeout: Option<u64>,
+    /// Stop the agent after this many ms without output, 1000 to 86400000.
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub idle_timeout: Option<u64>,
+    /// Bytes of output kept, 1024 to 1073741824 (default: configuration `maxOutputBuffer`).
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_output_buffer: Option<u64>,
+    /// Agent to run: `shell`, or one defined in the configuration (default: `defaultAgent`).
+    pub agent: Option<String>,
+}
+
+/// One task's status, or a list of tasks (newest first) when taskId is absent.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskStatusArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: Option<String>,
+    /// Only tasks in this state (list form).
+    pub status: Option<StatusField>,
+    /// Most tasks listed (list form), 1 to 10000; default 100.
+    #[schemars(range(min = 1, max = 10000))]
+    pub limit: Option<u32>,
+}
+
+/// A task's output: the last `tail` lines of stdout and stderr.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskLogsArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: String,
+    /// Lines of each stream, from the end; default 100, 0 for all.
+    pub tail: Option<u32>,
+}
+
+/// Cancel a queued or running task; answers once the agent's process group is gone.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CancelTaskArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: String,
+    pub reason: Option<String>,
+}
+
+/// Run a finished task again as a new task.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryTaskArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: String,
+}
+
+/// Wait until a task is finished (or the wait times out), then return its status.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitTaskArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: String,
+    /// Longest wait in ms, 0 to 3600000; default 60000.
+    #[schemars(range(min = 0, max = 3600000))]
+    pub timeout_ms: Option<u64>,
+}
+
+pub fn tools() -> Vec<Tool> {
+    vec![
+        tool::<DelegateTaskArgs>(
+            "DelegateTask",
+            "Delegate a task to a background agent. Returns its taskId at once; the task runs when a slot is free.",
+        ),
+        tool::<TaskStatusArgs>(
+            "TaskStatus",
+            "Status of one task (taskId), or the newest tasks when taskId is omitted.",
+        ),
+        tool::<TaskLogsArgs>(
+            "TaskLogs",
+            "Output of a task: the last lines of its stdout and stderr.",
+        ),
+        tool::<CancelTaskArgs>(
+            "CancelTask",
+            "Cancel a queued or running task. The agent's whole process group is stopped (TERM, grace period, KILL).",
+        ),
+        tool::<RetryTaskArgs>(
+            "RetryTask",
+            "Run a finished task again as a new task with the same prompt and settings.",
+        ),
+        tool::<WaitTaskArgs>(
+            "WaitTask",
+            "Wait until a task is completed, failed or cancelled, then return its status.",
+        ),
+    ]
+}
+
+/// Runs a task tool; `None` when `name` is not one of them.
+pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
+    macro_rules! run {
+        ($handler:ident) => {
+            match parse(name, args) {
+                Ok(parsed) => $handler(server, parsed).await,
+                Err(e) => Err(e),
+            }
+        };
+    }
+    Some(match name {
+        "DelegateTask" => run!(delegate),
+        "TaskStatus" => run!(status),
+        "TaskLogs" => run!(logs),
+        "CancelTask" => run!(cancel),
+        "RetryTask" => run!(retry),
+        "WaitTask" => run!(wait),
+        _ => return None,
+    })
+}
+
+async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
+    let dir = match &args.working_directory {
+        Some(d) => absolute(Path::new(d), &server.session_cwd),
+        None => server.session_cwd.clone(),
+    };
+    let request = NewTask {
+        prompt: args.prompt,
+        priority: args.priority.map(Priority::from).unwrap_or_default(),
+        agent: args.agent,
+        working_directory: dir,
+        timeout: args.timeout,
+        idle_timeout: args.idle_timeout,
+        max_output_buffer: args.max_output_buffer,
+    };
+    let task = server
+        .engine
+        .engine
+        .send(Submit(request))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "taskId": task.id,
+        "message": "Task delegated successfully",
+        "status": task.status,
+        "agent": task.agent,
+    }))
+}
+
+async fn read<T: Send + 'static>(
+    server: &BackbeatMcp,
+    f: impl FnOnce(&backbeat_actors::journal::Store) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let store = server.engine.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the database failed: {e}"))
+}
+
+async fn find(server: &BackbeatMcp, id: &str) -> Result<TaskRecord, String> {
+    let id_owned = id.to_string();
+    read(server, move |s| s.task(&id_owned))
+        .await?
+        .ok_or_else(|| backbeat_actors::EngineError::TaskNotFound(id.to_string()).to_string())
+}
+
+/// The full record with millisecond times, as the CLI's `--json` builds on.
+pub fn record_json(t: &TaskRecord) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        // Internal bookkeeping, not part of the public record.
+        map.remove("shimPid");
+        map.remove("shimStartTime");
+    }
+    v
+}
+
+fn preview(prompt: &str, chars: usize) -> String {
+    if prompt.chars().count() > chars {
+        format!("{}...", prompt.chars().take(chars).collect::<String>())
+    } else {
+        prompt.to_string()
+    }
+}
+
+/// The original's TaskStatus keys, with the new fields beside them.
+pub fn status_json(t: &TaskRecord) -> Value {
+    let mut v = json!({
+        "success": true,
+        "taskId": t.id,
+        "status": t.status,
+        "prompt": preview(&t.prompt, 100),
+        "startTime": t.started_at,
+        "endTime": t.completed_at,
+        "duration": match (t.started_at, t.completed_at) { (Some(s), Some(e)) => Some(e - s), _ => None },
+        "exitCode": t.exit_code,
+        "workingDirectory": t.working_directory,
+        "agent": t.agent,
+        "signal": t.signal,
+        "reason": t.reason,
+        "priority": t.priority,
+        "createdAt": t.created_at,
+    });
+    v["task"] = record_json(t);
+    v
+}
+
+async fn status(server: &BackbeatMcp, args: TaskStatusArgs) -> ToolOutcome {
+    if let Some(id) = args.task_id {
+        return Ok(status_json(&find(server, &id).await?));
+    }
+    let query = TaskQuery {
+        status: args.status.map(TaskStatus::from),
+        limit: Some(args.limit.unwrap_or(100) as usize),
+    };
+    let tasks = read(server, move |s| s.tasks(&query)).await?;
+    let list: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            let mut v = record_json(t);
+            v["promptPreview"] = Value::from(preview(&t.prompt, 50));
+            v
+        })
+        .collect();
+    Ok(json!({ "success": true, "tasks": list }))
+}
+
+/// The last `tail` lines of a file (all when `tail` is 0), and how many lines it has.
+pub fn tail_lines(path: &Path, tail: usize) -> (String, usize) {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let total = lines.len();
+    let start = if tail == 0 {
+        0
+    } else {
+        total.saturating_sub(tail)
+    };
+    let mut out = lines[start..].join("\n");
+    if !out.is_empty() && text.ends_with('\n') {
+        out.push('\n');
+    }
+    (out, total)
+}
+
+async fn logs(server: &BackbeatMcp, args: TaskLogsArgs) -> ToolOutcome {
+    let task = find(server, &args.task_id).await?;
+    let run = RunDir {
+        path: server.home.run_dir(&task.id),
+    };
+    let tail = args.tail.unwrap_or(100) as usize;
+    let (out, err) = tokio::task::spawn_blocking(move || {
+        (
+            tail_lines(&run.stdout(), tail),
+            tail_lines(&run.stderr(), tail),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "taskId": task.id,
+        "status": task.status,
+        "output": out.0,
+        "errors": err.0,
+        "lineCount": { "output": out.1, "errors": err.1 },
+        "outputTruncated": task.output_truncated,
+    }))
+}
+
+async fn cancel(server: &BackbeatMcp, args: CancelTaskArgs) -> ToolOutcome {
+    let reason = args.reason.unwrap_or_default();
+    let task = server
+        .engine
+        .engine
+        .send(Cancel {
+            task_id: args.task_id.clone(),
+            reason,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "message": format!("Task {} cancelled", task.id),
+        "taskId": task.id,
+        "status": task.status,
+        "reason": task.reason,
+    }))
+}
+
+async fn retry(server: &BackbeatMcp, args: RetryTaskArgs) -> ToolOutcome {
+    let task = server
+        .engine
+        .engine
+        .send(Retry {
+            task_id: args.task_id.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "message": format!("Task {} retried as {}", args.task_id, task.id),
+        "newTaskId": task.id,
+        "retryCount": task.retry_count,
+        "parentTaskId": task.parent_task_id,
+    }))
+}
+
+async fn wait(server: &BackbeatMcp, args: WaitTaskArgs) -> ToolOutcome {
+    // Subscribe before reading, so that no commit falls between the two.
+    let mut committed = server.engine.writer.subscribe();
+    let mut task = find(server, &args.task_id).await?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(args.timeout_ms.unwrap_or(60_000));
+    while !task.status.is_terminal() {
+        match tokio::time::timeout_at(deadline, committed.recv()).await {
+            Err(_) => break, // timed out: report the current state
+            Ok(Ok(record)) if record.id == task.id => task = record,
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                task = find(server, &args.task_id).await?;
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                return Err("the daemon is shutting down; wait again in a moment".into());
+            }
+        }
+    }
+    let mut v = status_json(&task);
+    v["finished"] = Value::from(task.status.is_terminal());
+    Ok(v)
+}
