@@ -190,10 +190,16 @@ pub fn kill_processes_mentioning(needle: &Path) {
     }
 }
 
-/// True while a process with this PID exists (zombies included: they are not gone
-/// from the process table until reaped).
+/// True while a process with this PID runs. A zombie (dead, not yet reaped by its
+/// parent, which for a killed daemon is PID 1) counts as gone.
 pub fn pid_exists(pid: i32) -> bool {
-    unsafe { libc::kill(pid, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// PIDs of processes in process group `pgid`, zombies excluded.

@@ -1,0 +1,144 @@
+//! Crash survival: the daemon killed with SIGKILL while agents run and tasks wait.
+//! The next daemon (started by any CLI command) adopts running agents, records the real
+//! result of those that finished meanwhile, runs the queued tasks, runs nothing twice,
+//! and says "lost" of a run whose shim vanished without a result.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Beat, pid_exists, read_pidfile, wait_until};
+use serde_json::json;
+
+fn kill9(pid: u32) {
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn running_and_queued_tasks_survive_a_daemon_killed_by_sigkill() {
+    let beat = Beat::with_config(json!({ "maxWorkers": 2 }));
+    let dir = beat.workdir.path();
+    // Two agents that outlive the daemon: they print, sleep, print more, exit 3.
+    let mut running = Vec::new();
+    for n in 0..2 {
+        let pidfile = dir.join(format!("agent{n}.pid"));
+        let script = format!(
+            "pidfile {}; print before-{n}; sleep 1500; lines 3 after-{n}; exit 3",
+            pidfile.display()
+        );
+        running.push((beat.submit(&script, &[]), pidfile));
+    }
+    let queued: Vec<String> = (0..3)
+        .map(|n| beat.submit(&format!("print queued-{n}"), &[]))
+        .collect();
+    let agents: Vec<(i32, i32)> = running.iter().map(|(_, p)| read_pidfile(p)).collect();
+    for id in &queued {
+        assert_eq!(beat.status(id)["status"], "queued");
+    }
+
+    let daemon = beat.daemon_pid().expect("daemon running");
+    kill9(daemon);
+    wait_until("the daemon to die", Duration::from_secs(10), || {
+        !pid_exists(daemon as i32)
+    });
+    // The agents finish while no daemon runs.
+    for (pid, _) in &agents {
+        wait_until("an agent to finish", Duration::from_secs(30), || {
+            !pid_exists(*pid)
+        });
+    }
+
+    // Any CLI command brings a new daemon, which recovers.
+    beat.ok(&["list"]);
+    assert_ne!(beat.daemon_pid(), Some(daemon));
+    for (n, (id, _)) in running.iter().enumerate() {
+        let t = beat.wait(id);
+        assert_eq!(t["status"], "failed", "{t}");
+        assert_eq!(t["exitCode"], 3);
+        assert_eq!(
+            beat.ok(&["logs", id]),
+            format!("before-{n}\nafter-{n} 1\nafter-{n} 2\nafter-{n} 3\n"),
+            "the full output survives"
+        );
+    }
+    for (n, id) in queued.iter().enumerate() {
+        assert_eq!(beat.wait(id)["status"], "completed");
+        assert_eq!(beat.ok(&["logs", id]), format!("queued-{n}\n"));
+    }
+    let counts = beat.start_counts();
+    for id in running.iter().map(|(id, _)| id).chain(&queued) {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "task {id} must have started exactly once"
+        );
+    }
+    beat.assert_fold_matches_state();
+}
+
+#[test]
+fn an_agent_still_running_is_adopted_by_the_next_daemon() {
+    let beat = Beat::new();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let id = beat.submit(
+        &format!("pidfile {}; sleep 1000; print adopted", pidfile.display()),
+        &[],
+    );
+    let (agent, _) = read_pidfile(&pidfile);
+    let daemon = beat.daemon_pid().unwrap();
+    kill9(daemon);
+    wait_until("the daemon to die", Duration::from_secs(10), || {
+        !pid_exists(daemon as i32)
+    });
+    assert!(pid_exists(agent), "the agent outlives the daemon");
+    // The new daemon adopts the live shim and waits for its result.
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &id]), "adopted\n");
+    assert_eq!(beat.start_counts().get(&id), Some(&1));
+}
+
+#[test]
+fn graceful_stop_leaves_agents_running_for_the_next_daemon() {
+    let beat = Beat::new();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let id = beat.submit(
+        &format!("pidfile {}; sleep 1000; print survived", pidfile.display()),
+        &[],
+    );
+    let (agent, _) = read_pidfile(&pidfile);
+    beat.ok(&["daemon", "stop"]);
+    assert_eq!(beat.json(&["daemon", "status", "--json"])["running"], false);
+    assert!(
+        pid_exists(agent),
+        "SIGTERM to the daemon must not reach the agent"
+    );
+    assert_eq!(beat.wait(&id)["status"], "completed");
+    assert_eq!(beat.ok(&["logs", &id]), "survived\n");
+}
+
+#[test]
+fn a_run_whose_shim_and_agent_vanished_is_lost_not_silent() {
+    let beat = Beat::new();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let id = beat.submit(&format!("pidfile {}; sleep 60000", pidfile.display()), &[]);
+    let (agent, _) = read_pidfile(&pidfile);
+    let shim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(beat.run_dir(&id).join("shim.json")).unwrap())
+            .unwrap();
+    let shim_pid = shim["pid"].as_u64().unwrap() as u32;
+    let daemon = beat.daemon_pid().unwrap();
+    kill9(daemon);
+    kill9(shim_pid);
+    kill9(agent as u32);
+    wait_until("the shim and agent to die", Duration::from_secs(10), || {
+        !pid_exists(shim_pid as i32) && !pid_exists(agent)
+    });
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "failed");
+    let reason = t["reason"].as_str().unwrap();
+    assert!(reason.starts_with("lost"), "{reason}");
+    beat.assert_fold_matches_state();
+}
