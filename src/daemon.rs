@@ -127,9 +127,11 @@ async fn serve(home: Home, socket_path: PathBuf, exe: PathBuf) -> Result<(), Cli
         settings: crate::config::settings_source(home.config()),
     })?;
     tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");
-    let engine = handle.engine.clone();
+    // Queued now, before any connection is accepted: the engine recovers before it
+    // handles any request (tools/list needs no engine and answers meanwhile).
+    let recovery = handle.engine.send(Recover);
     actix_rt::spawn(async move {
-        match engine.send(Recover).await {
+        match recovery.await {
             Ok(Ok(n)) => tracing::info!(tasks = n, "recovery done"),
             other => tracing::error!(?other, "recovery failed"),
         }

@@ -146,6 +146,9 @@ impl Engine {
     }
 
     fn spawn_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        if self.live.contains_key(&record.id) {
+            return; // one actor per task, ever
+        }
         let deps = self.deps(ctx);
         let id = record.id.clone();
         let addr = actix::Supervisor::start(move |_| TaskActor::new(record, deps));
@@ -352,7 +355,9 @@ impl Handler<Retry> for Engine {
 }
 
 impl Handler<Recover> for Engine {
-    type Result = ResponseActFuture<Self, Result<usize, EngineError>>;
+    // Atomic: the engine handles nothing else until every unfinished task has its actor
+    // again, so a cancel that arrives meanwhile finds the task live, not "finished".
+    type Result = AtomicResponse<Self, Result<usize, EngineError>>;
 
     fn handle(&mut self, _msg: Recover, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
@@ -362,16 +367,14 @@ impl Handler<Recover> for Engine {
                 .map_err(|e| EngineError::Internal(e.to_string()))?
                 .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
         };
-        Box::pin(read.into_actor(self).map(|res, act, ctx| {
+        AtomicResponse::new(Box::pin(read.into_actor(self).map(|res, act, ctx| {
             let tasks = res?;
             let count = tasks.len();
             for task in tasks {
-                if !act.live.contains_key(&task.id) {
-                    act.spawn_task_actor(task, ctx);
-                }
+                act.spawn_task_actor(task, ctx);
             }
             Ok(count)
-        }))
+        })))
     }
 }
 

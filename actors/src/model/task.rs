@@ -351,9 +351,9 @@ pub fn signal_name(signal: i32) -> String {
 
 /// `90 s`, `1500 ms`, `2 min`: durations as people write them.
 pub fn human_duration(ms: u64) -> String {
-    if ms % 60_000 == 0 && ms >= 60_000 {
+    if ms.is_multiple_of(60_000) && ms >= 60_000 {
         format!("{} min", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{ms} ms")
