@@ -142,3 +142,45 @@ fn a_run_whose_shim_and_agent_vanished_is_lost_not_silent() {
     assert!(reason.starts_with("lost"), "{reason}");
     beat.assert_fold_matches_state();
 }
+
+#[test]
+fn a_shim_spawned_just_before_a_crash_is_adopted_not_launched_again() {
+    // A task that the governor will never start (the reserve exceeds any machine).
+    let beat = Beat::with_config(json!({ "memoryReserve": 1u64 << 40 }));
+    let id = beat.submit("print from-the-orphan-shim", &[]);
+    assert_eq!(beat.status(&id)["status"], "queued");
+    beat.ok(&["daemon", "stop"]);
+
+    // What a daemon leaves behind when it dies after spawning the shim and before
+    // journaling the start: a run folder and a live shim, for a task still `queued`.
+    let run = beat.run_dir(&id);
+    std::fs::create_dir_all(&run).unwrap();
+    let spec = json!({
+        "taskId": id,
+        "argv": [common::FAKE, "sleep 300; print from-the-orphan-shim"],
+        "cwd": beat.workdir.path(),
+        "promptOnStdin": false,
+        "timeoutMs": 60000,
+        "idleTimeoutMs": null,
+        "maxOutputBytes": 1048576,
+        "killGraceMs": 1000
+    });
+    std::fs::write(run.join("spec.json"), spec.to_string()).unwrap();
+    let mut shim = std::process::Command::new(common::BEAT)
+        .args(["shim", run.to_str().unwrap()])
+        .spawn()
+        .expect("spawning the shim");
+    wait_until(
+        "the shim to announce itself",
+        Duration::from_secs(10),
+        || run.join("shim.json").exists(),
+    );
+
+    // The next daemon must adopt it: the reserve would keep a fresh launch queued.
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &id]), "from-the-orphan-shim\n");
+    assert_eq!(beat.start_counts().get(&id), Some(&1));
+    assert!(shim.wait().unwrap().success());
+    beat.assert_fold_matches_state();
+}
