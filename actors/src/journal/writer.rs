@@ -168,13 +168,39 @@ fn write_group<'a>(
     tx.commit()
 }
 
-const UPSERT_TASK: &str = "INSERT OR REPLACE INTO tasks(
+/// An upsert, not `INSERT OR REPLACE`: the row keeps its rowid, so tasks created in the
+/// same millisecond keep their submission order (recovery replays them in that order).
+const UPSERT_TASK: &str = "INSERT INTO tasks(
     id, prompt, status, priority, agent, working_directory, timeout, idle_timeout,
     max_output_buffer, parent_task_id, retry_count, retry_of, created_at, started_at,
     completed_at, not_before, exit_code, signal, reason, shim_pid, shim_start_time,
     cancel_reason, output_bytes, output_truncated)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-    ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
+    ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+    ON CONFLICT(id) DO UPDATE SET
+    prompt = excluded.prompt,
+    status = excluded.status,
+    priority = excluded.priority,
+    agent = excluded.agent,
+    working_directory = excluded.working_directory,
+    timeout = excluded.timeout,
+    idle_timeout = excluded.idle_timeout,
+    max_output_buffer = excluded.max_output_buffer,
+    parent_task_id = excluded.parent_task_id,
+    retry_count = excluded.retry_count,
+    retry_of = excluded.retry_of,
+    created_at = excluded.created_at,
+    started_at = excluded.started_at,
+    completed_at = excluded.completed_at,
+    not_before = excluded.not_before,
+    exit_code = excluded.exit_code,
+    signal = excluded.signal,
+    reason = excluded.reason,
+    shim_pid = excluded.shim_pid,
+    shim_start_time = excluded.shim_start_time,
+    cancel_reason = excluded.cancel_reason,
+    output_bytes = excluded.output_bytes,
+    output_truncated = excluded.output_truncated";
 
 fn task_params(t: &TaskRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
     vec![

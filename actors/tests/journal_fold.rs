@@ -1,0 +1,957 @@
+//! The journal's central invariant: the `tasks` table always equals the fold of the
+//! `events` table.
+//!
+//! Every transition is journaled as an event beside the record it produced, in one
+//! transaction; recovery, audits and replays all trust that folding the events in `seq`
+//! order with the pure state machine (`model::task::apply`) gives back exactly the
+//! stored records. Nothing else checks that promise end to end, so this test drives the
+//! real `JournalWriter` (group commit on its thread, a real SQLite file in a tempdir)
+//! with thousands of random operations and then compares three things that must agree:
+//! the fold of `Store::events()`, the rows of `Store::tasks()`, and the test's own model.
+//!
+//! The random operations are what the engine does to tasks: submits (some of them
+//! retries carrying `parentTaskId`/`retryCount`/`retryOf` of an earlier task), starts,
+//! exits turned into outcomes by `outcome_of_exit` (code 0, non-zero, signals, kills for
+//! timeout, idle or cancel, spawn errors), cancels (of a queued task directly; of a
+//! running one as `CancelRequested` and later a `Finished` killed for the cancel), lost
+//! shims, start failures, requeues, and daemon restarts (the writer dropped, possibly
+//! with appends still queued, and the same file reopened). Each operation is first put
+//! to `apply`, and to an independent table of the allowed transitions: the two must
+//! agree, refused events (some deliberately absurd, such as starting a completed task)
+//! are never journaled, and accepted ones are appended, sometimes several at once so
+//! that group commit puts them into one transaction.
+//!
+//! A second test appends from several threads at once and checks that every append
+//! commits and the fold still equals the table.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use backbeat_actors::agents::run_dir::{ExitRecord, KillCause};
+use backbeat_actors::journal::{
+    Append, JournalError, JournalWriter, Store, TaskQuery, open_write_connection,
+};
+use backbeat_actors::model::{
+    ExitOutcome, Priority, TaskEvent, TaskRecord, TaskStatus, apply, outcome_of_exit,
+};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, TestRunner};
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Receiver<Result<(), JournalError>>;
+type Records = BTreeMap<String, TaskRecord>;
+
+// ---------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------
+
+/// Which task an operation is about: usually one whose state suits the operation,
+/// sometimes any task at all (which mostly makes invalid events that must be refused).
+#[derive(Debug, Clone)]
+struct Target {
+    pick: Index,
+    anywhere: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SubmitSpec {
+    prompt: String,
+    priority: Priority,
+    agent: String,
+    working_directory: String,
+    timeout: u64,
+    idle_timeout: Option<u64>,
+    max_output_buffer: u64,
+    created_at: i64,
+    not_before: Option<i64>,
+    blocked: bool,
+    /// A retry of an earlier task (its lineage fields and settings are inherited).
+    retry_of: Option<Index>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(Box<SubmitSpec>),
+    Start {
+        target: Target,
+        at: i64,
+        pid: u32,
+        start_time: u64,
+    },
+    Exit {
+        target: Target,
+        at: i64,
+        exit: Box<ExitRecord>,
+    },
+    /// `Cancelled` of a queued or blocked task, `CancelRequested` of a running one.
+    Cancel {
+        target: Target,
+        at: i64,
+        reason: String,
+    },
+    Lose {
+        target: Target,
+        at: i64,
+        reason: String,
+    },
+    FailStart {
+        target: Target,
+        at: i64,
+        reason: String,
+    },
+    Requeue {
+        target: Target,
+        reason: String,
+    },
+    /// An event of kind `kind` (see `Model::wild`) on any task, or on none: most of these
+    /// must be refused.
+    Wild {
+        pick: Index,
+        kind: u8,
+        at: i64,
+    },
+    /// Drop the writer (perhaps with appends still queued) and reopen the same file.
+    Restart,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    op: Op,
+    /// Wait for every outstanding append after this one; otherwise leave them queued.
+    settle: bool,
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9 ]{0,16}",
+        1 => any::<String>(),
+    ]
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    (any::<Index>(), prop::bool::weighted(0.1))
+        .prop_map(|(pick, anywhere)| Target { pick, anywhere })
+}
+
+fn priority() -> impl Strategy<Value = Priority> {
+    prop_oneof![Just(Priority::P0), Just(Priority::P1), Just(Priority::P2)]
+}
+
+fn submit_spec() -> impl Strategy<Value = SubmitSpec> {
+    (
+        (text(), priority(), "[a-z]{1,8}", text()),
+        (
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<u64>(),
+            any::<i64>(),
+            any::<Option<i64>>(),
+        ),
+        (
+            prop::bool::weighted(0.1),
+            prop::option::weighted(0.3, any::<Index>()),
+        ),
+    )
+        .prop_map(
+            |(
+                (prompt, priority, agent, working_directory),
+                (timeout, idle_timeout, max_output_buffer, created_at, not_before),
+                (blocked, retry_of),
+            )| SubmitSpec {
+                prompt,
+                priority,
+                agent,
+                working_directory,
+                timeout,
+                idle_timeout,
+                max_output_buffer,
+                created_at,
+                not_before,
+                blocked,
+                retry_of,
+            },
+        )
+}
+
+type HowItEnded = (Option<i32>, Option<i32>, Option<KillCause>, Option<String>);
+
+fn exit_record() -> impl Strategy<Value = ExitRecord> {
+    let how: BoxedStrategy<HowItEnded> = prop_oneof![
+        3 => Just((Some(0), None, None, None)),
+        2 => (1..=255i32).prop_map(|c| (Some(c), None, None, None)),
+        1 => any::<i32>().prop_map(|c| (Some(c), None, None, None)),
+        2 => (1..=64i32).prop_map(|s| (None, Some(s), None, None)),
+        1 => (any::<u64>(), prop_oneof![Just(9), Just(15)])
+            .prop_map(|(after_ms, s)| (None, Some(s), Some(KillCause::Timeout { after_ms }), None)),
+        1 => (any::<u64>(), prop_oneof![Just(9), Just(15)])
+            .prop_map(|(after_ms, s)| (None, Some(s), Some(KillCause::Idle { after_ms }), None)),
+        1 => Just((None, Some(15), Some(KillCause::Cancel), None)),
+        1 => text().prop_map(|e| (None, None, None, Some(e))),
+        1 => Just((None, None, None, None)),
+    ]
+    .boxed();
+    (
+        how,
+        any::<i64>(),
+        any::<i64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                (exit_code, signal, killed_for, spawn_error),
+                started_at,
+                ended_at,
+                max_rss_kb,
+                output_bytes,
+                truncated,
+            )| ExitRecord {
+                exit_code,
+                signal,
+                killed_for,
+                started_at,
+                ended_at,
+                max_rss_kb,
+                output_bytes,
+                truncated,
+                spawn_error,
+            },
+        )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => submit_spec().prop_map(|s| Op::Submit(Box::new(s))),
+        5 => (target(), any::<i64>(), any::<u32>(), any::<u64>())
+            .prop_map(|(target, at, pid, start_time)| Op::Start { target, at, pid, start_time }),
+        5 => (target(), any::<i64>(), exit_record())
+            .prop_map(|(target, at, exit)| Op::Exit { target, at, exit: Box::new(exit) }),
+        2 => (target(), any::<i64>(), text())
+            .prop_map(|(target, at, reason)| Op::Cancel { target, at, reason }),
+        1 => (target(), any::<i64>(), text())
+            .prop_map(|(target, at, reason)| Op::Lose { target, at, reason }),
+        1 => (target(), any::<i64>(), text())
+            .prop_map(|(target, at, reason)| Op::FailStart { target, at, reason }),
+        1 => (target(), text()).prop_map(|(target, reason)| Op::Requeue { target, reason }),
+        2 => (any::<Index>(), 0..WILD_KINDS, any::<i64>())
+            .prop_map(|(pick, kind, at)| Op::Wild { pick, kind, at }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (op(), prop::bool::weighted(0.6)).prop_map(|(op, settle)| Step { op, settle }),
+        40..120,
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// The allowed transitions, written out independently of `apply`
+// ---------------------------------------------------------------------------------
+
+/// The status `event` leads to from `prev`, or `None` when it must be refused.
+fn allowed(prev: Option<&TaskRecord>, event: &TaskEvent) -> Option<TaskStatus> {
+    use TaskStatus::*;
+    match (prev.map(|p| p.status), event) {
+        (None, TaskEvent::Submitted { task }) if matches!(task.status, Queued | Blocked) => {
+            Some(task.status)
+        }
+        (Some(Queued), TaskEvent::Started { .. }) => Some(Running),
+        (Some(Running), TaskEvent::CancelRequested { .. }) => Some(Running),
+        (Some(Running), TaskEvent::Finished { outcome, .. }) if outcome.status.is_terminal() => {
+            Some(outcome.status)
+        }
+        (Some(Running), TaskEvent::Lost { .. }) => Some(Failed),
+        (Some(Running), TaskEvent::Requeued { .. }) => Some(Queued),
+        (Some(Queued | Blocked), TaskEvent::Cancelled { .. }) => Some(Cancelled),
+        (Some(Queued), TaskEvent::StartFailed { .. }) => Some(Failed),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The test's model of the tasks
+// ---------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Model {
+    records: Records,
+    /// Ids in submission order, so that an `Index` picks a task deterministically.
+    order: Vec<String>,
+    next_id: usize,
+}
+
+const GHOST: &str = "task-that-was-never-submitted";
+const WILD_KINDS: u8 = 12;
+
+impl Model {
+    fn fresh_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("task-{}", self.next_id)
+    }
+
+    /// The id of a task in one of `suits` (any task if none is, or if `anywhere`).
+    fn target(&self, target: &Target, suits: &[TaskStatus]) -> String {
+        let suitable: Vec<&String> = self
+            .order
+            .iter()
+            .filter(|id| suits.contains(&self.records[*id].status))
+            .collect();
+        if !target.anywhere && !suitable.is_empty() {
+            return target.pick.get(&suitable).to_string();
+        }
+        if self.order.is_empty() {
+            return GHOST.to_string();
+        }
+        target.pick.get(&self.order).clone()
+    }
+
+    fn submitted(&mut self, spec: &SubmitSpec) -> (String, TaskEvent) {
+        let id = self.fresh_id();
+        let mut task = TaskRecord {
+            id: id.clone(),
+            prompt: spec.prompt.clone(),
+            status: if spec.blocked {
+                TaskStatus::Blocked
+            } else {
+                TaskStatus::Queued
+            },
+            priority: spec.priority,
+            agent: spec.agent.clone(),
+            working_directory: spec.working_directory.clone(),
+            timeout: spec.timeout,
+            idle_timeout: spec.idle_timeout,
+            max_output_buffer: spec.max_output_buffer,
+            parent_task_id: None,
+            retry_count: None,
+            retry_of: None,
+            created_at: spec.created_at,
+            started_at: None,
+            completed_at: None,
+            not_before: spec.not_before,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            shim_pid: None,
+            shim_start_time: None,
+            cancel_reason: None,
+            output_bytes: None,
+            output_truncated: false,
+        };
+        if let Some(pick) = &spec.retry_of
+            && !self.order.is_empty()
+        {
+            // As the engine's Retry does: the settings of the earlier task, and the
+            // lineage pointing at it and at the root of its chain.
+            let ended: Vec<&String> = self
+                .order
+                .iter()
+                .filter(|id| self.records[*id].status.is_terminal())
+                .collect();
+            let parent = if ended.is_empty() {
+                &self.records[pick.get(&self.order)]
+            } else {
+                &self.records[*pick.get(&ended)]
+            };
+            task.prompt = parent.prompt.clone();
+            task.priority = parent.priority;
+            task.agent = parent.agent.clone();
+            task.working_directory = parent.working_directory.clone();
+            task.timeout = parent.timeout;
+            task.idle_timeout = parent.idle_timeout;
+            task.max_output_buffer = parent.max_output_buffer;
+            task.parent_task_id = Some(
+                parent
+                    .parent_task_id
+                    .clone()
+                    .unwrap_or_else(|| parent.id.clone()),
+            );
+            task.retry_count = Some(parent.retry_count.unwrap_or(0) + 1);
+            task.retry_of = Some(parent.id.clone());
+        }
+        (
+            id,
+            TaskEvent::Submitted {
+                task: Box::new(task),
+            },
+        )
+    }
+
+    /// The task and event an operation makes, given the current state.
+    fn event_for(&mut self, op: &Op) -> (String, TaskEvent) {
+        use TaskStatus::*;
+        match op {
+            Op::Submit(spec) => self.submitted(spec),
+            Op::Start {
+                target,
+                at,
+                pid,
+                start_time,
+            } => (
+                self.target(target, &[Queued]),
+                TaskEvent::Started {
+                    at: *at,
+                    shim_pid: *pid,
+                    shim_start_time: *start_time,
+                },
+            ),
+            Op::Exit { target, at, exit } => {
+                let id = self.target(target, &[Running]);
+                let mut exit = (**exit).clone();
+                let cancel_reason = self.records.get(&id).and_then(|t| t.cancel_reason.clone());
+                if cancel_reason.is_some() {
+                    // A cancel was asked for: the shim stops the agent for it.
+                    exit.exit_code = None;
+                    exit.signal = Some(15);
+                    exit.killed_for = Some(KillCause::Cancel);
+                    exit.spawn_error = None;
+                }
+                let outcome = outcome_of_exit(&exit, cancel_reason.as_deref());
+                (id, TaskEvent::Finished { at: *at, outcome })
+            }
+            Op::Cancel { target, at, reason } => {
+                let id = self.target(target, &[Queued, Blocked, Running]);
+                let running = self.records.get(&id).map(|t| t.status) == Some(Running);
+                let event = if running {
+                    TaskEvent::CancelRequested {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    TaskEvent::Cancelled {
+                        at: *at,
+                        reason: reason.clone(),
+                    }
+                };
+                (id, event)
+            }
+            Op::Lose { target, at, reason } => (
+                self.target(target, &[Running]),
+                TaskEvent::Lost {
+                    at: *at,
+                    reason: reason.clone(),
+                },
+            ),
+            Op::FailStart { target, at, reason } => (
+                self.target(target, &[Queued]),
+                TaskEvent::StartFailed {
+                    at: *at,
+                    reason: reason.clone(),
+                },
+            ),
+            Op::Requeue { target, reason } => (
+                self.target(target, &[Running]),
+                TaskEvent::Requeued {
+                    reason: reason.clone(),
+                },
+            ),
+            Op::Wild { pick, kind, at } => self.wild(*pick, *kind, *at),
+            Op::Restart => unreachable!("restarts are not events"),
+        }
+    }
+
+    /// Events chosen without regard to the task's state: most must be refused.
+    fn wild(&mut self, pick: Index, kind: u8, at: i64) -> (String, TaskEvent) {
+        let any = Target {
+            pick,
+            anywhere: true,
+        };
+        let id = self.target(&any, &[]);
+        let outcome = |status| ExitOutcome {
+            status,
+            exit_code: Some(0),
+            signal: None,
+            reason: "wild".into(),
+            output_bytes: 1,
+            output_truncated: false,
+        };
+        let event = match kind {
+            // The same task submitted twice.
+            0 => match self.records.get(&id) {
+                Some(t) => TaskEvent::Submitted {
+                    task: Box::new(TaskRecord {
+                        status: TaskStatus::Queued,
+                        ..t.clone()
+                    }),
+                },
+                None => TaskEvent::Started {
+                    at,
+                    shim_pid: 1,
+                    shim_start_time: 1,
+                },
+            },
+            // A new task that claims to have run already.
+            1 => {
+                let (fresh, event) = self.submitted(&SubmitSpec {
+                    prompt: "wild".into(),
+                    priority: Priority::P2,
+                    agent: "shell".into(),
+                    working_directory: "/".into(),
+                    timeout: 1,
+                    idle_timeout: None,
+                    max_output_buffer: 1,
+                    created_at: at,
+                    not_before: None,
+                    blocked: false,
+                    retry_of: None,
+                });
+                let TaskEvent::Submitted { mut task } = event else {
+                    unreachable!()
+                };
+                task.status = [
+                    TaskStatus::Running,
+                    TaskStatus::Completed,
+                    TaskStatus::Failed,
+                    TaskStatus::Cancelled,
+                ][at.rem_euclid(4) as usize];
+                return (fresh, TaskEvent::Submitted { task });
+            }
+            // An outcome that does not end the run.
+            2 => TaskEvent::Finished {
+                at,
+                outcome: outcome(if at % 2 == 0 {
+                    TaskStatus::Running
+                } else {
+                    TaskStatus::Queued
+                }),
+            },
+            3 => TaskEvent::Started {
+                at,
+                shim_pid: 2,
+                shim_start_time: 2,
+            },
+            4 => TaskEvent::Cancelled {
+                at,
+                reason: "wild".into(),
+            },
+            5 => TaskEvent::CancelRequested {
+                reason: "wild".into(),
+            },
+            6 => TaskEvent::Lost {
+                at,
+                reason: "wild".into(),
+            },
+            7 => TaskEvent::Requeued {
+                reason: "wild".into(),
+            },
+            8 => TaskEvent::StartFailed {
+                at,
+                reason: "wild".into(),
+            },
+            9 => TaskEvent::Finished {
+                at,
+                outcome: outcome(TaskStatus::Completed),
+            },
+            // Anything on a task that does not exist.
+            _ => {
+                return (
+                    GHOST.to_string(),
+                    TaskEvent::Started {
+                        at,
+                        shim_pid: 3,
+                        shim_start_time: 3,
+                    },
+                );
+            }
+        };
+        (id, event)
+    }
+
+    fn accept(&mut self, record: TaskRecord) {
+        if !self.records.contains_key(&record.id) {
+            self.order.push(record.id.clone());
+        }
+        self.records.insert(record.id.clone(), record);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The journal under test
+// ---------------------------------------------------------------------------------
+
+fn start_writer(path: &Path) -> JournalWriter {
+    let conn = open_write_connection(path).expect("opening the journal for writing");
+    JournalWriter::start(conn, path)
+}
+
+struct Journal {
+    path: PathBuf,
+    writer: Option<JournalWriter>,
+    pending: Vec<Reply>,
+    most_pending: usize,
+}
+
+impl Journal {
+    fn open(path: &Path) -> Journal {
+        Journal {
+            path: path.to_path_buf(),
+            writer: Some(start_writer(path)),
+            pending: Vec::new(),
+            most_pending: 0,
+        }
+    }
+
+    fn append(&mut self, event: TaskEvent, record: TaskRecord) {
+        let writer = self.writer.as_ref().expect("the writer is running");
+        self.pending
+            .push(writer.append(Append::task(event, record)));
+        self.most_pending = self.most_pending.max(self.pending.len());
+    }
+
+    /// Waits until every queued append has committed; each must succeed.
+    fn settle(&mut self) {
+        for reply in self.pending.drain(..) {
+            reply
+                .blocking_recv()
+                .expect("the writer dropped an append without replying")
+                .expect("an append failed");
+        }
+    }
+
+    /// A daemon restart: the writer goes away (it must still commit what it was given),
+    /// then the same file is reopened and migrated again.
+    fn restart(&mut self) {
+        drop(self.writer.take());
+        self.settle();
+        self.writer = Some(start_writer(&self.path));
+    }
+}
+
+/// Folds the journal's events and checks the result against the `tasks` table and
+/// against `model`. Returns how many events the journal holds.
+fn check_fold(path: &Path, model: &Records) -> usize {
+    let store = Store::new(path);
+    let events = store.events().expect("reading events");
+    let mut folded = Records::new();
+    let mut last_seq = i64::MIN;
+    for stored in &events {
+        assert!(
+            stored.seq > last_seq,
+            "event seq {} follows seq {last_seq}: not strictly increasing",
+            stored.seq
+        );
+        last_seq = stored.seq;
+        let next = apply(folded.get(&stored.entity_id), &stored.event).unwrap_or_else(|e| {
+            panic!(
+                "journaled event seq {} ({:?}) does not fold: {e}",
+                stored.seq, stored.event
+            )
+        });
+        assert_eq!(
+            next.id, stored.entity_id,
+            "event seq {} is filed under another task",
+            stored.seq
+        );
+        folded.insert(stored.entity_id.clone(), next);
+    }
+
+    let rows = store
+        .tasks(&TaskQuery {
+            status: None,
+            limit: None,
+        })
+        .expect("reading tasks");
+    let row_count = rows.len();
+    let table: Records = rows.into_iter().map(|t| (t.id.clone(), t)).collect();
+    assert_eq!(table.len(), row_count, "the tasks table repeats an id");
+
+    let ids = |m: &Records| m.keys().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(&folded),
+        ids(&table),
+        "fold and table hold different tasks"
+    );
+    for (id, record) in &folded {
+        assert_eq!(
+            Some(record),
+            table.get(id),
+            "task {id}: table differs from fold"
+        );
+    }
+    assert_eq!(
+        ids(&folded),
+        ids(model),
+        "fold and model hold different tasks"
+    );
+    for (id, record) in &folded {
+        assert_eq!(
+            Some(record),
+            model.get(id),
+            "task {id}: fold differs from model"
+        );
+    }
+
+    // The other read paths agree with the table.
+    for (id, record) in model {
+        assert_eq!(
+            store.task(id).expect("reading a task").as_ref(),
+            Some(record)
+        );
+    }
+    let live: BTreeSet<String> = store
+        .live_tasks()
+        .expect("reading live tasks")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let expected_live: BTreeSet<String> = model
+        .values()
+        .filter(|t| !t.status.is_terminal())
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(live, expected_live, "live_tasks");
+    let mut starts = BTreeMap::<String, i64>::new();
+    for stored in &events {
+        if matches!(stored.event, TaskEvent::Started { .. }) {
+            *starts.entry(stored.entity_id.clone()).or_default() += 1;
+        }
+    }
+    let counted: BTreeMap<String, i64> = store
+        .start_counts()
+        .expect("reading start counts")
+        .into_iter()
+        .collect();
+    assert_eq!(counted, starts, "start_counts");
+    events.len()
+}
+
+// ---------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------
+
+#[derive(Default, Debug)]
+struct Totals {
+    cases: usize,
+    operations: usize,
+    refused: usize,
+    restarts: usize,
+    most_pending: usize,
+    /// Journaled events by name (`finished` also by the status it led to).
+    journaled: BTreeMap<String, usize>,
+}
+
+fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("beat.db");
+    let mut journal = Journal::open(&path);
+    let mut model = Model::default();
+    let mut accepted = 0;
+    let mut refused = 0;
+    let mut restarts = 0;
+    let mut journaled = BTreeMap::<String, usize>::new();
+
+    for step in steps {
+        if let Op::Restart = step.op {
+            journal.restart();
+            restarts += 1;
+            assert_eq!(check_fold(&path, &model.records), accepted);
+            continue;
+        }
+        let (id, event) = model.event_for(&step.op);
+        let prev = model.records.get(&id);
+        match (apply(prev, &event), allowed(prev, &event)) {
+            (Ok(next), Some(status)) => {
+                assert_eq!(next.status, status, "{event:?} on {prev:?}");
+                assert_eq!(next.id, id, "{event:?} changed the task's id");
+                let name = match &event {
+                    TaskEvent::Finished { outcome, .. } => format!("finished/{}", outcome.status),
+                    other => other.name().to_string(),
+                };
+                *journaled.entry(name).or_default() += 1;
+                journal.append(event, next.clone());
+                model.accept(next);
+                accepted += 1;
+            }
+            (Err(refusal), None) => {
+                assert_eq!(refusal.event, event.name());
+                refused += 1;
+            }
+            (Ok(next), None) => {
+                panic!("apply accepted {event:?} on {prev:?} (giving {next:?}); it must refuse")
+            }
+            (Err(refusal), Some(status)) => {
+                panic!("apply refused {event:?} on {prev:?} ({refusal}); expected {status}")
+            }
+        }
+        if step.settle {
+            journal.settle();
+        }
+    }
+    journal.settle();
+    assert_eq!(check_fold(&path, &model.records), accepted);
+
+    let mut totals = totals.borrow_mut();
+    totals.cases += 1;
+    totals.operations += steps.len();
+    totals.refused += refused;
+    totals.restarts += restarts;
+    totals.most_pending = totals.most_pending.max(journal.most_pending);
+    for (name, n) in journaled {
+        *totals.journaled.entry(name).or_default() += n;
+    }
+}
+
+#[test]
+fn the_tasks_table_is_the_fold_of_the_events() {
+    let began = Instant::now();
+    let totals = RefCell::new(Totals::default());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        // Regressions are reported in the failure message, not written beside the test.
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&steps(), |steps| {
+        run_case(&steps, &totals);
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+
+    let totals = totals.into_inner();
+    eprintln!("{totals:#?} in {:?}", began.elapsed());
+    assert!(totals.operations >= 2000, "too few operations: {totals:?}");
+    assert!(totals.refused > 0, "no invalid event was tried: {totals:?}");
+    assert!(totals.restarts > 0, "no restart was tried: {totals:?}");
+    assert!(
+        totals.most_pending > 1,
+        "appends never overlapped: {totals:?}"
+    );
+    for name in [
+        "submitted",
+        "started",
+        "cancel_requested",
+        "finished/completed",
+        "finished/failed",
+        "finished/cancelled",
+        "lost",
+        "cancelled",
+        "start_failed",
+        "requeued",
+    ] {
+        assert!(
+            totals.journaled.get(name).copied().unwrap_or(0) > 0,
+            "no '{name}' event was journaled: {totals:?}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_appends_all_commit_and_still_fold_to_the_table() {
+    const THREADS: usize = 8;
+    const TASKS: usize = 200;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("beat.db");
+    let writer = start_writer(&path);
+
+    let models: Vec<Records> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let writer = writer.clone();
+                scope.spawn(move || {
+                    let mut records = Records::new();
+                    for n in 0..TASKS {
+                        let id = format!("thread-{thread}-task-{n}");
+                        let at = (thread * TASKS + n) as i64;
+                        let submitted = TaskEvent::Submitted {
+                            task: Box::new(TaskRecord {
+                                id: id.clone(),
+                                prompt: format!("prompt {n}"),
+                                status: TaskStatus::Queued,
+                                priority: Priority::P2,
+                                agent: "shell".into(),
+                                working_directory: "/".into(),
+                                timeout: 60_000,
+                                idle_timeout: None,
+                                max_output_buffer: 1 << 20,
+                                parent_task_id: None,
+                                retry_count: None,
+                                retry_of: None,
+                                created_at: at,
+                                started_at: None,
+                                completed_at: None,
+                                not_before: None,
+                                exit_code: None,
+                                signal: None,
+                                reason: None,
+                                shim_pid: None,
+                                shim_start_time: None,
+                                cancel_reason: None,
+                                output_bytes: None,
+                                output_truncated: false,
+                            }),
+                        };
+                        let started = TaskEvent::Started {
+                            at: at + 1,
+                            shim_pid: 1000 + n as u32,
+                            shim_start_time: n as u64,
+                        };
+                        let exit = ExitRecord {
+                            exit_code: Some((n % 3) as i32),
+                            signal: None,
+                            killed_for: None,
+                            started_at: at + 1,
+                            ended_at: at + 2,
+                            max_rss_kb: 0,
+                            output_bytes: n as u64,
+                            truncated: false,
+                            spawn_error: None,
+                        };
+                        let finished = TaskEvent::Finished {
+                            at: at + 2,
+                            outcome: outcome_of_exit(&exit, None),
+                        };
+                        // All three queued before any is awaited: they may share a
+                        // transaction with each other and with other threads' appends.
+                        let mut current: Option<TaskRecord> = None;
+                        let mut replies = Vec::new();
+                        for event in [submitted, started, finished] {
+                            let next = apply(current.as_ref(), &event).expect("a valid event");
+                            replies.push(writer.append(Append::task(event, next.clone())));
+                            current = Some(next);
+                        }
+                        for reply in replies {
+                            reply
+                                .blocking_recv()
+                                .expect("the writer dropped an append without replying")
+                                .expect("an append failed");
+                        }
+                        records.insert(id, current.expect("three events applied"));
+                    }
+                    records
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an appending thread panicked"))
+            .collect()
+    });
+    drop(writer);
+
+    let model: Records = models.into_iter().flatten().collect();
+    assert_eq!(model.len(), THREADS * TASKS);
+    let events = check_fold(&path, &model);
+    assert_eq!(events, 3 * THREADS * TASKS);
+
+    let mut per_task = BTreeMap::<String, Vec<&'static str>>::new();
+    for stored in Store::new(&path).events().expect("reading events") {
+        per_task
+            .entry(stored.entity_id)
+            .or_default()
+            .push(stored.event.name());
+    }
+    assert_eq!(per_task.len(), THREADS * TASKS);
+    for (id, names) in per_task {
+        assert_eq!(
+            names,
+            ["submitted", "started", "finished"],
+            "events of {id}"
+        );
+    }
+}
