@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backbeat_actors::agents::parse::{RunSummary, StreamParser, render};
 use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
     write_atomically,
@@ -66,12 +67,72 @@ impl OutputBudget {
     }
 }
 
-fn pump(mut from: impl Read, mut to: File, budget: Arc<OutputBudget>) {
+/// Structured output read line by line as it arrives: the run's summary, and a readable
+/// transcript (text and tool calls) in `output.txt`, under the same byte limit.
+struct Transcript {
+    parser: StreamParser,
+    partial: Vec<u8>,
+    readable: File,
+    written: u64,
+    limit: u64,
+}
+
+/// A line longer than this is parsed as it is rather than buffered further.
+const MAX_LINE: usize = 16 << 20;
+
+impl Transcript {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.partial.extend_from_slice(chunk);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            self.line(&line);
+        }
+        if self.partial.len() > MAX_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+    }
+
+    fn finish(&mut self) -> RunSummary {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+        self.parser.summary.clone()
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        for event in self.parser.line(text.trim_end_matches(['\n', '\r'])) {
+            if let Some(readable) = render(&event) {
+                let line = format!("{readable}\n");
+                if self.written + line.len() as u64 <= self.limit {
+                    let _ = self.readable.write_all(line.as_bytes());
+                    self.written += line.len() as u64;
+                }
+            }
+        }
+    }
+}
+
+fn pump(
+    mut from: impl Read,
+    mut to: File,
+    budget: Arc<OutputBudget>,
+    transcript: Option<Arc<Mutex<Transcript>>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => budget.write(&mut to, &buf[..n]),
+            Ok(n) => {
+                budget.write(&mut to, &buf[..n]);
+                if let Some(t) = &transcript
+                    && let Ok(mut t) = t.lock()
+                {
+                    t.feed(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
@@ -187,6 +248,7 @@ fn spawn_error(started_at: i64, message: String) -> ExitRecord {
         output_bytes: 0,
         truncated: false,
         spawn_error: Some(message),
+        summary: None,
     }
 }
 
@@ -228,28 +290,49 @@ fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
         produced: AtomicU64::new(0),
         last_output_ms: AtomicI64::new(now_ms()),
     });
+    let transcript = if spec.output_format.is_structured() {
+        match File::create(run.readable()) {
+            Ok(readable) => Some(Arc::new(Mutex::new(Transcript {
+                parser: StreamParser::new(spec.output_format),
+                partial: Vec::new(),
+                readable,
+                written: 0,
+                limit: spec.max_output_bytes,
+            }))),
+            Err(e) => {
+                eprintln!("beat shim: cannot create {}: {e}", run.readable().display());
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| (Box::new(s) as Box<dyn Read + Send>, out_file)),
+    let streams = [
+        child.stdout.take().map(|s| {
+            (
+                Box::new(s) as Box<dyn Read + Send>,
+                out_file,
+                transcript.clone(),
+            )
+        }),
         child
             .stderr
             .take()
-            .map(|s| (Box::new(s) as Box<dyn Read + Send>, err_file)),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|(from, to)| {
-        let budget = budget.clone();
-        let done = done_tx.clone();
-        std::thread::spawn(move || {
-            pump(from, to, budget);
-            let _ = done.send(());
+            .map(|s| (Box::new(s) as Box<dyn Read + Send>, err_file, None)),
+    ];
+    let readers: Vec<_> = streams
+        .into_iter()
+        .flatten()
+        .map(|(from, to, transcript)| {
+            let budget = budget.clone();
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                pump(from, to, budget, transcript);
+                let _ = done.send(());
+            })
         })
-    })
-    .collect();
+        .collect();
 
     let (tx, rx) = mpsc::channel();
     let exit_tx = tx.clone();
@@ -348,6 +431,9 @@ fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
     }
     drop(readers);
     let truncated = budget.kept.lock().map(|k| k.1).unwrap_or(false);
+    let summary = transcript
+        .and_then(|t| t.lock().ok().map(|mut t| t.finish()))
+        .or_else(|| Some(RunSummary::default()));
     ExitRecord {
         exit_code: status.code(),
         signal: status.signal(),
@@ -358,5 +444,6 @@ fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
         output_bytes: budget.produced.load(Ordering::Relaxed),
         truncated,
         spawn_error: None,
+        summary,
     }
 }

@@ -48,7 +48,7 @@ fn the_cli_refuses_bad_input_with_messages_that_say_what_to_do() {
     assert_eq!(agent.status.code(), Some(1));
     assert!(
         stderr_of(&agent).contains("unknown agent 'nosuch'")
-            && stderr_of(&agent).contains("Known agents: shell, fake"),
+            && stderr_of(&agent).contains("Known agents: claude, codex, gemini, shell, fake"),
         "{}",
         stderr_of(&agent)
     );

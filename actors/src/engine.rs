@@ -47,11 +47,22 @@ pub struct NewTask {
     pub timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
     pub max_output_buffer: Option<u64>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
 }
 
 #[derive(Message)]
 #[rtype(result = "Result<TaskRecord, EngineError>")]
 pub struct Submit(pub NewTask);
+
+/// Continue a finished task: a new task whose prompt carries the checkpoint, resuming
+/// the agent's own session where the CLI can.
+#[derive(Message)]
+#[rtype(result = "Result<TaskRecord, EngineError>")]
+pub struct Resume {
+    pub task_id: String,
+    pub additional_context: Option<String>,
+}
 
 #[derive(Message)]
 #[rtype(result = "Result<TaskRecord, EngineError>")]
@@ -185,6 +196,10 @@ impl Engine {
             cancel_reason: None,
             output_bytes: None,
             output_truncated: false,
+            model: req.model.filter(|m| !m.trim().is_empty()),
+            system_prompt: req.system_prompt.filter(|s| !s.trim().is_empty()),
+            resume_session: lineage.resume_session,
+            ..Default::default()
         })
     }
 
@@ -217,6 +232,33 @@ struct Lineage {
     parent_task_id: Option<String>,
     retry_count: Option<u32>,
     retry_of: Option<String>,
+    resume_session: Option<String>,
+}
+
+impl Lineage {
+    fn after(t: &TaskRecord) -> Lineage {
+        Lineage {
+            parent_task_id: Some(t.parent_task_id.clone().unwrap_or(t.id.clone())),
+            retry_count: Some(t.retry_count.unwrap_or(0) + 1),
+            retry_of: Some(t.id.clone()),
+            resume_session: None,
+        }
+    }
+}
+
+/// The request that runs `t` again, with `prompt`.
+fn again(t: &TaskRecord, prompt: String) -> NewTask {
+    NewTask {
+        prompt,
+        priority: t.priority,
+        agent: Some(t.agent.clone()),
+        working_directory: PathBuf::from(&t.working_directory),
+        timeout: Some(t.timeout),
+        idle_timeout: t.idle_timeout,
+        max_output_buffer: Some(t.max_output_buffer),
+        model: t.model.clone(),
+        system_prompt: t.system_prompt.clone(),
+    }
 }
 
 fn validate(req: &NewTask) -> Result<(), EngineError> {
@@ -329,22 +371,42 @@ impl Handler<Retry> for Engine {
                     id,
                     status: t.status,
                 }),
-                Ok(Some(t)) => act.build(
-                    NewTask {
-                        prompt: t.prompt.clone(),
-                        priority: t.priority,
-                        agent: Some(t.agent.clone()),
-                        working_directory: PathBuf::from(&t.working_directory),
-                        timeout: Some(t.timeout),
-                        idle_timeout: t.idle_timeout,
-                        max_output_buffer: Some(t.max_output_buffer),
-                    },
-                    Lineage {
-                        parent_task_id: Some(t.parent_task_id.clone().unwrap_or(t.id.clone())),
-                        retry_count: Some(t.retry_count.unwrap_or(0) + 1),
-                        retry_of: Some(t.id.clone()),
-                    },
-                ),
+                Ok(Some(t)) => act.build(again(&t, t.prompt.clone()), Lineage::after(&t)),
+            };
+            match built {
+                Ok(record) => act.admit(record),
+                Err(e) => Box::pin(fut::ready(Err(e))),
+            }
+        }))
+    }
+}
+
+impl Handler<Resume> for Engine {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Resume, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let id = msg.task_id;
+        let context = msg.additional_context;
+        let read = async move { (read_task(&store, &id).await, id) };
+        Box::pin(read.into_actor(self).then(move |(res, id), act, _| {
+            let built = match res {
+                Err(e) => Err(e),
+                Ok(None) => Err(EngineError::TaskNotFound(id)),
+                Ok(Some(t)) if !t.status.is_terminal() => Err(EngineError::CannotResume {
+                    id,
+                    status: t.status,
+                }),
+                Ok(Some(t)) => {
+                    let prompt = crate::agents::checkpoint::resume_prompt(&t, context.as_deref());
+                    let settings = (act.settings)();
+                    let resumable = crate::agents::adapter_for(&t.agent, &settings)
+                        .map(|a| a.supports_resume())
+                        .unwrap_or(false);
+                    let mut lineage = Lineage::after(&t);
+                    lineage.resume_session = t.session_id.clone().filter(|_| resumable);
+                    act.build(again(&t, prompt), lineage)
+                }
             };
             match built {
                 Ok(record) => act.admit(record),

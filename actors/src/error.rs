@@ -14,6 +14,10 @@ pub enum EngineError {
         "task {id} cannot be retried while it is {status}: wait for it to finish, or cancel it first"
     )]
     CannotRetry { id: String, status: TaskStatus },
+    #[error(
+        "task {id} cannot be resumed while it is {status}: wait for it to finish, or cancel it first"
+    )]
+    CannotResume { id: String, status: TaskStatus },
     #[error("{0}")]
     InvalidInput(String),
     #[error(transparent)]

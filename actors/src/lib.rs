@@ -15,6 +15,8 @@ pub mod model;
 pub mod settings;
 pub mod task;
 
-pub use engine::{Cancel, Engine, EngineConfig, EngineHandle, NewTask, Recover, Retry, Submit};
+pub use engine::{
+    Cancel, Engine, EngineConfig, EngineHandle, NewTask, Recover, Resume, Retry, Submit,
+};
 pub use error::EngineError;
 pub use model::{Priority, TaskRecord, TaskStatus};

@@ -25,6 +25,10 @@ pub struct AgentSettings {
     pub base_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Extra environment for this agent, applied after inherited variables are
+    /// filtered (e.g. `CLAUDE_CODE_MAX_RETRIES`, which the nesting filter removes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// Everything the engine reads from the configuration.
@@ -46,6 +50,10 @@ pub struct Settings {
     pub kill_grace_period_ms: u64,
     pub default_agent: Option<String>,
     pub agents: BTreeMap<String, AgentSettings>,
+    /// How many times a run that ends on a rate limit is queued again.
+    pub rate_limit_retries: u32,
+    /// First wait after a rate limit with no reset time from the provider, ms; doubles.
+    pub rate_limit_backoff_ms: u64,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
@@ -65,6 +73,8 @@ impl Default for Settings {
             kill_grace_period_ms: DEFAULT_KILL_GRACE_MS,
             default_agent: None,
             agents: BTreeMap::new(),
+            rate_limit_retries: 3,
+            rate_limit_backoff_ms: 60_000,
         }
     }
 }

@@ -60,20 +60,28 @@ impl TaskActor {
         }
     }
 
-    /// Journals `event`, and only then adopts the new record and runs `then`. The
-    /// actor handles nothing else meanwhile (`ctx.wait`), so a task's transitions are
-    /// applied in order, while the journal batches many tasks into one commit.
+    /// Journals `events` (applied in order, committed in one transaction), and only
+    /// then adopts the new record and runs `then`. The actor handles nothing else
+    /// meanwhile (`ctx.wait`), so a task's transitions are applied in order, while the
+    /// journal batches many tasks into one commit.
     fn commit(
         &mut self,
-        event: TaskEvent,
+        events: Vec<TaskEvent>,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), EngineError>) + 'static,
     ) {
-        let next = match apply(Some(&self.record), &event) {
-            Ok(next) => next,
-            Err(e) => return then(self, ctx, Err(e.into())),
-        };
-        let fut = self.deps.journal.send(Append::task(event, next.clone()));
+        let mut next = self.record.clone();
+        let mut transitions = Vec::with_capacity(events.len());
+        for event in events {
+            match apply(Some(&next), &event) {
+                Ok(after) => {
+                    next = after.clone();
+                    transitions.push((event, after));
+                }
+                Err(e) => return then(self, ctx, Err(e.into())),
+            }
+        }
+        let fut = self.deps.journal.send(Append { transitions });
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             let res = match res {
                 Ok(Ok(())) => {
@@ -91,12 +99,12 @@ impl TaskActor {
     /// takes them, so that a full disk delays a result but never loses it.
     fn commit_until_done(
         &mut self,
-        event: TaskEvent,
+        events: Vec<TaskEvent>,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
-        let retry = event.clone();
-        self.commit(event, ctx, move |act, ctx, res| match res {
+        let retry = events.clone();
+        self.commit(events, ctx, move |act, ctx, res| match res {
             Ok(()) => then(act, ctx),
             Err(EngineError::Journal(e)) => {
                 tracing::error!(task = %act.record.id, error = %e, "journal refused a transition; retrying");
@@ -105,6 +113,58 @@ impl TaskActor {
             Err(e) => {
                 tracing::error!(task = %act.record.id, error = %e, "impossible transition; reloading the task");
                 ctx.stop(); // the supervisor restarts the actor from the database
+            }
+        });
+    }
+
+    /// Commits a terminal transition together with the task's checkpoint (last output,
+    /// error, git state), built off the actor thread; then `then`.
+    fn finish(
+        &mut self,
+        terminal: TaskEvent,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), EngineError>) + 'static,
+    ) {
+        let after = match apply(Some(&self.record), &terminal) {
+            Ok(after) => after,
+            Err(e) => return then(self, ctx, Err(e.into())),
+        };
+        let run = self.deps.launcher.run_dir(&self.record.id);
+        let error = after
+            .reason
+            .clone()
+            .filter(|_| after.status != TaskStatus::Completed);
+        let build = tokio::task::spawn_blocking(move || {
+            crate::agents::checkpoint::build(&after, &run, after.status, error)
+        });
+        ctx.wait(build.into_actor(self).map(move |checkpoint, act, ctx| {
+            let mut events = vec![terminal];
+            if let Ok(checkpoint) = checkpoint {
+                events.push(TaskEvent::Checkpointed {
+                    checkpoint: Box::new(checkpoint),
+                });
+            }
+            act.commit(events, ctx, then);
+        }));
+    }
+
+    /// `finish` for results that must be recorded: retried until the journal takes them.
+    fn finish_until_done(
+        &mut self,
+        terminal: TaskEvent,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        let retry = terminal.clone();
+        self.finish(terminal, ctx, move |act, ctx, res| match res {
+            Ok(()) => then(act, ctx),
+            Err(EngineError::Journal(e)) => {
+                tracing::error!(task = %act.record.id, error = %e, "journal refused a result; retrying");
+                ctx.run_later(JOURNAL_RETRY, move |act, ctx| act.finish_until_done(retry, ctx, then));
+            }
+            Err(e) => {
+                tracing::error!(task = %act.record.id, error = %e, "impossible transition; reloading the task");
+                ctx.stop();
             }
         });
     }
@@ -129,8 +189,24 @@ impl TaskActor {
                 shim_pid: shim.pid,
                 shim_start_time: shim.start_time,
             };
-            return self.commit_until_done(event, ctx, |act, ctx| act.adopt(ctx));
+            return self.commit_until_done(vec![event], ctx, |act, ctx| act.adopt(ctx));
         }
+        // Waiting for a time (a rate limit's reset): enqueue when it comes.
+        if let Some(not_before) = self.record.not_before {
+            let wait = not_before - now_ms();
+            if wait > 0 {
+                ctx.run_later(Duration::from_millis(wait as u64), |act, ctx| {
+                    if act.record.status == TaskStatus::Queued {
+                        act.enqueue(ctx);
+                    }
+                });
+                return;
+            }
+        }
+        self.enqueue(ctx);
+    }
+
+    fn enqueue(&mut self, ctx: &mut Context<Self>) {
         self.deps.governor.do_send(Enqueue {
             task_id: self.record.id.clone(),
             priority: self.record.priority,
@@ -144,7 +220,7 @@ impl TaskActor {
             let event = TaskEvent::Requeued {
                 reason: "requeued: its agent had not been launched".into(),
             };
-            return self.commit_until_done(event, ctx, |act, ctx| act.resume(ctx));
+            return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
         };
         let run = self.deps.launcher.run_dir(&self.record.id);
         let process = AgentProcess::adopted(run, pid, start, ctx.address().recipient());
@@ -180,7 +256,7 @@ impl TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                self.commit_until_done(event, ctx, |act, ctx| {
+                self.finish_until_done(event, ctx, |act, ctx| {
                     act.release(None);
                     act.end(ctx)
                 });
@@ -200,7 +276,7 @@ impl TaskActor {
                     shim_pid: l.pid,
                     shim_start_time: l.start_time,
                 };
-                self.commit_until_done(event, ctx, |act, _| {
+                self.commit_until_done(vec![event], ctx, |act, _| {
                     // A cancel that arrived while the start was being journaled.
                     if !act.cancel_waiters.is_empty()
                         && let Some(p) = &act.process
@@ -283,28 +359,81 @@ impl Handler<AgentExited> for TaskActor {
         if self.record.status != TaskStatus::Running {
             return;
         }
-        let (event, rss) = match msg.0 {
-            RunResult::Exited(exit) => {
-                let outcome = outcome_of_exit(&exit, self.record.cancel_reason.as_deref());
-                (
-                    TaskEvent::Finished {
-                        at: now_ms(),
-                        outcome,
-                    },
-                    Some(exit.max_rss_kb),
-                )
-            }
-            RunResult::Lost(reason) => (
-                TaskEvent::Lost {
+        self.process = None;
+        let (outcome, rss) = match msg.0 {
+            RunResult::Exited(exit) => (
+                outcome_of_exit(&exit, self.record.cancel_reason.as_deref()),
+                Some(exit.max_rss_kb),
+            ),
+            RunResult::Lost(reason) => {
+                let event = TaskEvent::Lost {
                     at: now_ms(),
                     reason,
-                },
-                None,
-            ),
+                };
+                return self.finish_until_done(event, ctx, |act, ctx| {
+                    act.release(None);
+                    act.end(ctx);
+                });
+            }
         };
-        self.commit_until_done(event, ctx, move |act, ctx| {
+        let settings = (self.deps.settings)();
+        if outcome.rate_limited && self.record.rate_limit_retries < settings.rate_limit_retries {
+            return self.wait_for_rate_limit(
+                outcome,
+                rss,
+                settings.rate_limit_retries,
+                settings.rate_limit_backoff_ms,
+                ctx,
+            );
+        }
+        let event = TaskEvent::Finished {
+            at: now_ms(),
+            outcome,
+        };
+        self.finish_until_done(event, ctx, move |act, ctx| {
             act.release(rss);
             act.end(ctx);
+        });
+    }
+}
+
+impl TaskActor {
+    /// A run that ended on a rate limit: queue the task again for after the provider's
+    /// reset time, or after a back-off that doubles with each attempt.
+    fn wait_for_rate_limit(
+        &mut self,
+        mut outcome: crate::model::ExitOutcome,
+        rss: Option<u64>,
+        max_retries: u32,
+        backoff_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_ms();
+        let attempt = self.record.rate_limit_retries + 1;
+        let backoff = backoff_ms.saturating_mul(1u64 << (attempt - 1).min(16)) as i64;
+        let not_before = outcome
+            .rate_limit_reset
+            .filter(|&t| t > now)
+            .unwrap_or(now + backoff);
+        let until = chrono::DateTime::from_timestamp_millis(not_before)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        outcome.reason = format!(
+            "{}; waiting until {until} to run again (rate-limit retry {attempt} of {max_retries})",
+            outcome.reason
+        );
+        // The old run's identity goes first: a crash after this leaves the task running
+        // with a dead shim and its exit.json, which recovery reads again.
+        let run = self.deps.launcher.run_dir(&self.record.id);
+        let _ = std::fs::remove_file(run.shim());
+        let event = TaskEvent::RateLimited {
+            at: now,
+            not_before,
+            outcome,
+        };
+        self.commit_until_done(vec![event], ctx, move |act, ctx| {
+            act.release(rss);
+            act.resume(ctx);
         });
     }
 }
@@ -325,7 +454,7 @@ impl Handler<CancelTask> for TaskActor {
                     at: now_ms(),
                     reason: format!("cancelled by the user: {reason}"),
                 };
-                self.commit(event, ctx, move |act, ctx, res| match res {
+                self.finish(event, ctx, move |act, ctx, res| match res {
                     Ok(()) => {
                         act.deps.governor.do_send(Withdraw {
                             task_id: act.record.id.clone(),
@@ -342,7 +471,7 @@ impl Handler<CancelTask> for TaskActor {
                 self.cancel_waiters.push(tx);
                 if self.record.cancel_reason.is_none() {
                     let event = TaskEvent::CancelRequested { reason };
-                    self.commit(event, ctx, |act, _, res| match res {
+                    self.commit(vec![event], ctx, |act, _, res| match res {
                         Ok(()) => {
                             if let Some(p) = &act.process {
                                 p.do_send(Terminate);

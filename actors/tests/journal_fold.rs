@@ -219,6 +219,7 @@ fn exit_record() -> impl Strategy<Value = ExitRecord> {
                 output_bytes,
                 truncated,
                 spawn_error,
+                summary: None,
             },
         )
 }
@@ -342,6 +343,7 @@ impl Model {
             cancel_reason: None,
             output_bytes: None,
             output_truncated: false,
+            ..Default::default()
         };
         if let Some(pick) = &spec.retry_of
             && !self.order.is_empty()
@@ -468,6 +470,7 @@ impl Model {
             reason: "wild".into(),
             output_bytes: 1,
             output_truncated: false,
+            ..Default::default()
         };
         let event = match kind {
             // The same task submitted twice.
@@ -884,6 +887,7 @@ fn concurrent_appends_all_commit_and_still_fold_to_the_table() {
                                 cancel_reason: None,
                                 output_bytes: None,
                                 output_truncated: false,
+                                ..Default::default()
                             }),
                         };
                         let started = TaskEvent::Started {
@@ -901,6 +905,7 @@ fn concurrent_appends_all_commit_and_still_fold_to_the_table() {
                             output_bytes: n as u64,
                             truncated: false,
                             spawn_error: None,
+                            summary: None,
                         };
                         let finished = TaskEvent::Finished {
                             at: at + 2,

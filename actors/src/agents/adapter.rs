@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::parse::OutputFormat;
 use crate::model::TaskRecord;
 use crate::settings::{AgentSettings, Settings};
 
@@ -14,16 +15,23 @@ use crate::settings::{AgentSettings, Settings};
 pub const MAX_PROMPT_ARG_BYTES: usize = 100 * 1024;
 
 /// How to start one agent run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LaunchCommand {
     pub argv: Vec<String>,
-    /// Variables added to (or overriding) the daemon's environment.
+    /// Variables added to (or overriding) the daemon's environment. `{runDir}` in a
+    /// value is replaced by the run folder's path.
     pub env_set: Vec<(String, String)>,
+    /// Variables set only where the daemon's environment lacks them (environment over
+    /// configuration: a key in the environment wins over one in `config.json`).
+    pub env_default: Vec<(String, String)>,
     /// Variables removed from the daemon's environment: exact names, or prefixes
     /// ending in `*` (`CLAUDE_CODE_*`).
     pub env_remove: Vec<String>,
     /// Give the prompt on stdin followed by end-of-file (else stdin is `/dev/null`).
     pub prompt_on_stdin: bool,
+    /// Files written into the run folder before the agent starts (name, content).
+    pub files: Vec<(String, String)>,
+    pub output_format: OutputFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,13 +41,17 @@ pub enum AgentError {
     )]
     Unknown { name: String, known: String },
     #[error(
-        "no agent given and no default agent is set. Name one with --agent (MCP: the `agent` field), or set a default: `beat config set defaultAgent shell`. Known agents: {known}"
+        "no agent given and no default agent is set. Name one with --agent (MCP: the `agent` field), or set a default with `beat init --agent <agent>` (or `beat config set defaultAgent <agent>`). Known agents: {known}"
     )]
     NoDefault { known: String },
     #[error(
-        "the agent '{agent}' needs the program '{program}', which was not found in PATH. Install it, or fix agents.{agent}.command in the configuration"
+        "the agent '{agent}' needs the program '{program}', which was not found in PATH. {hint}"
     )]
-    ProgramNotFound { agent: String, program: String },
+    ProgramNotFound {
+        agent: String,
+        program: String,
+        hint: String,
+    },
     #[error(
         "agents.{agent}.command is empty: give the program and its arguments, e.g. [\"my-cli\", \"{{prompt}}\"]"
     )]
@@ -54,6 +66,285 @@ pub trait AgentAdapter: Send + Sync {
     fn program(&self) -> Option<&str>;
     /// The command line, environment and stdin for one run of `task`.
     fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand;
+    fn description(&self) -> &str {
+        "a command defined in the configuration"
+    }
+    /// How to install the program, for error messages.
+    fn install_hint(&self) -> String {
+        "Install it, or fix the agent's command in the configuration".into()
+    }
+    /// The environment variable that carries this agent's API key.
+    fn api_key_env(&self) -> Option<&'static str> {
+        None
+    }
+    /// The CLI's own login, for hints (`claude login`).
+    fn login_hint(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether the CLI can continue one of its own sessions.
+    fn supports_resume(&self) -> bool {
+        false
+    }
+}
+
+/// Settings every adapter applies the same way: the agent's `env`, and its API key and
+/// base URL (only where the environment has none: environment over configuration).
+fn common_env(
+    cmd: &mut LaunchCommand,
+    settings: &AgentSettings,
+    key_env: Option<&str>,
+    url_env: Option<&str>,
+) {
+    if let (Some(var), Some(key)) = (key_env, settings.api_key.as_ref()) {
+        cmd.env_default.push((var.into(), key.clone()));
+    }
+    if let (Some(var), Some(url)) = (url_env, settings.base_url.as_ref()) {
+        cmd.env_default.push((var.into(), url.clone()));
+    }
+    cmd.env_set
+        .extend(settings.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+fn model_of<'a>(task: &'a TaskRecord, settings: &'a AgentSettings) -> Option<&'a str> {
+    task.model.as_deref().or(settings.model.as_deref())
+}
+
+fn system_prompt_of<'a>(task: &'a TaskRecord, settings: &'a AgentSettings) -> Option<&'a str> {
+    task.system_prompt
+        .as_deref()
+        .or(settings.system_prompt.as_deref())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Claude Code: `claude -p --output-format stream-json --verbose`, permissions skipped so
+/// that an unattended agent can write files.
+pub struct ClaudeAgent;
+
+impl AgentAdapter for ClaudeAgent {
+    fn name(&self) -> &str {
+        "claude"
+    }
+    fn program(&self) -> Option<&str> {
+        Some("claude")
+    }
+    fn description(&self) -> &str {
+        "Claude Code (Anthropic)"
+    }
+    fn install_hint(&self) -> String {
+        "Install it with `npm install -g @anthropic-ai/claude-code`, then log in with `claude login` or set ANTHROPIC_API_KEY".into()
+    }
+    fn api_key_env(&self) -> Option<&'static str> {
+        Some("ANTHROPIC_API_KEY")
+    }
+    fn login_hint(&self) -> Option<&'static str> {
+        Some("claude login")
+    }
+    fn supports_resume(&self) -> bool {
+        true
+    }
+    fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
+        let mut argv: Vec<String> = [
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--dangerously-skip-permissions",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(m) = model_of(task, settings) {
+            argv.extend(["--model".into(), m.into()]);
+        }
+        if let Some(s) = system_prompt_of(task, settings) {
+            argv.extend(["--append-system-prompt".into(), s.into()]);
+        }
+        if let Some(id) = &task.resume_session {
+            argv.extend(["--resume".into(), id.clone()]);
+        }
+        let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
+        if fits {
+            argv.extend(["--".into(), task.prompt.clone()]);
+        }
+        let mut cmd = LaunchCommand {
+            argv,
+            // Nesting markers: a Claude Code that delegated to Backbeat must not make
+            // its agents refuse to run as "nested sessions".
+            env_remove: vec!["CLAUDECODE".into(), "CLAUDE_CODE_*".into()],
+            prompt_on_stdin: !fits,
+            output_format: OutputFormat::ClaudeStreamJson,
+            ..Default::default()
+        };
+        if is_root() {
+            // Claude refuses to skip permissions as root unless told it is sandboxed.
+            cmd.env_default.push(("IS_SANDBOX".into(), "1".into()));
+        }
+        common_env(
+            &mut cmd,
+            settings,
+            self.api_key_env(),
+            Some("ANTHROPIC_BASE_URL"),
+        );
+        cmd
+    }
+}
+
+/// Codex CLI: `codex exec --json` with approvals and sandbox bypassed (the original's
+/// `--quiet --full-auto` no longer exist, spec W25).
+pub struct CodexAgent;
+
+/// A TOML string for `-c key=value` overrides (a JSON string is a valid TOML basic string).
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl AgentAdapter for CodexAgent {
+    fn name(&self) -> &str {
+        "codex"
+    }
+    fn program(&self) -> Option<&str> {
+        Some("codex")
+    }
+    fn description(&self) -> &str {
+        "Codex CLI (OpenAI)"
+    }
+    fn install_hint(&self) -> String {
+        "Install it with `npm install -g @openai/codex`, then log in with `codex login` or set OPENAI_API_KEY".into()
+    }
+    fn api_key_env(&self) -> Option<&'static str> {
+        Some("OPENAI_API_KEY")
+    }
+    fn login_hint(&self) -> Option<&'static str> {
+        Some("codex login")
+    }
+    fn supports_resume(&self) -> bool {
+        true
+    }
+    fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
+        let mut argv: Vec<String> = vec!["codex".into(), "exec".into()];
+        if let Some(id) = &task.resume_session {
+            argv.extend(["resume".into(), id.clone()]);
+        }
+        argv.extend(
+            [
+                "--json",
+                "--skip-git-repo-check",
+                "--dangerously-bypass-approvals-and-sandbox",
+            ]
+            .map(String::from),
+        );
+        if let Some(m) = model_of(task, settings) {
+            argv.extend(["-m".into(), m.into()]);
+        }
+        if let Some(s) = system_prompt_of(task, settings) {
+            argv.extend([
+                "-c".into(),
+                format!("developer_instructions={}", toml_string(s)),
+            ]);
+        }
+        if let Some(url) = &settings.base_url {
+            // A provider of our own pointing at the base URL, keyed by OPENAI_API_KEY.
+            for (k, v) in [
+                ("model_providers.backbeat.name", "backbeat"),
+                ("model_providers.backbeat.base_url", url.as_str()),
+                ("model_providers.backbeat.env_key", "OPENAI_API_KEY"),
+                ("model_providers.backbeat.wire_api", "responses"),
+                ("model_provider", "backbeat"),
+            ] {
+                argv.extend(["-c".into(), format!("{k}={}", toml_string(v))]);
+            }
+        }
+        let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
+        // `-` makes codex read the prompt from stdin, which is then the prompt file.
+        argv.extend([
+            "--".into(),
+            if fits {
+                task.prompt.clone()
+            } else {
+                "-".into()
+            },
+        ]);
+        let mut cmd = LaunchCommand {
+            argv,
+            prompt_on_stdin: !fits,
+            output_format: OutputFormat::CodexJson,
+            ..Default::default()
+        };
+        common_env(&mut cmd, settings, self.api_key_env(), None);
+        cmd
+    }
+}
+
+/// Gemini CLI: `gemini -p … --yolo --output-format stream-json`, the workspace trusted
+/// (an untrusted folder downgrades `--yolo` and headless runs exit 55).
+pub struct GeminiAgent;
+
+impl AgentAdapter for GeminiAgent {
+    fn name(&self) -> &str {
+        "gemini"
+    }
+    fn program(&self) -> Option<&str> {
+        Some("gemini")
+    }
+    fn description(&self) -> &str {
+        "Gemini CLI (Google)"
+    }
+    fn install_hint(&self) -> String {
+        "Install it with `npm install -g @google/gemini-cli`, then set GEMINI_API_KEY or log in with `gcloud auth application-default login`".into()
+    }
+    fn api_key_env(&self) -> Option<&'static str> {
+        Some("GEMINI_API_KEY")
+    }
+    fn login_hint(&self) -> Option<&'static str> {
+        Some("gcloud auth application-default login")
+    }
+    fn supports_resume(&self) -> bool {
+        true
+    }
+    fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
+        let mut argv: Vec<String> = ["gemini", "--yolo", "--output-format", "stream-json"]
+            .map(String::from)
+            .to_vec();
+        if let Some(m) = model_of(task, settings) {
+            argv.extend(["-m".into(), m.into()]);
+        }
+        if let Some(id) = &task.resume_session {
+            argv.extend(["--resume".into(), id.clone()]);
+        }
+        let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
+        // In -p mode Gemini puts stdin before the prompt: a long prompt goes on stdin.
+        argv.extend([
+            "-p".into(),
+            if fits {
+                task.prompt.clone()
+            } else {
+                "Do the task given above.".into()
+            },
+        ]);
+        let mut cmd = LaunchCommand {
+            argv,
+            prompt_on_stdin: !fits,
+            output_format: OutputFormat::GeminiStreamJson,
+            env_default: vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())],
+            ..Default::default()
+        };
+        if let Some(s) = system_prompt_of(task, settings) {
+            cmd.files.push(("system.md".into(), s.to_string()));
+            cmd.env_set
+                .push(("GEMINI_SYSTEM_MD".into(), "{runDir}/system.md".into()));
+        }
+        common_env(
+            &mut cmd,
+            settings,
+            self.api_key_env(),
+            Some("GOOGLE_GEMINI_BASE_URL"),
+        );
+        cmd
+    }
 }
 
 /// `shell`: runs the prompt with `sh -c`. Built in so that Backbeat works on a machine
@@ -67,20 +358,28 @@ impl AgentAdapter for ShellAgent {
     fn program(&self) -> Option<&str> {
         None
     }
-    fn command(&self, task: &TaskRecord, _settings: &AgentSettings) -> LaunchCommand {
+    fn description(&self) -> &str {
+        "runs the prompt with sh -c (built in)"
+    }
+    fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
+        let mut cmd = self.plain(task);
+        common_env(&mut cmd, settings, None, None);
+        cmd
+    }
+}
+
+impl ShellAgent {
+    fn plain(&self, task: &TaskRecord) -> LaunchCommand {
         if task.prompt.len() <= MAX_PROMPT_ARG_BYTES {
             LaunchCommand {
                 argv: vec!["/bin/sh".into(), "-c".into(), task.prompt.clone()],
-                env_set: vec![],
-                env_remove: vec![],
-                prompt_on_stdin: false,
+                ..Default::default()
             }
         } else {
             LaunchCommand {
                 argv: vec!["/bin/sh".into(), "-s".into()],
-                env_set: vec![],
-                env_remove: vec![],
                 prompt_on_stdin: true,
+                ..Default::default()
             }
         }
     }
@@ -100,7 +399,7 @@ impl AgentAdapter for CommandAgent {
     fn program(&self) -> Option<&str> {
         self.template.first().map(String::as_str)
     }
-    fn command(&self, task: &TaskRecord, _settings: &AgentSettings) -> LaunchCommand {
+    fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
         let uses_placeholder = self.template.iter().any(|a| a.contains("{prompt}"));
         let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
         let argv = self
@@ -114,26 +413,60 @@ impl AgentAdapter for CommandAgent {
                 }
             })
             .collect();
-        LaunchCommand {
+        let mut cmd = LaunchCommand {
             argv,
-            env_set: vec![],
-            env_remove: vec![],
             prompt_on_stdin: !uses_placeholder || !fits,
-        }
+            ..Default::default()
+        };
+        common_env(&mut cmd, settings, None, None);
+        cmd
     }
 }
 
+/// The built-in agents, by name.
+pub fn builtin_agent(name: &str) -> Option<Box<dyn AgentAdapter>> {
+    match name {
+        "shell" => Some(Box::new(ShellAgent)),
+        "claude" => Some(Box::new(ClaudeAgent)),
+        "codex" => Some(Box::new(CodexAgent)),
+        "gemini" => Some(Box::new(GeminiAgent)),
+        _ => None,
+    }
+}
+
+pub const BUILTIN_AGENTS: [&str; 4] = ["claude", "codex", "gemini", "shell"];
+
 /// Names of the agents the settings know, for error messages.
 pub fn known_agents(settings: &Settings) -> String {
-    let mut names = vec!["shell".to_string()];
-    names.extend(
-        settings
-            .agents
-            .iter()
-            .filter(|(_, a)| a.command.is_some())
-            .map(|(n, _)| n.clone()),
-    );
+    let mut names: Vec<String> = BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect();
+    for (name, a) in &settings.agents {
+        if a.command.is_some() && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
     names.join(", ")
+}
+
+/// The adapter for `name` (a command in the configuration wins over a built-in of the
+/// same name), without checking that its program exists.
+pub fn adapter_for(name: &str, settings: &Settings) -> Result<Box<dyn AgentAdapter>, AgentError> {
+    match settings.agents.get(name).and_then(|a| a.command.clone()) {
+        Some(template) => {
+            if template.is_empty() || template[0].is_empty() {
+                return Err(AgentError::EmptyCommand {
+                    agent: name.to_string(),
+                });
+            }
+            Ok(Box::new(CommandAgent {
+                name: name.to_string(),
+                template,
+            }))
+        }
+        None => builtin_agent(name).ok_or_else(|| AgentError::Unknown {
+            name: name.to_string(),
+            known: known_agents(settings),
+        }),
+    }
 }
 
 /// The adapter for `name` (or the default agent), checked to be runnable now.
@@ -149,33 +482,14 @@ pub fn resolve_agent(
             });
         }
     };
-    let adapter: Box<dyn AgentAdapter> =
-        match settings.agents.get(name).and_then(|a| a.command.clone()) {
-            Some(template) => {
-                if template.is_empty() || template[0].is_empty() {
-                    return Err(AgentError::EmptyCommand {
-                        agent: name.to_string(),
-                    });
-                }
-                Box::new(CommandAgent {
-                    name: name.to_string(),
-                    template,
-                })
-            }
-            None if name == "shell" => Box::new(ShellAgent),
-            None => {
-                return Err(AgentError::Unknown {
-                    name: name.to_string(),
-                    known: known_agents(settings),
-                });
-            }
-        };
+    let adapter = adapter_for(name, settings)?;
     if let Some(program) = adapter.program()
         && find_program(program).is_none()
     {
         return Err(AgentError::ProgramNotFound {
             agent: name.to_string(),
             program: program.to_string(),
+            hint: adapter.install_hint(),
         });
     }
     Ok(adapter)
@@ -241,7 +555,11 @@ mod tests {
     fn unknown_and_missing_agents_say_what_to_do() {
         let mut settings = Settings::default();
         let err = resolve_agent(Some("nope"), &settings).err().unwrap();
-        assert!(err.to_string().contains("Known agents: shell"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("Known agents: claude, codex, gemini, shell"),
+            "{err}"
+        );
         assert!(matches!(
             resolve_agent(None, &settings),
             Err(AgentError::NoDefault { .. })
@@ -255,5 +573,95 @@ mod tests {
         );
         let err = resolve_agent(Some("ghost"), &settings).err().unwrap();
         assert!(matches!(err, AgentError::ProgramNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn real_clis_get_structured_output_and_their_settings() {
+        let mut task = record_with_prompt("héllo \"wörld\"\nline2");
+        task.model = Some("m-1".into());
+        task.system_prompt = Some("be brief".into());
+        let settings = AgentSettings {
+            api_key: Some("sk-x".into()),
+            base_url: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let c = ClaudeAgent.command(&task, &settings);
+        assert!(
+            c.argv
+                .windows(2)
+                .any(|w| w == ["--output-format", "stream-json"])
+        );
+        assert!(c.argv.windows(2).any(|w| w == ["--model", "m-1"]));
+        assert!(
+            c.argv
+                .windows(2)
+                .any(|w| w == ["--append-system-prompt", "be brief"])
+        );
+        assert_eq!(
+            c.argv.last().unwrap(),
+            &task.prompt,
+            "the prompt is passed intact"
+        );
+        assert!(c.env_remove.contains(&"CLAUDE_CODE_*".to_string()));
+        assert!(
+            c.env_default
+                .contains(&("ANTHROPIC_API_KEY".into(), "sk-x".into()))
+        );
+        let x = CodexAgent.command(&task, &settings);
+        assert_eq!(&x.argv[..2], ["codex", "exec"]);
+        assert!(x.argv.contains(&"--json".to_string()));
+        assert!(
+            !x.argv.iter().any(|a| a == "--full-auto" || a == "--quiet"),
+            "flags that no longer exist (W25)"
+        );
+        assert!(
+            x.argv
+                .contains(&"developer_instructions=\"be brief\"".to_string())
+        );
+        let g = GeminiAgent.command(&task, &settings);
+        assert!(
+            g.argv
+                .windows(2)
+                .any(|w| w == ["--output-format", "stream-json"])
+        );
+        assert_eq!(g.files, [("system.md".to_string(), "be brief".to_string())]);
+        task.resume_session = Some("sess-1".into());
+        assert!(
+            ClaudeAgent
+                .command(&task, &settings)
+                .argv
+                .windows(2)
+                .any(|w| w == ["--resume", "sess-1"])
+        );
+        assert_eq!(
+            &CodexAgent.command(&task, &settings).argv[..4],
+            ["codex", "exec", "resume", "sess-1"]
+        );
+        assert!(
+            GeminiAgent
+                .command(&task, &settings)
+                .argv
+                .windows(2)
+                .any(|w| w == ["--resume", "sess-1"])
+        );
+    }
+
+    #[test]
+    fn huge_prompts_never_travel_as_one_argument() {
+        let task = record_with_prompt(&"y".repeat(300 * 1024));
+        for adapter in [
+            &ClaudeAgent as &dyn AgentAdapter,
+            &CodexAgent,
+            &GeminiAgent,
+            &ShellAgent,
+        ] {
+            let c = adapter.command(&task, &AgentSettings::default());
+            assert!(c.prompt_on_stdin, "{}", adapter.name());
+            assert!(
+                c.argv.iter().all(|a| a.len() <= MAX_PROMPT_ARG_BYTES),
+                "{}",
+                adapter.name()
+            );
+        }
     }
 }

@@ -32,7 +32,12 @@ impl Launcher {
 
     /// The agent's environment: the daemon's, less what the adapter removes, plus what
     /// it sets, plus `BACKBEAT_WORKER` and `BACKBEAT_TASK_ID`.
-    pub fn agent_env(&self, task: &TaskRecord, cmd: &LaunchCommand) -> Vec<(OsString, OsString)> {
+    pub fn agent_env(
+        &self,
+        task: &TaskRecord,
+        cmd: &LaunchCommand,
+        run_dir: &Path,
+    ) -> Vec<(OsString, OsString)> {
         let removed = |name: &OsString| {
             let name = name.to_string_lossy();
             cmd.env_remove
@@ -48,12 +53,21 @@ impl Launcher {
             .filter(|(k, _)| !removed(k))
             .cloned()
             .collect();
+        let run_dir = run_dir.display().to_string();
+        for (k, v) in &cmd.env_default {
+            if !env
+                .iter()
+                .any(|(name, value)| name == k.as_str() && !value.is_empty())
+            {
+                env.push((k.into(), v.into()));
+            }
+        }
         let mut set = |k: &str, v: &str| {
             env.retain(|(name, _)| name != k);
             env.push((k.into(), v.into()));
         };
         for (k, v) in &cmd.env_set {
-            set(k, v);
+            set(k, &v.replace("{runDir}", &run_dir));
         }
         set("BACKBEAT_WORKER", "true");
         set("BACKBEAT_TASK_ID", &task.id);
@@ -76,6 +90,9 @@ impl Launcher {
         if cmd.prompt_on_stdin {
             std::fs::write(run.prompt(), &task.prompt)?;
         }
+        for (name, content) in &cmd.files {
+            std::fs::write(run.path.join(name), content)?;
+        }
         let spec = RunSpec {
             task_id: task.id.clone(),
             argv: cmd.argv.clone(),
@@ -85,12 +102,13 @@ impl Launcher {
             idle_timeout_ms: task.idle_timeout,
             max_output_bytes: task.max_output_buffer,
             kill_grace_ms: settings.kill_grace_period_ms,
+            output_format: cmd.output_format,
         };
         let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
         // Not fsynced: if the machine dies before the shim starts, recovery finds no
         // shim.json and launches again.
         write_atomically(&run.spec(), &bytes, false)?;
-        self.spawn_shim(&run.path, self.agent_env(task, cmd))
+        self.spawn_shim(&run.path, self.agent_env(task, cmd, &run.path))
     }
 
     fn spawn_shim(

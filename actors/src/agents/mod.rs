@@ -7,10 +7,12 @@
 //! put API keys anywhere but the agent's environment.
 
 pub mod adapter;
+pub mod checkpoint;
 pub mod launch;
+pub mod parse;
 pub mod process;
 pub mod run_dir;
 
-pub use adapter::{AgentAdapter, AgentError, LaunchCommand, resolve_agent};
+pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
 pub use launch::{Launched, Launcher};
 pub use process::{AgentExited, AgentProcess, Terminate};

@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::parse::{OutputFormat, RunSummary};
+
 pub const SPEC_FILE: &str = "spec.json";
 pub const PROMPT_FILE: &str = "prompt.txt";
 pub const STDOUT_FILE: &str = "stdout.log";
 pub const STDERR_FILE: &str = "stderr.log";
 pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_FILE: &str = "shim.json";
+/// The readable transcript of a structured agent (text and tool calls, not JSON).
+pub const READABLE_FILE: &str = "output.txt";
 
 /// Written by the shim before it starts the agent: who it is, so that a daemon that
 /// died between spawning it and journaling the start can still adopt it.
@@ -49,6 +53,9 @@ pub struct RunSpec {
     pub max_output_bytes: u64,
     /// Time between TERM and KILL when the shim stops the agent's process group.
     pub kill_grace_ms: u64,
+    /// How to read the agent's stdout.
+    #[serde(default)]
+    pub output_format: OutputFormat,
 }
 
 /// Why the shim stopped the agent, when it did.
@@ -68,7 +75,7 @@ pub enum KillCause {
 }
 
 /// The result of one run, written atomically by the shim (write, fsync, rename).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitRecord {
     pub exit_code: Option<i32>,
@@ -83,6 +90,9 @@ pub struct ExitRecord {
     pub truncated: bool,
     /// The agent could not be executed at all.
     pub spawn_error: Option<String>,
+    /// What the agent's structured output said (session, answer, usage, error).
+    #[serde(default)]
+    pub summary: Option<RunSummary>,
 }
 
 /// Paths inside one task's run folder.
@@ -111,6 +121,9 @@ impl RunDir {
     }
     pub fn exit(&self) -> PathBuf {
         self.path.join(EXIT_FILE)
+    }
+    pub fn readable(&self) -> PathBuf {
+        self.path.join(READABLE_FILE)
     }
     pub fn shim(&self) -> PathBuf {
         self.path.join(SHIM_FILE)
@@ -207,6 +220,7 @@ mod tests {
             output_bytes: 4,
             truncated: true,
             spawn_error: None,
+            summary: None,
         };
         write_atomically(&run.exit(), &serde_json::to_vec(&rec).unwrap(), true).unwrap();
         assert_eq!(run.read_exit().unwrap(), Some(rec));

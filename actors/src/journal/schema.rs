@@ -6,9 +6,10 @@ use rusqlite::Connection;
 
 /// Migrations in order; migration N is `MIGRATIONS[N - 1]`. Never edit a released one:
 /// add the next.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "events and tasks",
-    r#"
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "events and tasks",
+        r#"
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         at INTEGER NOT NULL,
@@ -47,7 +48,21 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     CREATE INDEX tasks_by_status ON tasks(status, created_at);
     CREATE INDEX tasks_by_created ON tasks(created_at);
     "#,
-)];
+    ),
+    (
+        "agent settings, results, usage, rate limits and checkpoints of tasks",
+        r#"
+    ALTER TABLE tasks ADD COLUMN model TEXT;
+    ALTER TABLE tasks ADD COLUMN system_prompt TEXT;
+    ALTER TABLE tasks ADD COLUMN session_id TEXT;
+    ALTER TABLE tasks ADD COLUMN resume_session TEXT;
+    ALTER TABLE tasks ADD COLUMN result TEXT;
+    ALTER TABLE tasks ADD COLUMN usage TEXT;
+    ALTER TABLE tasks ADD COLUMN rate_limit_retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN checkpoint TEXT;
+    "#,
+    ),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

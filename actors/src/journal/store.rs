@@ -33,7 +33,20 @@ pub struct TaskQuery {
 const TASK_COLUMNS: &str = "id, prompt, status, priority, agent, working_directory, timeout,
     idle_timeout, max_output_buffer, parent_task_id, retry_count, retry_of, created_at,
     started_at, completed_at, not_before, exit_code, signal, reason, shim_pid,
-    shim_start_time, cancel_reason, output_bytes, output_truncated";
+    shim_start_time, cancel_reason, output_bytes, output_truncated, model, system_prompt,
+    session_id, resume_session, result, usage, rate_limit_retries, checkpoint";
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Option<T>> {
+    match row.get::<_, Option<String>>(index)? {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| conversion_error(index, e.to_string())),
+    }
+}
 
 fn conversion_error(column: usize, message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
@@ -69,6 +82,14 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         cancel_reason: row.get(21)?,
         output_bytes: row.get::<_, Option<i64>>(22)?.map(|v| v as u64),
         output_truncated: row.get(23)?,
+        model: row.get(24)?,
+        system_prompt: row.get(25)?,
+        session_id: row.get(26)?,
+        resume_session: row.get(27)?,
+        result: row.get(28)?,
+        usage: json_column(row, 29)?,
+        rate_limit_retries: row.get(30)?,
+        checkpoint: json_column(row, 31)?,
     })
 }
 

@@ -174,9 +174,10 @@ const UPSERT_TASK: &str = "INSERT INTO tasks(
     id, prompt, status, priority, agent, working_directory, timeout, idle_timeout,
     max_output_buffer, parent_task_id, retry_count, retry_of, created_at, started_at,
     completed_at, not_before, exit_code, signal, reason, shim_pid, shim_start_time,
-    cancel_reason, output_bytes, output_truncated)
+    cancel_reason, output_bytes, output_truncated, model, system_prompt, session_id,
+    resume_session, result, usage, rate_limit_retries, checkpoint)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-    ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)
     ON CONFLICT(id) DO UPDATE SET
     prompt = excluded.prompt,
     status = excluded.status,
@@ -200,7 +201,15 @@ const UPSERT_TASK: &str = "INSERT INTO tasks(
     shim_start_time = excluded.shim_start_time,
     cancel_reason = excluded.cancel_reason,
     output_bytes = excluded.output_bytes,
-    output_truncated = excluded.output_truncated";
+    output_truncated = excluded.output_truncated,
+    model = excluded.model,
+    system_prompt = excluded.system_prompt,
+    session_id = excluded.session_id,
+    resume_session = excluded.resume_session,
+    result = excluded.result,
+    usage = excluded.usage,
+    rate_limit_retries = excluded.rate_limit_retries,
+    checkpoint = excluded.checkpoint";
 
 fn task_params(t: &TaskRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
     vec![
@@ -228,6 +237,18 @@ fn task_params(t: &TaskRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
         Box::new(&t.cancel_reason),
         Box::new(t.output_bytes.map(|v| v as i64)),
         Box::new(t.output_truncated),
+        Box::new(&t.model),
+        Box::new(&t.system_prompt),
+        Box::new(&t.session_id),
+        Box::new(&t.resume_session),
+        Box::new(&t.result),
+        Box::new(t.usage.as_ref().and_then(|u| serde_json::to_string(u).ok())),
+        Box::new(t.rate_limit_retries),
+        Box::new(
+            t.checkpoint
+                .as_ref()
+                .and_then(|c| serde_json::to_string(c).ok()),
+        ),
     ]
 }
 

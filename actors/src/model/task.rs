@@ -12,10 +12,11 @@ use super::Millis;
 use crate::agents::run_dir::{ExitRecord, KillCause};
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Blocked,
+    #[default]
     Queued,
     Running,
     Completed,
@@ -93,7 +94,7 @@ impl Priority {
 }
 
 /// Everything the engine knows about one task. The `tasks` table holds exactly this.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     pub id: String,
@@ -130,6 +131,59 @@ pub struct TaskRecord {
     pub cancel_reason: Option<String>,
     pub output_bytes: Option<u64>,
     pub output_truncated: bool,
+    /// Model the agent is asked to use (task setting, else the agent's configuration).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Text appended to the agent's system prompt.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// The agent's own session id, as its output reported it.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Continue this agent session when starting (resume).
+    #[serde(default)]
+    pub resume_session: Option<String>,
+    /// The agent's final answer.
+    #[serde(default)]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// How many times the task was queued again after a rate limit.
+    #[serde(default)]
+    pub rate_limit_retries: u32,
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Tokens (and cost, where the agent reports it) of one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+}
+
+/// What a finished task leaves for whoever continues from it (spec 1.5, with the real
+/// output the original lost, W3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// `completed`, `failed` or `cancelled`.
+    pub checkpoint_type: TaskStatus,
+    /// The last lines (at most 50, at most 8 KiB) of the agent's readable output.
+    pub output_summary: String,
+    pub error_summary: Option<String>,
+    pub git_branch: Option<String>,
+    pub git_commit_sha: Option<String>,
+    #[serde(default)]
+    pub git_dirty_files: Vec<String>,
+    pub created_at: Millis,
 }
 
 /// One transition of a task, as journaled. Each variant names what happened.
@@ -157,6 +211,14 @@ pub enum TaskEvent {
     /// A running task whose agent was never launched goes back to the queue
     /// (a crash between being granted a slot and spawning the shim).
     Requeued { reason: String },
+    /// The run ended on a rate limit: the task waits until `not_before`, then runs again.
+    RateLimited {
+        at: Millis,
+        not_before: Millis,
+        outcome: ExitOutcome,
+    },
+    /// A finished task's checkpoint, committed with its terminal transition.
+    Checkpointed { checkpoint: Box<Checkpoint> },
 }
 
 impl TaskEvent {
@@ -171,12 +233,14 @@ impl TaskEvent {
             TaskEvent::Cancelled { .. } => "cancelled",
             TaskEvent::StartFailed { .. } => "start_failed",
             TaskEvent::Requeued { .. } => "requeued",
+            TaskEvent::RateLimited { .. } => "rate_limited",
+            TaskEvent::Checkpointed { .. } => "checkpointed",
         }
     }
 }
 
 /// The terminal result of one run, derived from the shim's `exit.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitOutcome {
     pub status: TaskStatus,
@@ -185,6 +249,17 @@ pub struct ExitOutcome {
     pub reason: String,
     pub output_bytes: u64,
     pub output_truncated: bool,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// The run ended on a rate limit; the provider's reset time, when it gave one.
+    #[serde(default)]
+    pub rate_limited: bool,
+    #[serde(default)]
+    pub rate_limit_reset: Option<Millis>,
 }
 
 /// A transition that the current state does not allow.
@@ -242,11 +317,27 @@ pub fn apply(
         (Running, TaskEvent::Finished { at, outcome }) if outcome.status.is_terminal() => {
             next.status = outcome.status;
             next.completed_at = Some(*at);
-            next.exit_code = outcome.exit_code;
-            next.signal = outcome.signal.clone();
-            next.reason = Some(outcome.reason.clone());
-            next.output_bytes = Some(outcome.output_bytes);
-            next.output_truncated = outcome.output_truncated;
+            take_run_results(&mut next, outcome);
+        }
+        (
+            Running,
+            TaskEvent::RateLimited {
+                at: _,
+                not_before,
+                outcome,
+            },
+        ) => {
+            take_run_results(&mut next, outcome);
+            next.status = Queued;
+            next.not_before = Some(*not_before);
+            next.rate_limit_retries += 1;
+            next.started_at = None;
+            next.shim_pid = None;
+            next.shim_start_time = None;
+            next.cancel_reason = None;
+        }
+        (Completed | Failed | Cancelled, TaskEvent::Checkpointed { checkpoint }) => {
+            next.checkpoint = Some((**checkpoint).clone());
         }
         (Running, TaskEvent::Lost { at, reason }) => {
             next.status = Failed;
@@ -275,9 +366,28 @@ pub fn apply(
     Ok(next)
 }
 
+fn take_run_results(next: &mut TaskRecord, outcome: &ExitOutcome) {
+    next.exit_code = outcome.exit_code;
+    next.signal = outcome.signal.clone();
+    next.reason = Some(outcome.reason.clone());
+    next.output_bytes = Some(outcome.output_bytes);
+    next.output_truncated = outcome.output_truncated;
+    if outcome.session_id.is_some() {
+        next.session_id = outcome.session_id.clone();
+    }
+    if outcome.result.is_some() {
+        next.result = outcome.result.clone();
+    }
+    if outcome.usage.is_some() {
+        next.usage = outcome.usage.clone();
+    }
+}
+
 /// Turns what the shim recorded into the task's terminal state and a sentence for people.
 /// A signal is a failure, never a success (the original counted it as success, spec W6).
 pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOutcome {
+    let summary = exit.summary.clone().unwrap_or_default();
+    let structured = summary.format.is_structured();
     let (status, reason) = if let Some(error) = &exit.spawn_error {
         (
             TaskStatus::Failed,
@@ -301,11 +411,22 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
                 format!("no output for {}", human_duration(*after_ms)),
             ),
             None => match (exit.exit_code, exit.signal) {
-                (Some(0), _) => (TaskStatus::Completed, "exited with code 0".to_string()),
-                (Some(code), _) => (TaskStatus::Failed, format!("exited with code {code}")),
+                // Success needs the exit status *and* the agent's own result: Gemini
+                // exits 0 with no result line after a kill.
+                (Some(0), _) if !structured || summary.success == Some(true) => {
+                    (TaskStatus::Completed, "exited with code 0".to_string())
+                }
+                (Some(0), _) if !summary.result_seen => (
+                    TaskStatus::Failed,
+                    "the agent exited with code 0 but never reported a result".to_string(),
+                ),
+                (Some(code), _) => (
+                    TaskStatus::Failed,
+                    failure_reason(&format!("exited with code {code}"), &summary),
+                ),
                 (None, Some(sig)) => (
                     TaskStatus::Failed,
-                    format!("killed by signal {}", signal_name(sig)),
+                    failure_reason(&format!("killed by signal {}", signal_name(sig)), &summary),
                 ),
                 (None, None) => (
                     TaskStatus::Failed,
@@ -314,6 +435,10 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
             },
         }
     };
+    let rate_limited = status == TaskStatus::Failed
+        && exit.killed_for.is_none()
+        && exit.spawn_error.is_none()
+        && summary.rate_limited;
     ExitOutcome {
         status,
         exit_code: exit.exit_code,
@@ -321,6 +446,43 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
         reason,
         output_bytes: exit.output_bytes,
         output_truncated: exit.truncated,
+        session_id: summary.session_id.clone(),
+        result: summary
+            .answer
+            .clone()
+            .filter(|_| status == TaskStatus::Completed),
+        usage: summary.usage.clone(),
+        rate_limited,
+        rate_limit_reset: summary.rate_limit_reset,
+    }
+}
+
+/// "exited with code 1: the provider refused the credentials (HTTP 401): API Error: …"
+fn failure_reason(how: &str, summary: &crate::agents::parse::RunSummary) -> String {
+    let cause = match summary.http_status {
+        Some(401) | Some(403) => Some(format!(
+            "the provider refused the credentials (HTTP {})",
+            summary.http_status.unwrap_or(401)
+        )),
+        Some(429) => Some("rate limited by the provider (HTTP 429)".to_string()),
+        Some(s) if s >= 500 => Some(format!("the provider failed (HTTP {s})")),
+        Some(s) => Some(format!("the provider answered HTTP {s}")),
+        None if summary.rate_limited => Some("rate limited by the provider".to_string()),
+        None => None,
+    };
+    let error = summary.error.as_deref().map(|e| {
+        e.lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>()
+    });
+    match (cause, error) {
+        (Some(c), Some(e)) => format!("{how}: {c}: {e}"),
+        (Some(c), None) => format!("{how}: {c}"),
+        (None, Some(e)) if !e.is_empty() => format!("{how}: {e}"),
+        _ => how.to_string(),
     }
 }
 
@@ -397,6 +559,7 @@ pub mod tests_support {
             cancel_reason: None,
             output_bytes: None,
             output_truncated: false,
+            ..Default::default()
         }
     }
 }
@@ -405,19 +568,105 @@ pub mod tests_support {
 mod tests {
     use super::tests_support::queued;
     use super::*;
+    use crate::agents::parse::{OutputFormat, RunSummary};
 
     fn exit(code: Option<i32>, signal: Option<i32>, killed_for: Option<KillCause>) -> ExitRecord {
         ExitRecord {
             exit_code: code,
             signal,
             killed_for,
-            started_at: 0,
-            ended_at: 0,
-            max_rss_kb: 0,
-            output_bytes: 0,
-            truncated: false,
-            spawn_error: None,
+            ..Default::default()
         }
+    }
+
+    fn structured(code: i32, summary: RunSummary) -> ExitRecord {
+        ExitRecord {
+            exit_code: Some(code),
+            summary: Some(RunSummary {
+                format: OutputFormat::ClaudeStreamJson,
+                ..summary
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_structured_agent_succeeds_only_with_a_successful_result() {
+        let ok = outcome_of_exit(
+            &structured(
+                0,
+                RunSummary {
+                    result_seen: true,
+                    success: Some(true),
+                    answer: Some("done".into()),
+                    ..Default::default()
+                },
+            ),
+            None,
+        );
+        assert_eq!(
+            (ok.status, ok.result.as_deref()),
+            (TaskStatus::Completed, Some("done"))
+        );
+        let silent = outcome_of_exit(&structured(0, RunSummary::default()), None);
+        assert_eq!(
+            silent.status,
+            TaskStatus::Failed,
+            "exit 0 without a result is not success"
+        );
+        assert!(silent.reason.contains("never reported a result"));
+        let denied = outcome_of_exit(
+            &structured(
+                0,
+                RunSummary {
+                    result_seen: true,
+                    success: Some(false),
+                    error: Some("boom".into()),
+                    ..Default::default()
+                },
+            ),
+            None,
+        );
+        assert_eq!(denied.status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn provider_errors_name_their_cause() {
+        let e = outcome_of_exit(
+            &structured(
+                1,
+                RunSummary {
+                    result_seen: true,
+                    success: Some(false),
+                    http_status: Some(401),
+                    error: Some("Failed to authenticate. API Error: 401".into()),
+                    ..Default::default()
+                },
+            ),
+            None,
+        );
+        assert_eq!(
+            e.reason,
+            "exited with code 1: the provider refused the credentials (HTTP 401): Failed to authenticate. API Error: 401"
+        );
+        assert!(!e.rate_limited);
+        let r = outcome_of_exit(
+            &structured(
+                1,
+                RunSummary {
+                    http_status: Some(429),
+                    rate_limited: true,
+                    ..Default::default()
+                },
+            ),
+            None,
+        );
+        assert!(r.rate_limited);
+        assert!(
+            r.reason.contains("rate limited by the provider (HTTP 429)"),
+            "{}",
+            r.reason
+        );
     }
 
     #[test]

@@ -78,8 +78,13 @@ pub struct DelegateTaskArgs {
     /// Bytes of output kept, 1024 to 1073741824 (default: configuration `maxOutputBuffer`).
     #[schemars(range(min = 1024, max = 1073741824))]
     pub max_output_buffer: Option<u64>,
-    /// Agent to run: `shell`, or one defined in the configuration (default: `defaultAgent`).
+    /// Agent to run: claude, codex, gemini, shell, or one defined in the configuration
+    /// (default: `defaultAgent`).
     pub agent: Option<String>,
+    /// Model the agent should use (default: the agent's configured model, else its own).
+    pub model: Option<String>,
+    /// Text added to the agent's system prompt.
+    pub system_prompt: Option<String>,
 }
 
 /// One task's status, or a list of tasks (newest first) when taskId is absent.
@@ -196,6 +201,8 @@ async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
         timeout: args.timeout,
         idle_timeout: args.idle_timeout,
         max_output_buffer: args.max_output_buffer,
+        model: args.model,
+        system_prompt: args.system_prompt,
     };
     let task = server
         .engine

@@ -1,0 +1,654 @@
+//! Parsing agent output into typed events while it runs.
+//!
+//! Owns: the readers of Claude Code's `stream-json`, Codex's `exec --json` and Gemini
+//! CLI's `stream-json` lines, the summary of a run (session id, final answer, usage,
+//! error, rate limit), and the readable rendering that `beat run -f` and checkpoints show.
+//! Must never: fail on a line it does not understand (agents add fields and event kinds;
+//! unknown lines are passed over), or treat an exit status alone as success.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::task::Usage;
+
+/// How an agent writes its stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Plain text: every line is output; the exit status alone decides.
+    #[default]
+    Plain,
+    ClaudeStreamJson,
+    CodexJson,
+    GeminiStreamJson,
+}
+
+impl OutputFormat {
+    pub fn is_structured(self) -> bool {
+        self != OutputFormat::Plain
+    }
+}
+
+/// One thing an agent reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    Session {
+        id: String,
+        model: Option<String>,
+    },
+    Text(String),
+    ToolUse {
+        name: String,
+        detail: String,
+    },
+    Usage(Usage),
+    /// The agent is retrying a failed request (HTTP status when it says).
+    Retry {
+        status: Option<u16>,
+        attempt: Option<u64>,
+    },
+    RateLimited {
+        reset_at: Option<i64>,
+    },
+    Result {
+        success: bool,
+        answer: Option<String>,
+        error: Option<String>,
+        http_status: Option<u16>,
+    },
+    Error(String),
+}
+
+/// What a run amounts to, from its output: written into `exit.json` by the shim.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub format: OutputFormat,
+    pub session_id: Option<String>,
+    pub model: Option<String>,
+    /// The agent's result event arrived (structured agents).
+    pub result_seen: bool,
+    pub success: Option<bool>,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+    pub rate_limited: bool,
+    pub rate_limit_reset: Option<i64>,
+    pub usage: Option<Usage>,
+}
+
+/// Reads one agent's stdout line by line.
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    pub summary: RunSummary,
+    /// Gemini streams its answer as deltas: the answer is their concatenation.
+    gemini_answer: String,
+    last_text: Option<String>,
+}
+
+impl StreamParser {
+    pub fn new(format: OutputFormat) -> StreamParser {
+        StreamParser {
+            summary: RunSummary {
+                format,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The events of one line of stdout; updates the summary.
+    pub fn line(&mut self, line: &str) -> Vec<AgentEvent> {
+        let format = self.summary.format;
+        if format == OutputFormat::Plain {
+            return vec![AgentEvent::Text(line.to_string())];
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            return Vec::new(); // not JSON: a stray line, not an event
+        };
+        let events = match format {
+            OutputFormat::ClaudeStreamJson => claude(&v),
+            OutputFormat::CodexJson => codex(&v),
+            OutputFormat::GeminiStreamJson => gemini(&v),
+            OutputFormat::Plain => Vec::new(),
+        };
+        for e in &events {
+            self.absorb(e);
+        }
+        events
+    }
+
+    fn absorb(&mut self, e: &AgentEvent) {
+        let s = &mut self.summary;
+        match e {
+            AgentEvent::Session { id, model } => {
+                s.session_id = Some(id.clone());
+                if model.is_some() {
+                    s.model = model.clone();
+                }
+            }
+            AgentEvent::Text(t) => {
+                if s.format == OutputFormat::GeminiStreamJson {
+                    self.gemini_answer.push_str(t);
+                }
+                self.last_text = Some(t.clone());
+            }
+            AgentEvent::Usage(u) => s.usage = Some(u.clone()),
+            AgentEvent::Retry { status, .. } => {
+                if *status == Some(429) {
+                    s.rate_limited = true;
+                }
+            }
+            AgentEvent::RateLimited { reset_at } => {
+                s.rate_limited = true;
+                if reset_at.is_some() {
+                    s.rate_limit_reset = *reset_at;
+                }
+            }
+            AgentEvent::Result {
+                success,
+                answer,
+                error,
+                http_status,
+            } => {
+                s.result_seen = true;
+                s.success = Some(*success);
+                s.answer = answer.clone().or_else(|| match s.format {
+                    OutputFormat::GeminiStreamJson if *success => Some(self.gemini_answer.clone()),
+                    OutputFormat::CodexJson if *success => self.last_text.clone(),
+                    _ => None,
+                });
+                if error.is_some() {
+                    s.error = error.clone();
+                }
+                let status = http_status.or_else(|| error.as_deref().and_then(http_status_in));
+                if status.is_some() {
+                    s.http_status = status;
+                }
+                if status == Some(429) || error.as_deref().is_some_and(mentions_rate_limit) {
+                    s.rate_limited = true;
+                }
+            }
+            AgentEvent::Error(msg) => {
+                if s.error.is_none() {
+                    s.error = Some(msg.clone());
+                }
+            }
+            AgentEvent::ToolUse { .. } => {}
+        }
+    }
+}
+
+/// A line for people: the agent's text and tool calls, not its JSON.
+pub fn render(event: &AgentEvent) -> Option<String> {
+    match event {
+        AgentEvent::Text(t) => Some(t.clone()),
+        AgentEvent::ToolUse { name, detail } if detail.is_empty() => Some(format!("→ {name}")),
+        AgentEvent::ToolUse { name, detail } => Some(format!("→ {name} {detail}")),
+        AgentEvent::Retry { status, attempt } => Some(format!(
+            "… retrying{}{}",
+            status
+                .map(|s| format!(" after HTTP {s}"))
+                .unwrap_or_default(),
+            attempt
+                .map(|a| format!(" (attempt {a})"))
+                .unwrap_or_default()
+        )),
+        AgentEvent::Result {
+            success: false,
+            error: Some(e),
+            ..
+        } => Some(format!("✗ {e}")),
+        AgentEvent::Error(e) => Some(format!("! {e}")),
+        _ => None,
+    }
+}
+
+fn str_of(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(String::from)
+}
+
+fn u64_of(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// A short description of a tool call's input: the path, command or pattern it acts on.
+fn tool_detail(input: &Value) -> String {
+    for key in [
+        "file_path",
+        "path",
+        "command",
+        "cmd",
+        "pattern",
+        "url",
+        "absolute_path",
+    ] {
+        if let Some(s) = input.get(key).and_then(Value::as_str) {
+            return s.lines().next().unwrap_or("").chars().take(120).collect();
+        }
+    }
+    String::new()
+}
+
+fn claude(v: &Value) -> Vec<AgentEvent> {
+    let mut out = Vec::new();
+    match (v["type"].as_str(), v["subtype"].as_str()) {
+        (Some("system"), Some("init")) => {
+            if let Some(id) = str_of(v, "session_id") {
+                out.push(AgentEvent::Session {
+                    id,
+                    model: str_of(v, "model"),
+                });
+            }
+        }
+        (Some("system"), Some("api_retry")) => out.push(AgentEvent::Retry {
+            status: v["error_status"].as_u64().map(|s| s as u16),
+            attempt: v["attempt"].as_u64(),
+        }),
+        (Some("assistant"), _) => {
+            if v["error"].as_str() == Some("rate_limit") {
+                out.push(AgentEvent::RateLimited { reset_at: None });
+            }
+            for block in v["message"]["content"].as_array().into_iter().flatten() {
+                match block["type"].as_str() {
+                    Some("text") => {
+                        if let Some(t) = block["text"].as_str() {
+                            out.push(AgentEvent::Text(t.to_string()));
+                        }
+                    }
+                    Some("tool_use") => out.push(AgentEvent::ToolUse {
+                        name: str_of(block, "name").unwrap_or_default(),
+                        detail: tool_detail(&block["input"]),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        (Some("result"), _) => {
+            let u = &v["usage"];
+            out.push(AgentEvent::Usage(Usage {
+                input_tokens: u64_of(u, "input_tokens"),
+                output_tokens: u64_of(u, "output_tokens"),
+                cache_read_tokens: u64_of(u, "cache_read_input_tokens"),
+                cache_write_tokens: u64_of(u, "cache_creation_input_tokens"),
+                cost_usd: v["total_cost_usd"].as_f64(),
+            }));
+            let is_error = v["is_error"].as_bool().unwrap_or(false)
+                || v["subtype"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("error"));
+            let text = str_of(v, "result");
+            out.push(AgentEvent::Result {
+                success: !is_error,
+                answer: if is_error { None } else { text.clone() },
+                error: if is_error {
+                    text.or_else(|| {
+                        v["errors"].as_array().map(|e| {
+                            e.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                    })
+                } else {
+                    None
+                },
+                http_status: v["api_error_status"].as_u64().map(|s| s as u16),
+            });
+            if let Some(id) = str_of(v, "session_id") {
+                out.insert(0, AgentEvent::Session { id, model: None });
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn codex(v: &Value) -> Vec<AgentEvent> {
+    let mut out = Vec::new();
+    match v["type"].as_str() {
+        Some("thread.started") => {
+            if let Some(id) = str_of(v, "thread_id") {
+                out.push(AgentEvent::Session { id, model: None });
+            }
+        }
+        Some("item.completed") | Some("item.started") => {
+            let item = &v["item"];
+            let completed = v["type"] == "item.completed";
+            match item["type"].as_str() {
+                Some("agent_message") if completed => {
+                    if let Some(t) = item["text"].as_str() {
+                        out.push(AgentEvent::Text(t.to_string()));
+                    }
+                }
+                Some("command_execution") if !completed => out.push(AgentEvent::ToolUse {
+                    name: "exec".into(),
+                    detail: str_of(item, "command").unwrap_or_default(),
+                }),
+                Some("file_change") if completed => {
+                    for change in item["changes"].as_array().into_iter().flatten() {
+                        out.push(AgentEvent::ToolUse {
+                            name: format!("edit ({})", change["kind"].as_str().unwrap_or("change")),
+                            detail: str_of(change, "path").unwrap_or_default(),
+                        });
+                    }
+                }
+                Some("error") if completed => {
+                    // Warnings such as unknown model metadata: shown, not fatal.
+                    if let Some(m) = item["message"].as_str() {
+                        out.push(AgentEvent::Error(m.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some("turn.completed") => {
+            let u = &v["usage"];
+            out.push(AgentEvent::Usage(Usage {
+                input_tokens: u64_of(u, "input_tokens"),
+                output_tokens: u64_of(u, "output_tokens"),
+                cache_read_tokens: u64_of(u, "cached_input_tokens"),
+                cache_write_tokens: u64_of(u, "cache_write_input_tokens"),
+                cost_usd: None,
+            }));
+            out.push(AgentEvent::Result {
+                success: true,
+                answer: None,
+                error: None,
+                http_status: None,
+            });
+        }
+        Some("turn.failed") => {
+            let message = v["error"]["message"].as_str().map(String::from);
+            out.push(AgentEvent::Result {
+                success: false,
+                answer: None,
+                error: message,
+                http_status: None,
+            });
+        }
+        Some("error") => {
+            let message = str_of(v, "message").unwrap_or_default();
+            if message.starts_with("Reconnecting") {
+                out.push(AgentEvent::Retry {
+                    status: None,
+                    attempt: None,
+                });
+            }
+            out.push(AgentEvent::Error(message));
+        }
+        _ => {}
+    }
+    out
+}
+
+fn gemini(v: &Value) -> Vec<AgentEvent> {
+    let mut out = Vec::new();
+    match v["type"].as_str() {
+        Some("init") => {
+            if let Some(id) = str_of(v, "session_id") {
+                out.push(AgentEvent::Session {
+                    id,
+                    model: str_of(v, "model"),
+                });
+            }
+        }
+        Some("message") if v["role"] == "assistant" => {
+            if let Some(t) = v["content"].as_str() {
+                out.push(AgentEvent::Text(t.to_string()));
+            }
+        }
+        Some("tool_use") => out.push(AgentEvent::ToolUse {
+            name: str_of(v, "tool_name").unwrap_or_default(),
+            detail: tool_detail(&v["parameters"]),
+        }),
+        Some("result") => {
+            let stats = &v["stats"];
+            out.push(AgentEvent::Usage(Usage {
+                input_tokens: u64_of(stats, "input_tokens"),
+                output_tokens: u64_of(stats, "output_tokens"),
+                cache_read_tokens: u64_of(stats, "cached"),
+                cache_write_tokens: 0,
+                cost_usd: None,
+            }));
+            let success = v["status"] == "success";
+            out.push(AgentEvent::Result {
+                success,
+                answer: None,
+                error: if success {
+                    None
+                } else {
+                    v["error"]["message"].as_str().map(String::from)
+                },
+                http_status: v["error"]["code"].as_u64().map(|c| c as u16),
+            });
+        }
+        Some("error") => {
+            if let Some(m) = v["message"].as_str() {
+                out.push(AgentEvent::Error(m.to_string()));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The first HTTP error status named in an error message ("(429)", "401 Unauthorized",
+/// `"code":401`).
+pub fn http_status_in(text: &str) -> Option<u16> {
+    const KNOWN: [u16; 11] = [400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529];
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(2)).find_map(|i| {
+        let digits = &bytes[i..i + 3];
+        let before_ok = i == 0 || !bytes[i - 1].is_ascii_digit();
+        let after_ok = i + 3 == bytes.len() || !bytes[i + 3].is_ascii_digit();
+        if before_ok && after_ok && digits.iter().all(u8::is_ascii_digit) {
+            let n: u16 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            KNOWN.contains(&n).then_some(n)
+        } else {
+            None
+        }
+    })
+}
+
+pub fn mentions_rate_limit(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "rate limit",
+        "rate_limit",
+        "too many requests",
+        "resource_exhausted",
+        "429",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(format: OutputFormat, text: &str) -> (RunSummary, Vec<String>) {
+        let mut p = StreamParser::new(format);
+        let mut readable = Vec::new();
+        for line in text.lines() {
+            for e in p.line(line) {
+                if let Some(r) = render(&e) {
+                    readable.push(r);
+                }
+            }
+        }
+        (p.summary, readable)
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}{name}")).unwrap()
+    }
+
+    #[test]
+    fn claude_success_gives_answer_session_usage_and_cost() {
+        let (s, readable) = run(
+            OutputFormat::ClaudeStreamJson,
+            &fixture("claude-stream-json.jsonl"),
+        );
+        assert_eq!(
+            s.session_id.as_deref(),
+            Some("fbef2dde-c020-4dd6-bc5a-9073b18339e9")
+        );
+        assert_eq!(s.success, Some(true));
+        assert_eq!(
+            s.answer.as_deref(),
+            Some("Created hello.txt containing hi.")
+        );
+        let u = s.usage.unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (57884, 29));
+        assert_eq!(u.cost_usd, Some(0.174087));
+        assert!(
+            readable
+                .iter()
+                .any(|l| l == "→ Write /home/user/work-claude/hello.txt"),
+            "{readable:?}"
+        );
+        assert!(
+            !readable.iter().any(|l| l.starts_with('{')),
+            "no raw JSON in the readable output"
+        );
+    }
+
+    #[test]
+    fn claude_errors_name_their_http_status() {
+        let (s, _) = run(
+            OutputFormat::ClaudeStreamJson,
+            &fixture("claude-error429-noretry-stream-json.jsonl"),
+        );
+        assert_eq!(
+            (s.success, s.http_status, s.rate_limited),
+            (Some(false), Some(429), true)
+        );
+        let (s, _) = run(
+            OutputFormat::ClaudeStreamJson,
+            &fixture("claude-error401-noretry-stream-json.jsonl"),
+        );
+        assert_eq!((s.http_status, s.rate_limited), (Some(401), false));
+        assert!(s.error.unwrap().contains("401"));
+        let (s, readable) = run(
+            OutputFormat::ClaudeStreamJson,
+            &fixture("claude-error500-default-retries-killed-at-120s-stream-json.jsonl"),
+        );
+        assert!(!s.result_seen, "killed before its result");
+        assert!(
+            readable
+                .iter()
+                .any(|l| l.contains("retrying after HTTP 500"))
+        );
+    }
+
+    #[test]
+    fn codex_answer_is_the_last_agent_message() {
+        let (s, readable) = run(OutputFormat::CodexJson, &fixture("codex-json.jsonl"));
+        assert_eq!(
+            s.session_id.as_deref(),
+            Some("01a20f35-a9c4-7b70-ace2-7c5342bd50ca")
+        );
+        assert_eq!(
+            s.answer.as_deref(),
+            Some("Created hello.txt containing hi.")
+        );
+        assert_eq!(
+            s.usage.as_ref().map(|u| (u.input_tokens, u.output_tokens)),
+            Some((19157, 19))
+        );
+        assert!(
+            readable.iter().any(|l| l.starts_with("→ exec /bin/bash")),
+            "{readable:?}"
+        );
+        let (p, readable) = run(
+            OutputFormat::CodexJson,
+            &fixture("codex-apply-patch-json.jsonl"),
+        );
+        assert_eq!(p.success, Some(true));
+        assert!(
+            readable
+                .iter()
+                .any(|l| l == "→ edit (add) /home/user/work/hello.txt"),
+            "{readable:?}"
+        );
+    }
+
+    #[test]
+    fn codex_failures_and_rate_limits() {
+        let (s, _) = run(
+            OutputFormat::CodexJson,
+            &fixture("codex-error429-noretry-json.jsonl"),
+        );
+        assert_eq!(
+            (s.success, s.http_status, s.rate_limited),
+            (Some(false), Some(429), true)
+        );
+        let (s, _) = run(
+            OutputFormat::CodexJson,
+            &fixture("codex-error401-noretry-json.jsonl"),
+        );
+        assert_eq!(s.http_status, Some(401));
+    }
+
+    #[test]
+    fn gemini_answer_is_the_concatenated_deltas() {
+        let (s, readable) = run(
+            OutputFormat::GeminiStreamJson,
+            &fixture("gemini-stream-json.jsonl"),
+        );
+        assert_eq!(
+            s.answer.as_deref(),
+            Some("Created hello.txt containing hi.")
+        );
+        assert_eq!(
+            s.session_id.as_deref(),
+            Some("be47fbba-1df6-4f23-b92e-a092ee495841")
+        );
+        assert_eq!(s.usage.map(|u| u.input_tokens), Some(23592));
+        assert!(
+            readable
+                .iter()
+                .any(|l| l == "→ write_file /home/user/work-gemini/hello.txt")
+        );
+        let (e, _) = run(
+            OutputFormat::GeminiStreamJson,
+            &fixture("gemini-error429-maxAttempts1-stream-json.jsonl"),
+        );
+        assert_eq!(
+            (e.success, e.http_status, e.rate_limited),
+            (Some(false), Some(429), true)
+        );
+        let (e, _) = run(
+            OutputFormat::GeminiStreamJson,
+            &fixture("gemini-error401-stream-json.jsonl"),
+        );
+        assert_eq!(e.http_status, Some(401));
+    }
+
+    #[test]
+    fn statuses_are_found_in_messages() {
+        assert_eq!(
+            http_status_in("API Error: Request rejected (429) · x"),
+            Some(429)
+        );
+        assert_eq!(
+            http_status_in("unexpected status 401 Unauthorized"),
+            Some(401)
+        );
+        assert_eq!(http_status_in("{\"code\":500}"), Some(500));
+        assert_eq!(http_status_in("took 4290 ms"), None);
+        assert_eq!(http_status_in("no status"), None);
+    }
+
+    #[test]
+    fn unknown_lines_are_passed_over() {
+        let mut p = StreamParser::new(OutputFormat::ClaudeStreamJson);
+        assert!(p.line("not json").is_empty());
+        assert!(p.line("{\"type\":\"brand_new_event\"}").is_empty());
+        assert!(!p.summary.result_seen);
+    }
+}
