@@ -75,6 +75,18 @@ pub const KEYS: &[Key] = &[
         help: "time between TERM and KILL, ms",
     },
     Key {
+        name: "rateLimitRetries",
+        env: "RATE_LIMIT_RETRIES",
+        kind: Kind::Int(0, 100),
+        help: "times a rate-limited run is queued again",
+    },
+    Key {
+        name: "rateLimitBackoffMs",
+        env: "RATE_LIMIT_BACKOFF_MS",
+        kind: Kind::Int(0, 86_400_000),
+        help: "first wait after a rate limit without a reset time, ms (doubles)",
+    },
+    Key {
         name: "defaultAgent",
         env: "BACKBEAT_DEFAULT_AGENT",
         kind: Kind::Text,
@@ -197,7 +209,7 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     });
     let mut s = Settings::default();
     let get = |name: &str, warnings: &mut Vec<String>| {
-        resolve(key(name).expect("known key"), &file, warnings).0
+        key(name).and_then(|k| resolve(k, &file, warnings).0)
     };
     if let Some(v) = get("timeout", warnings).and_then(|v| v.as_u64()) {
         s.timeout = v;
@@ -217,6 +229,12 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     }
     if let Some(v) = get("killGracePeriodMs", warnings).and_then(|v| v.as_u64()) {
         s.kill_grace_period_ms = v;
+    }
+    if let Some(v) = get("rateLimitRetries", warnings).and_then(|v| v.as_u64()) {
+        s.rate_limit_retries = v as u32;
+    }
+    if let Some(v) = get("rateLimitBackoffMs", warnings).and_then(|v| v.as_u64()) {
+        s.rate_limit_backoff_ms = v;
     }
     s.default_agent = get("defaultAgent", warnings).and_then(|v| v.as_str().map(String::from));
     if let Some(Value::Object(agents)) = file.get("agents") {

@@ -29,6 +29,10 @@ pub struct AgentSettings {
     /// filtered (e.g. `CLAUDE_CODE_MAX_RETRIES`, which the nesting filter removes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// How a command agent writes its output (`plain`, `claude-stream-json`,
+    /// `codex-json`, `gemini-stream-json`): a wrapper around a real CLI keeps its parsing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<crate::agents::parse::OutputFormat>,
 }
 
 /// Everything the engine reads from the configuration.

@@ -71,6 +71,8 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                     "cpuCoresReserved" => Value::from(settings.cpu_cores_reserved),
                     "memoryReserve" => Value::from(settings.memory_reserve),
                     "killGracePeriodMs" => Value::from(settings.kill_grace_period_ms),
+                    "rateLimitRetries" => Value::from(settings.rate_limit_retries),
+                    "rateLimitBackoffMs" => Value::from(settings.rate_limit_backoff_ms),
                     "logLevel" => Value::from("info"),
                     _ => Value::Null,
                 });
@@ -152,6 +154,15 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// Sets one top-level key in the file.
+pub fn set_value(home: &Home, key: &str, value: Value) -> Result<(), CliError> {
+    home.ensure()?;
+    let path = home.config();
+    let mut file = read_file(&path).map_err(CliError::Refused)?;
+    file.insert(key.into(), value);
+    write_file(&path, &file).map_err(CliError::Refused)
+}
+
 fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Result<(), CliError> {
     let Some((agent, field)) = rest.split_once('.') else {
         return Err(CliError::Usage(
@@ -173,6 +184,15 @@ fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Resu
             }
         }
         "model" | "systemPrompt" | "baseUrl" | "apiKey" => Value::from(value),
+        "outputFormat" => match value {
+            "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
+                Value::from(value)
+            }
+            _ => return Err(CliError::Usage(
+                "outputFormat is one of plain, claude-stream-json, codex-json, gemini-stream-json"
+                    .into(),
+            )),
+        },
         other => {
             return Err(CliError::Usage(format!(
                 "unknown agent setting '{other}': use command, model, systemPrompt, baseUrl or apiKey"

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; a foreground run or `beat wait` whose task failed with agent
 //! exit code N exits N, any other failure or a cancel 1; usage errors 2; Ctrl-C 130.
 
+mod agents;
 mod config;
 mod daemon;
 mod mcp;
@@ -47,6 +48,12 @@ enum Command {
     Retry(tasks::RetryArgs),
     /// Wait until a task finishes; exits like `beat run -f`
     Wait(tasks::WaitArgs),
+    /// Continue a finished task, with its checkpoint and the agent's session
+    Resume(tasks::ResumeArgs),
+    /// List agents, check them, and set their API key, model, base URL, system prompt
+    Agents(agents::AgentsArgs),
+    /// Choose the default agent
+    Init(agents::InitArgs),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -83,6 +90,9 @@ pub fn main() -> i32 {
         Command::Cancel(args) => block_on(tasks::cancel(args, &home)),
         Command::Retry(args) => block_on(tasks::retry(args, &home)),
         Command::Wait(args) => block_on(tasks::wait(args, &home)),
+        Command::Resume(args) => block_on(tasks::resume(args, &home)),
+        Command::Agents(args) => block_on(agents::run(args, &home)),
+        Command::Init(args) => block_on(agents::init(args, &home)),
     };
     match result {
         Ok(code) => code,

@@ -34,6 +34,12 @@ pub struct RunArgs {
     /// Bytes of output kept
     #[arg(short = 'b', long = "max-output-buffer", visible_alias = "buffer")]
     max_output_buffer: Option<u64>,
+    /// Model the agent should use
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Text added to the agent's system prompt
+    #[arg(long = "system-prompt")]
+    system_prompt: Option<String>,
     /// Stream the agent's output and exit with the task's result
     #[arg(short, long)]
     foreground: bool,
@@ -54,6 +60,8 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
         ("timeout", args.timeout.map(Value::from)),
         ("idleTimeout", args.idle_timeout.map(Value::from)),
         ("maxOutputBuffer", args.max_output_buffer.map(Value::from)),
+        ("model", args.model.map(Value::from)),
+        ("systemPrompt", args.system_prompt.map(Value::from)),
     ];
     for (key, value) in fields {
         if let Some(v) = value {
@@ -92,7 +100,27 @@ pub async fn follow(
     cancel_on_interrupt: bool,
 ) -> Result<i32, CliError> {
     let run = home.run_dir(id);
-    let mut out = super::tasks::Follower::new(run.join("stdout.log"), false);
+    // Structured agents are shown through their readable transcript, not raw JSON.
+    let task = client.task(id).await?;
+    let settings = crate::config::load_settings(&home.config(), &mut Vec::new());
+    let structured = backbeat_actors::agents::adapter_for(&task.agent, &settings)
+        .map(|a| {
+            let agent_settings = settings
+                .agents
+                .get(&task.agent)
+                .cloned()
+                .unwrap_or_default();
+            a.command(&task, &agent_settings)
+                .output_format
+                .is_structured()
+        })
+        .unwrap_or(false);
+    let stdout_file = if structured {
+        "output.txt"
+    } else {
+        "stdout.log"
+    };
+    let mut out = super::tasks::Follower::new(run.join(stdout_file), false);
     let mut err = super::tasks::Follower::new(run.join("stderr.log"), true);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let wait = client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 }));

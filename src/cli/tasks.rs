@@ -60,6 +60,16 @@ pub struct RetryArgs {
 }
 
 #[derive(Args)]
+pub struct ResumeArgs {
+    id: String,
+    /// More instructions for the new attempt
+    #[arg(long)]
+    context: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct WaitArgs {
     id: String,
     /// Print the finished task as JSON
@@ -151,6 +161,22 @@ fn print_task(t: &TaskRecord) {
     if let Some(sig) = &t.signal {
         println!("Signal:     {sig}");
     }
+    if let Some(m) = &t.model {
+        println!("Model:      {m}");
+    }
+    if let Some(nb) = t.not_before.filter(|_| !t.status.is_terminal()) {
+        println!("Not before: {}", iso(nb));
+    }
+    if let Some(s) = &t.session_id {
+        println!("Session:    {s}");
+    }
+    if let Some(u) = &t.usage {
+        let cost = u.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default();
+        println!(
+            "Tokens:     {} in, {} out, {} cache read, {} cache write{cost}",
+            u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens
+        );
+    }
     if let Some(parent) = &t.retry_of {
         println!(
             "Retry of:   {parent} (retry #{})",
@@ -158,6 +184,9 @@ fn print_task(t: &TaskRecord) {
         );
     }
     println!("Prompt:     {}", t.prompt);
+    if let Some(r) = &t.result {
+        println!("Result:     {r}");
+    }
 }
 
 pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
@@ -330,6 +359,31 @@ pub async fn retry(args: RetryArgs, home: &Home) -> Result<i32, CliError> {
             v["retryCount"],
             v["parentTaskId"].as_str().unwrap_or("")
         );
+    }
+    Ok(0)
+}
+
+pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
+    let client = DaemonClient::connect(home).await?;
+    let mut req = json!({ "taskId": args.id });
+    if let Some(c) = args.context {
+        req["additionalContext"] = Value::from(c);
+    }
+    let v = client.call("ResumeTask", req).await?;
+    client.close().await;
+    let id = v["newTaskId"].as_str().unwrap_or_default();
+    if args.json {
+        print_json(
+            &json!({ "taskId": id, "retryCount": v["retryCount"], "parentTaskId": v["parentTaskId"], "resumesSession": v["resumesSession"] }),
+        );
+    } else {
+        println!("Task ID: {id}");
+        match v["resumesSession"].as_str() {
+            Some(s) => eprintln!("Resumes the agent's session {s}"),
+            None => eprintln!(
+                "The agent's session cannot be resumed; the new prompt carries the checkpoint"
+            ),
+        }
     }
     Ok(0)
 }

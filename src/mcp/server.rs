@@ -86,7 +86,11 @@ impl ServerHandler for BackbeatMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = match tools::tasks::call(self, &request.name, args).await {
+        let outcome = match tools::tasks::call(self, &request.name, args.clone()).await {
+            Some(o) => Some(o),
+            None => tools::agents::call(self, &request.name, args).await,
+        };
+        let result = match outcome {
             Some(outcome) => to_result(outcome),
             None => CallToolResult::error(vec![ContentBlock::text(
                 json!({

@@ -22,6 +22,8 @@ pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-agent");
 pub struct Beat {
     pub home: tempfile::TempDir,
     pub workdir: tempfile::TempDir,
+    /// Environment for every command (and so for the daemon they start).
+    pub env: Vec<(String, String)>,
 }
 
 impl Beat {
@@ -45,7 +47,21 @@ impl Beat {
             c.extend(e);
         }
         std::fs::write(home.path().join("config.json"), config.to_string()).unwrap();
-        Beat { home, workdir }
+        Beat {
+            home,
+            workdir,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same, with `vars` in the environment of every command and of the daemon.
+    pub fn with_config_and_env(extra: Value, vars: &[(&str, &str)]) -> Beat {
+        let mut beat = Beat::with_config(extra);
+        beat.env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        beat
     }
 
     pub fn path(&self) -> &Path {
@@ -60,6 +76,9 @@ impl Beat {
             .env_remove("MAX_WORKERS")
             .current_dir(self.workdir.path())
             .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

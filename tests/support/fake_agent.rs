@@ -9,6 +9,10 @@
 //! `pidfile PATH`, `ignore-term`, `grandchild PATH MS`, `flood BYTES`,
 //! `hold MB`, `exit N`, `signal NAME`, `echo-stdin`, `env NAME`, `cwd`.
 //!
+//! `first-run PATH` splits the script: when PATH does not exist, it is created and
+//! the steps up to `else` run; when it exists, the steps after `else` run. Tests use it
+//! for an agent that behaves differently when a task runs again (rate limits).
+//!
 //! An unknown step or a bad number prints `fake-agent: ...` to stderr and
 //! exits 64; after the last step it exits 0.
 
@@ -176,7 +180,28 @@ fn main() {
         args.join(" ")
     };
     let mut held = Vec::new();
-    for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+    let mut steps: Vec<&str> = script
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(marker) = steps.first().and_then(|s| s.strip_prefix("first-run ")) {
+        let marker = Path::new(marker.trim());
+        let first = !marker.exists();
+        if first {
+            std::fs::write(marker, b"").unwrap_or_else(|e| fail(&format!("first-run: {e}")));
+        }
+        let split = steps
+            .iter()
+            .position(|s| *s == "else")
+            .unwrap_or(steps.len());
+        steps = if first {
+            steps[1..split].to_vec()
+        } else {
+            steps.get(split + 1..).unwrap_or(&[]).to_vec()
+        };
+    }
+    for step in steps {
         if let Err(e) = run_step(step, &mut held) {
             fail(&format!("step {step:?} failed: {e}"));
         }

@@ -392,6 +392,15 @@ pub struct CommandAgent {
     template: Vec<String>,
 }
 
+impl CommandAgent {
+    pub fn new(name: &str, template: Vec<String>) -> CommandAgent {
+        CommandAgent {
+            name: name.to_string(),
+            template,
+        }
+    }
+}
+
 impl AgentAdapter for CommandAgent {
     fn name(&self) -> &str {
         &self.name
@@ -416,6 +425,7 @@ impl AgentAdapter for CommandAgent {
         let mut cmd = LaunchCommand {
             argv,
             prompt_on_stdin: !uses_placeholder || !fits,
+            output_format: settings.output_format.unwrap_or_default(),
             ..Default::default()
         };
         common_env(&mut cmd, settings, None, None);

@@ -14,7 +14,7 @@ use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
 /// How the run ended, as far as the files tell.
 #[derive(Debug, Clone)]
 pub enum RunResult {
-    Exited(ExitRecord),
+    Exited(Box<ExitRecord>),
     /// The shim is gone and left no result.
     Lost(String),
 }
@@ -82,7 +82,7 @@ impl AgentProcess {
         // a dead shim seen before the read means the read is final.
         let alive = !shim_exited && is_same_process_alive(self.shim_pid, self.shim_start_time);
         let result = match self.run.read_exit() {
-            Ok(Some(exit)) => RunResult::Exited(exit),
+            Ok(Some(exit)) => RunResult::Exited(Box::new(exit)),
             Ok(None) if alive => return false,
             Ok(None) => RunResult::Lost(format!(
                 "lost: the shim (pid {}) ended without recording the agent's result",

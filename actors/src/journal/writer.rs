@@ -136,8 +136,16 @@ fn finish(
     for pending in group {
         let res = result(&pending.append);
         if res.is_ok() {
-            for (_, record) in &pending.append.transitions {
-                let _ = publish.send(record.clone());
+            // Waiters see each task's state after the whole append, never a middle
+            // step of it (a terminal state before its checkpoint, say).
+            let transitions = &pending.append.transitions;
+            for (i, (_, record)) in transitions.iter().enumerate() {
+                if !transitions[i + 1..]
+                    .iter()
+                    .any(|(_, later)| later.id == record.id)
+                {
+                    let _ = publish.send(record.clone());
+                }
             }
         }
         let _ = pending.reply.send(res);

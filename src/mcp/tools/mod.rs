@@ -1,6 +1,7 @@
 //! The MCP tools, one file per family. Each tool's JSON Schema is generated from the
 //! very struct its arguments are parsed into, so what is advertised is what is accepted.
 
+pub mod agents;
 pub mod tasks;
 
 use rmcp::model::Tool;
@@ -10,7 +11,9 @@ use serde_json::Value;
 
 /// Every tool this server lists: only tools that work.
 pub fn all() -> Vec<Tool> {
-    tasks::tools()
+    let mut all = tasks::tools();
+    all.extend(agents::tools());
+    all
 }
 
 /// A tool whose input schema is that of `T`.

@@ -127,6 +127,18 @@ pub struct RetryTaskArgs {
     pub task_id: String,
 }
 
+/// Continue a finished task: a new task whose prompt carries the previous attempt's
+/// checkpoint, continuing the agent's own session where the CLI can.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResumeTaskArgs {
+    #[schemars(regex(pattern = r"^task-"))]
+    pub task_id: String,
+    /// More instructions for the new attempt.
+    #[schemars(length(max = 1048576))]
+    pub additional_context: Option<String>,
+}
+
 /// Wait until a task is finished (or the wait times out), then return its status.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -183,6 +195,7 @@ pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolO
         "TaskLogs" => run!(logs),
         "CancelTask" => run!(cancel),
         "RetryTask" => run!(retry),
+        "ResumeTask" => run!(resume),
         "WaitTask" => run!(wait),
         _ => return None,
     })
@@ -274,6 +287,12 @@ pub fn status_json(t: &TaskRecord) -> Value {
         "reason": t.reason,
         "priority": t.priority,
         "createdAt": t.created_at,
+        "notBefore": t.not_before,
+        "model": t.model,
+        "sessionId": t.session_id,
+        "result": t.result,
+        "usage": t.usage,
+        "rateLimitRetries": t.rate_limit_retries,
     });
     v["task"] = record_json(t);
     v
@@ -380,6 +399,27 @@ async fn retry(server: &BackbeatMcp, args: RetryTaskArgs) -> ToolOutcome {
         "newTaskId": task.id,
         "retryCount": task.retry_count,
         "parentTaskId": task.parent_task_id,
+    }))
+}
+
+async fn resume(server: &BackbeatMcp, args: ResumeTaskArgs) -> ToolOutcome {
+    let task = server
+        .engine
+        .engine
+        .send(backbeat_actors::Resume {
+            task_id: args.task_id.clone(),
+            additional_context: args.additional_context,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "message": format!("Task {} resumed as {}", args.task_id, task.id),
+        "newTaskId": task.id,
+        "retryCount": task.retry_count,
+        "parentTaskId": task.parent_task_id,
+        "resumesSession": task.resume_session,
     }))
 }
 

@@ -1,0 +1,238 @@
+//! Agent tools: ListAgents and ConfigureAgent (spec section 3.4, plus `model`,
+//! `baseUrl` and `systemPrompt`). Answers describe the daemon's environment, which is
+//! the one agents run with.
+
+use backbeat_actors::agents::adapter::{AgentAdapter, BUILTIN_AGENTS, adapter_for, find_program};
+use backbeat_actors::settings::Settings;
+use rmcp::model::Tool;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{parse, tool};
+use crate::config::{load_settings, read_file, write_file};
+use crate::mcp::server::{BackbeatMcp, ToolOutcome};
+
+/// List the agents, whether each is ready, and the default.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListAgentsArgs {}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentAction {
+    Set,
+    #[default]
+    Check,
+    Reset,
+}
+
+/// Check, set or reset an agent's settings (API key, model, base URL, system prompt).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigureAgentArgs {
+    /// claude, codex, gemini, or an agent defined in the configuration.
+    pub agent: String,
+    /// set, check (the default) or reset.
+    pub action: Option<AgentAction>,
+    #[schemars(length(min = 1))]
+    pub api_key: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub system_prompt: Option<String>,
+}
+
+pub fn tools() -> Vec<Tool> {
+    vec![
+        tool::<ListAgentsArgs>(
+            "ListAgents",
+            "List the agents Backbeat can run, whether each is ready, and the default agent.",
+        ),
+        tool::<ConfigureAgentArgs>(
+            "ConfigureAgent",
+            "Check an agent's readiness, or set or reset its API key, model, base URL and system prompt.",
+        ),
+    ]
+}
+
+pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
+    Some(match name {
+        "ListAgents" => match parse::<ListAgentsArgs>(name, args) {
+            Ok(_) => list(server),
+            Err(e) => Err(e),
+        },
+        "ConfigureAgent" => match parse::<ConfigureAgentArgs>(name, args) {
+            Ok(a) => configure(server, a),
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    })
+}
+
+/// `sk-...xyz`; short keys are all stars.
+pub fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        "***".into()
+    } else {
+        format!(
+            "{}...{}",
+            chars[..3].iter().collect::<String>(),
+            chars[chars.len() - 3..].iter().collect::<String>()
+        )
+    }
+}
+
+/// Whether an agent can run, and how it authenticates (spec 5.2 checkAgentAuth).
+pub fn agent_status(name: &str, settings: &Settings) -> Value {
+    let adapter: Option<Box<dyn AgentAdapter>> = adapter_for(name, settings).ok();
+    let configured = settings.agents.get(name).cloned().unwrap_or_default();
+    let program = adapter.as_ref().and_then(|a| a.program().map(String::from));
+    let cli_found = program.as_deref().is_none_or(|p| find_program(p).is_some());
+    let key_env = adapter.as_ref().and_then(|a| a.api_key_env());
+    let env_key = key_env
+        .and_then(|v| std::env::var(v).ok())
+        .filter(|v| !v.is_empty());
+    let (ready, method, hint) = match (&env_key, &configured.api_key, cli_found) {
+        (_, _, false) => (false, "none", adapter.as_ref().map(|a| a.install_hint())),
+        (Some(_), _, true) => (true, "env-var", None),
+        (None, Some(_), true) => (true, "config-file", None),
+        (None, None, true) => match adapter.as_ref().and_then(|a| a.login_hint()) {
+            Some(login) => (
+                true,
+                "cli-installed",
+                Some(format!(
+                    "CLI installed; authentication not verified: run `{login}` or set {}",
+                    key_env.unwrap_or("its API key")
+                )),
+            ),
+            None => (
+                true,
+                if program.is_some() {
+                    "cli-installed"
+                } else {
+                    "builtin"
+                },
+                None,
+            ),
+        },
+    };
+    let mut v = json!({
+        "provider": name,
+        "description": adapter.as_ref().map(|a| a.description().to_string()).unwrap_or_default(),
+        "registered": adapter.is_some(),
+        "isDefault": settings.default_agent.as_deref() == Some(name),
+        "authStatus": if ready { "ready" } else { "not-configured" },
+        "authMethod": method,
+        "ready": ready,
+        "cliFound": cli_found,
+        "model": configured.model,
+        "baseUrl": configured.base_url,
+        "systemPrompt": configured.system_prompt,
+    });
+    if let Some(h) = hint {
+        v["hint"] = Value::from(h);
+    }
+    if let Some(var) = key_env {
+        v["envVar"] = Value::from(var);
+    }
+    if let Some(k) = &configured.api_key {
+        v["storedKey"] = Value::from(mask(k));
+    }
+    v
+}
+
+/// Every agent: the built-ins and those defined in the configuration.
+pub fn agent_names(settings: &Settings) -> Vec<String> {
+    let mut names: Vec<String> = BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect();
+    for (name, a) in &settings.agents {
+        if a.command.is_some() && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+fn current_settings(server: &BackbeatMcp) -> Settings {
+    load_settings(&server.home.config(), &mut Vec::new())
+}
+
+fn list(server: &BackbeatMcp) -> ToolOutcome {
+    let settings = current_settings(server);
+    let agents: Vec<Value> = agent_names(&settings)
+        .iter()
+        .map(|n| agent_status(n, &settings))
+        .collect();
+    Ok(json!({ "success": true, "agents": agents, "defaultAgent": settings.default_agent }))
+}
+
+fn configure(server: &BackbeatMcp, args: ConfigureAgentArgs) -> ToolOutcome {
+    let settings = current_settings(server);
+    adapter_for(&args.agent, &settings).map_err(|e| e.to_string())?;
+    let path = server.home.config();
+    match args.action.unwrap_or_default() {
+        AgentAction::Check => {
+            let mut v = agent_status(&args.agent, &settings);
+            v["success"] = Value::Bool(true);
+            Ok(v)
+        }
+        AgentAction::Set => {
+            let fields = [
+                ("apiKey", args.api_key),
+                ("model", args.model),
+                ("baseUrl", args.base_url),
+                ("systemPrompt", args.system_prompt),
+            ];
+            if fields.iter().all(|(_, v)| v.is_none()) {
+                return Err(
+                    "action 'set' needs at least one of apiKey, model, baseUrl, systemPrompt"
+                        .into(),
+                );
+            }
+            let mut file = read_file(&path)?;
+            let agents = file.entry("agents").or_insert_with(|| json!({}));
+            if !agents.is_object() {
+                *agents = json!({});
+            }
+            let mut changed = Vec::new();
+            if let Some(entry) = agents
+                .as_object_mut()
+                .map(|a| a.entry(args.agent.clone()).or_insert_with(|| json!({})))
+            {
+                for (key, value) in fields {
+                    if let (Some(v), Some(obj)) = (value, entry.as_object_mut()) {
+                        changed.push(if key == "apiKey" {
+                            format!("apiKey ({})", mask(&v))
+                        } else {
+                            key.to_string()
+                        });
+                        obj.insert(key.into(), Value::from(v));
+                    }
+                }
+            }
+            write_file(&path, &file)?;
+            Ok(
+                json!({ "success": true, "message": format!("Stored for {}: {}", args.agent, changed.join(", ")) }),
+            )
+        }
+        AgentAction::Reset => {
+            let mut file = read_file(&path)?;
+            let removed = file
+                .get_mut("agents")
+                .and_then(Value::as_object_mut)
+                .map(|a| a.remove(&args.agent).is_some())
+                .unwrap_or(false);
+            if file
+                .get("agents")
+                .and_then(Value::as_object)
+                .is_some_and(Map::is_empty)
+            {
+                file.remove("agents");
+            }
+            if removed {
+                write_file(&path, &file)?;
+            }
+            Ok(json!({ "success": true, "message": format!("Settings of {} reset", args.agent) }))
+        }
+    }
+}
