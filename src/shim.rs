@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backbeat_actors::agents::parse::{RunSummary, StreamParser, render};
+use backbeat_actors::agents::parse::{AgentEvent, OutputFormat, RunSummary, StreamParser, render};
 use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
     write_atomically,
@@ -75,6 +75,8 @@ struct Transcript {
     readable: File,
     written: u64,
     limit: u64,
+    /// The last text written did not end its line (Gemini deltas).
+    mid_line: bool,
 }
 
 /// A line longer than this is parsed as it is rather than buffered further.
@@ -98,17 +100,37 @@ impl Transcript {
             let line = std::mem::take(&mut self.partial);
             self.line(&line);
         }
+        if self.mid_line {
+            self.write("\n");
+        }
         self.parser.summary.clone()
+    }
+
+    fn write(&mut self, text: &str) {
+        if self.written + text.len() as u64 <= self.limit {
+            let _ = self.readable.write_all(text.as_bytes());
+            self.written += text.len() as u64;
+        }
     }
 
     fn line(&mut self, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
+        let deltas = self.parser.summary.format == OutputFormat::GeminiStreamJson;
         for event in self.parser.line(text.trim_end_matches(['\n', '\r'])) {
-            if let Some(readable) = render(&event) {
-                let line = format!("{readable}\n");
-                if self.written + line.len() as u64 <= self.limit {
-                    let _ = self.readable.write_all(line.as_bytes());
-                    self.written += line.len() as u64;
+            match (&event, deltas) {
+                // Gemini streams its text in pieces: they join into one line.
+                (AgentEvent::Text(piece), true) => {
+                    self.write(piece);
+                    self.mid_line = !piece.ends_with('\n');
+                }
+                _ => {
+                    if let Some(readable) = render(&event) {
+                        if self.mid_line {
+                            self.write("\n");
+                            self.mid_line = false;
+                        }
+                        self.write(&format!("{readable}\n"));
+                    }
                 }
             }
         }
@@ -298,6 +320,7 @@ fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
                 readable,
                 written: 0,
                 limit: spec.max_output_bytes,
+                mid_line: false,
             }))),
             Err(e) => {
                 eprintln!("beat shim: cannot create {}: {e}", run.readable().display());

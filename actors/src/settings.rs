@@ -33,6 +33,10 @@ pub struct AgentSettings {
     /// `codex-json`, `gemini-stream-json`): a wrapper around a real CLI keeps its parsing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<crate::agents::parse::OutputFormat>,
+    /// Extra arguments for a built-in CLI, placed before the prompt (e.g. Codex `-c`
+    /// overrides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// Everything the engine reads from the configuration.

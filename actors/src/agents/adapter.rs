@@ -166,8 +166,10 @@ impl AgentAdapter for ClaudeAgent {
         if let Some(id) = &task.resume_session {
             argv.extend(["--resume".into(), id.clone()]);
         }
+        argv.extend(settings.args.iter().cloned());
         let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
         if fits {
+            // After `--`, a prompt that starts with `-` is not taken for an option.
             argv.extend(["--".into(), task.prompt.clone()]);
         }
         let mut cmd = LaunchCommand {
@@ -181,7 +183,8 @@ impl AgentAdapter for ClaudeAgent {
         };
         if is_root() {
             // Claude refuses to skip permissions as root unless told it is sandboxed.
-            cmd.env_default.push(("IS_SANDBOX".into(), "1".into()));
+            // Set, not defaulted: Claude accepts only "1" (an inherited "yes" fails).
+            cmd.env_set.push(("IS_SANDBOX".into(), "1".into()));
         }
         common_env(
             &mut cmd,
@@ -197,9 +200,13 @@ impl AgentAdapter for ClaudeAgent {
 /// `--quiet --full-auto` no longer exist, spec W25).
 pub struct CodexAgent;
 
-/// A TOML string for `-c key=value` overrides (a JSON string is a valid TOML basic string).
+/// A TOML basic string for `-c key=value` overrides. JSON escaping covers quotes,
+/// backslashes and control characters; TOML also forbids a raw DEL. (Codex uses a value
+/// that does not parse as TOML raw, silently: it must always parse.)
 fn toml_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('\u{7f}', "\\u007F")
 }
 
 impl AgentAdapter for CodexAgent {
@@ -226,8 +233,8 @@ impl AgentAdapter for CodexAgent {
     }
     fn command(&self, task: &TaskRecord, settings: &AgentSettings) -> LaunchCommand {
         let mut argv: Vec<String> = vec!["codex".into(), "exec".into()];
-        if let Some(id) = &task.resume_session {
-            argv.extend(["resume".into(), id.clone()]);
+        if task.resume_session.is_some() {
+            argv.push("resume".into());
         }
         argv.extend(
             [
@@ -257,6 +264,10 @@ impl AgentAdapter for CodexAgent {
             ] {
                 argv.extend(["-c".into(), format!("{k}={}", toml_string(v))]);
             }
+        }
+        argv.extend(settings.args.iter().cloned());
+        if let Some(id) = &task.resume_session {
+            argv.push(id.clone());
         }
         let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
         // `-` makes codex read the prompt from stdin, which is then the prompt file.
@@ -643,9 +654,13 @@ mod tests {
                 .windows(2)
                 .any(|w| w == ["--resume", "sess-1"])
         );
+        let resumed = CodexAgent.command(&task, &settings).argv;
+        assert_eq!(&resumed[..3], ["codex", "exec", "resume"]);
+        let n = resumed.len();
         assert_eq!(
-            &CodexAgent.command(&task, &settings).argv[..4],
-            ["codex", "exec", "resume", "sess-1"]
+            &resumed[n - 3..],
+            ["sess-1", "--", task.prompt.as_str()],
+            "flags, then the session, then the prompt"
         );
         assert!(
             GeminiAgent
@@ -654,6 +669,13 @@ mod tests {
                 .windows(2)
                 .any(|w| w == ["--resume", "sess-1"])
         );
+    }
+
+    #[test]
+    fn toml_strings_always_parse() {
+        assert_eq!(toml_string("plain"), "\"plain\"");
+        assert_eq!(toml_string("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+        assert_eq!(toml_string("del\u{7f}"), "\"del\\u007F\"");
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Launcher {
                 .iter()
                 .any(|(name, value)| name == k.as_str() && !value.is_empty())
             {
+                env.retain(|(name, _)| name != k.as_str()); // an empty value counts as unset
                 env.push((k.into(), v.into()));
             }
         }

@@ -168,6 +168,10 @@ impl StreamParser {
                 if status == Some(429) || error.as_deref().is_some_and(mentions_rate_limit) {
                     s.rate_limited = true;
                 }
+                if let Some(secs) = error.as_deref().and_then(suggested_retry_secs) {
+                    s.rate_limited = true;
+                    s.rate_limit_reset = Some(crate::model::now_ms() + (secs * 1000.0) as i64);
+                }
             }
             AgentEvent::Error(msg) => {
                 if s.error.is_none() {
@@ -451,6 +455,26 @@ pub fn http_status_in(text: &str) -> Option<u16> {
     })
 }
 
+/// "Suggested retry after 1s." (Gemini), "Please retry in 12.5s": seconds to wait.
+pub fn suggested_retry_secs(text: &str) -> Option<f64> {
+    let lower = text.to_ascii_lowercase();
+    let at = ["retry after ", "retry in "]
+        .iter()
+        .find_map(|p| lower.find(p).map(|i| i + p.len()))?;
+    let number: String = lower[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let secs: f64 = number.parse().ok()?;
+    let unit = &lower[at + number.len()..];
+    match unit.trim_start().chars().next() {
+        Some('s') => Some(secs),
+        Some('m') if unit.trim_start().starts_with("ms") => Some(secs / 1000.0),
+        Some('m') => Some(secs * 60.0),
+        _ => None,
+    }
+}
+
 pub fn mentions_rate_limit(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     [
@@ -642,6 +666,17 @@ mod tests {
         assert_eq!(http_status_in("{\"code\":500}"), Some(500));
         assert_eq!(http_status_in("took 4290 ms"), None);
         assert_eq!(http_status_in("no status"), None);
+    }
+
+    #[test]
+    fn suggested_retry_times_are_read() {
+        assert_eq!(
+            suggested_retry_secs("[API Error: x\nSuggested retry after 1s.]"),
+            Some(1.0)
+        );
+        assert_eq!(suggested_retry_secs("Please retry in 12.5s"), Some(12.5));
+        assert_eq!(suggested_retry_secs("retry after 250ms"), Some(0.25));
+        assert_eq!(suggested_retry_secs("no hint here"), None);
     }
 
     #[test]

@@ -386,8 +386,18 @@ fn take_run_results(next: &mut TaskRecord, outcome: &ExitOutcome) {
 /// Turns what the shim recorded into the task's terminal state and a sentence for people.
 /// A signal is a failure, never a success (the original counted it as success, spec W6).
 pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOutcome {
-    let summary = exit.summary.clone().unwrap_or_default();
+    let mut summary = exit.summary.clone().unwrap_or_default();
     let structured = summary.format.is_structured();
+    // Gemini exits with the HTTP status & 0xFF in its JSON modes (401 -> 145, 429 -> 173).
+    if summary.format == crate::agents::parse::OutputFormat::GeminiStreamJson
+        && summary.http_status.is_none()
+        && summary.success == Some(false)
+        && let Some(code) = exit.exit_code.filter(|c| (144..=255).contains(c))
+    {
+        let status = code as u16 + 256;
+        summary.http_status = Some(status);
+        summary.rate_limited |= status == 429;
+    }
     let (status, reason) = if let Some(error) = &exit.spawn_error {
         (
             TaskStatus::Failed,
@@ -628,6 +638,37 @@ mod tests {
             None,
         );
         assert_eq!(denied.status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn gemini_exit_codes_are_http_statuses() {
+        let gemini = |code| ExitRecord {
+            exit_code: Some(code),
+            summary: Some(RunSummary {
+                format: OutputFormat::GeminiStreamJson,
+                result_seen: true,
+                success: Some(false),
+                error: Some("[API Error: slow down]".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let limited = outcome_of_exit(&gemini(173), None);
+        assert!(
+            limited.rate_limited && limited.reason.contains("HTTP 429"),
+            "{}",
+            limited.reason
+        );
+        assert!(
+            outcome_of_exit(&gemini(145), None)
+                .reason
+                .contains("HTTP 401")
+        );
+        assert!(
+            outcome_of_exit(&gemini(244), None)
+                .reason
+                .contains("HTTP 500")
+        );
     }
 
     #[test]
