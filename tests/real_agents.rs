@@ -291,7 +291,58 @@ fn real_cli_end_to_end(agent: &str) {
     );
     announce(&format!("{agent}: resume continued session {session}"));
 
-    // 4. HTTP errors fail the task in seconds with a reason that names the cause.
+    // 4. Large prompts arrive intact: 100 KB on the command line, 200 KB through stdin.
+    mock.script(json!({ "text": "read it" }));
+    for size in [100 * 1024 - 200, 200 * 1024] {
+        let mut big = String::with_capacity(size + 64);
+        for n in 0.. {
+            if big.len() >= size {
+                break;
+            }
+            big.push_str(&format!("line {n} «ü» \"q\"\n"));
+        }
+        let before = mock.requests().len();
+        let file = beat.workdir.path().join("big-prompt.txt");
+        std::fs::write(&file, &big).unwrap();
+        let id = beat.json(&[
+            "run",
+            "--json",
+            "--model",
+            model,
+            "--prompt-file",
+            file.to_str().unwrap(),
+        ])["taskId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let t = beat.wait(&id);
+        assert_eq!(t["status"], "completed", "{agent} {size}: {t}");
+        let got = mock.requests()[before]["userPrompt"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let diverges = got
+            .chars()
+            .zip(big.chars())
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(big.len()));
+        assert!(
+            got.trim_end() == big.trim_end(),
+            "{agent}: a {}-byte prompt arrived changed ({} bytes), from char {diverges}: {:?} vs {:?}",
+            big.len(),
+            got.len(),
+            got.get(big.len().min(got.len())..).unwrap_or(""),
+            big.chars()
+                .skip(diverges.saturating_sub(20))
+                .take(60)
+                .collect::<String>()
+        );
+    }
+    announce(&format!(
+        "{agent}: 100 KB and 200 KB prompts arrived intact"
+    ));
+
+    // 5. HTTP errors fail the task in seconds with a reason that names the cause.
     for (status, cause) in [(401, "401"), (500, "")] {
         let error = json!({ "status": status, "message": format!("mock error {status}") });
         mock.script(json!({ "errors": vec![error; 4] }));
@@ -316,7 +367,7 @@ fn real_cli_end_to_end(agent: &str) {
     assert_eq!(limited["rateLimitRetries"], 1);
     announce(&format!("{agent}: 401, 500 and 429 handled"));
 
-    // 5. Cancel while the provider delays its answer: cancelled, nothing of the group left.
+    // 6. Cancel while the provider delays its answer: cancelled, nothing of the group left.
     mock.script(json!({ "delayMs": 60000, "text": "too late" }));
     let before = mock.requests().len();
     let slow = beat.submit("take your time", &["--model", model]);

@@ -14,8 +14,15 @@ use crate::paths::{Home, absolute};
 #[derive(Args)]
 pub struct RunArgs {
     /// The prompt (words are joined with spaces)
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = false)]
+    #[arg(
+        required_unless_present = "prompt_file",
+        trailing_var_arg = true,
+        allow_hyphen_values = false
+    )]
     prompt: Vec<String>,
+    /// Read the prompt from a file (`-` for stdin): for prompts too long for a command line
+    #[arg(long = "prompt-file", conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
     /// Agent to run (default: configuration `defaultAgent`)
     #[arg(short, long)]
     agent: Option<String>,
@@ -50,8 +57,22 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
     let cwd = std::env::current_dir()?;
+    let prompt = match &args.prompt_file {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            text
+        }
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read the prompt file {}: {e}",
+                path.display()
+            ))
+        })?,
+        None => args.prompt.join(" "),
+    };
     let mut request = json!({
-        "prompt": args.prompt.join(" "),
+        "prompt": prompt,
         "workingDirectory": absolute(&args.working_directory.unwrap_or_else(|| cwd.clone()), &cwd).display().to_string(),
     });
     let fields = [

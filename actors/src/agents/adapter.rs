@@ -326,16 +326,14 @@ impl AgentAdapter for GeminiAgent {
         if let Some(id) = &task.resume_session {
             argv.extend(["--resume".into(), id.clone()]);
         }
+        argv.extend(settings.args.iter().cloned());
         let fits = task.prompt.len() <= MAX_PROMPT_ARG_BYTES;
-        // In -p mode Gemini puts stdin before the prompt: a long prompt goes on stdin.
-        argv.extend([
-            "-p".into(),
-            if fits {
-                task.prompt.clone()
-            } else {
-                "Do the task given above.".into()
-            },
-        ]);
+        // `--prompt=` keeps a prompt that starts with `-` a prompt; an empty one makes
+        // Gemini read the prompt from stdin.
+        argv.push(format!(
+            "--prompt={}",
+            if fits { task.prompt.as_str() } else { "" }
+        ));
         let mut cmd = LaunchCommand {
             argv,
             prompt_on_stdin: !fits,
@@ -646,6 +644,11 @@ mod tests {
                 .any(|w| w == ["--output-format", "stream-json"])
         );
         assert_eq!(g.files, [("system.md".to_string(), "be brief".to_string())]);
+        assert_eq!(
+            g.argv.last().unwrap(),
+            &format!("--prompt={}", task.prompt),
+            "a prompt starting with '-' stays a prompt"
+        );
         task.resume_session = Some("sess-1".into());
         assert!(
             ClaudeAgent
