@@ -32,8 +32,16 @@ pub fn tail_summary(text: &str) -> String {
     out
 }
 
+/// The repository around `dir`, found without running anything: most tasks of a busy
+/// queue are not in one, and spawning `git` for each would cost more than the task.
+fn in_git_repository(dir: &Path) -> bool {
+    dir.ancestors().any(|d| d.join(".git").exists())
+}
+
+/// Runs `git` with a time limit: a huge or network-mounted tree must not hold a task's
+/// end forever.
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let mut child = Command::new("git")
+    let child = Command::new("git")
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -41,25 +49,62 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    // git on a huge or network-mounted tree must not hold a task's end forever.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break,
-            Ok(Some(_)) => return None,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8(out.stdout).ok(),
+        Ok(_) => None,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
             }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
+            None
+        }
+    }
+}
+
+/// Branch, commit and changed files, from one `git status --porcelain=v2 --branch`.
+fn git_state(dir: &Path) -> (Option<String>, Option<String>, Vec<String>) {
+    if !in_git_repository(dir) {
+        return (None, None, Vec::new());
+    }
+    let Some(out) = git(dir, &["status", "--porcelain=v2", "--branch"]) else {
+        return (None, None, Vec::new());
+    };
+    parse_porcelain_v2(&out)
+}
+
+fn parse_porcelain_v2(out: &str) -> (Option<String>, Option<String>, Vec<String>) {
+    let (mut branch, mut commit, mut files) = (None, None, Vec::new());
+    for line in out.lines() {
+        if let Some(oid) = line.strip_prefix("# branch.oid ") {
+            commit = (oid != "(initial)").then(|| oid.to_string());
+        } else if let Some(head) = line.strip_prefix("# branch.head ") {
+            branch = Some(if head == "(detached)" {
+                "HEAD".to_string()
+            } else {
+                head.to_string()
+            });
+        } else if let Some(path) = line.strip_prefix("? ") {
+            files.push(path.to_string());
+        } else {
+            // "1 XY sub mH mI mW hH hI path", "2 … X<score> path\torig", "u … path".
+            let fields = match line.chars().next() {
+                Some('1') => 9,
+                Some('2') => 10,
+                Some('u') => 11,
+                _ => continue,
+            };
+            if let Some(path) = line.splitn(fields, ' ').nth(fields - 1) {
+                files.push(path.split('\t').next().unwrap_or(path).to_string());
             }
         }
     }
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
-    Some(out)
+    (branch, commit, files)
 }
 
 /// Builds the checkpoint of a task that just reached `status`.
@@ -76,22 +121,8 @@ pub fn build(
     let stderr = std::fs::read(run.stderr()).unwrap_or_default();
     let stderr_tail = tail_summary(&String::from_utf8_lossy(&stderr));
     let error_summary = error.or_else(|| (!stderr_tail.trim().is_empty()).then_some(stderr_tail));
-    let dir = Path::new(&task.working_directory);
-    let git_commit_sha = git(dir, &["rev-parse", "HEAD"]).map(|s| s.trim().to_string());
-    let (git_branch, git_dirty_files) = if git_commit_sha.is_some() {
-        let branch = git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).map(|s| s.trim().to_string());
-        let dirty = git(dir, &["status", "--porcelain"])
-            .map(|s| {
-                s.lines()
-                    .filter(|l| l.len() > 3)
-                    .map(|l| l[3..].to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (branch, dirty)
-    } else {
-        (None, Vec::new())
-    };
+    let (git_branch, git_commit_sha, git_dirty_files) =
+        git_state(Path::new(&task.working_directory));
     Checkpoint {
         checkpoint_type: status,
         output_summary,
@@ -151,6 +182,30 @@ pub fn resume_prompt(previous: &TaskRecord, additional_context: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn porcelain_v2_gives_branch_commit_and_every_changed_path() {
+        let out = "# branch.oid 0123456789abcdef0123456789abcdef01234567\n# branch.head main\n\
+                   1 .M N... 100644 100644 100644 aaa bbb src/with space.rs\n\
+                   2 R. N... 100644 100644 100644 aaa bbb R100 new name.rs\told.rs\n\
+                   ? untracked.txt\n";
+        let (branch, commit, files) = parse_porcelain_v2(out);
+        assert_eq!(branch.as_deref(), Some("main"));
+        assert_eq!(
+            commit.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(files, ["src/with space.rs", "new name.rs", "untracked.txt"]);
+        let (_, initial, _) = parse_porcelain_v2("# branch.oid (initial)\n# branch.head main\n");
+        assert_eq!(initial, None);
+    }
+
+    #[test]
+    fn no_git_runs_outside_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!in_git_repository(dir.path()));
+        assert_eq!(git_state(dir.path()), (None, None, Vec::new()));
+    }
 
     #[test]
     fn the_summary_keeps_the_last_50_lines_within_8_kib() {
