@@ -250,7 +250,25 @@ pub fn run(run_path: &Path) -> i32 {
         eprintln!("beat shim: cannot write {}: {e}", run.shim().display());
         return 2;
     }
-    let record = supervise(&run, &spec);
+    // The handler first, then unblock (the daemon spawned us with TERM and INT blocked):
+    // a cancel that arrived meanwhile is delivered now, to the handler.
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]);
+    // SAFETY: changing this thread's signal mask, before any other thread exists.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    let signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("beat shim: cannot handle signals: {e}");
+            return 2;
+        }
+    };
+    let record = supervise(&run, &spec, signals);
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = write_atomically(&run.exit(), &bytes, true) {
         eprintln!("beat shim: cannot write {}: {e}", run.exit().display());
@@ -274,7 +292,11 @@ fn spawn_error(started_at: i64, message: String) -> ExitRecord {
     }
 }
 
-fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
+fn supervise(
+    run: &RunDir,
+    spec: &RunSpec,
+    mut signals: signal_hook::iterator::Signals,
+) -> ExitRecord {
     let started_at = now_ms();
     let (out_file, err_file) = match (File::create(run.stdout()), File::create(run.stderr())) {
         (Ok(o), Ok(e)) => (o, e),
@@ -363,15 +385,13 @@ fn supervise(run: &RunDir, spec: &RunSpec) -> ExitRecord {
         let (status, max_rss_kb) = wait_agent(pid);
         let _ = exit_tx.send(ShimEvent::Exited { status, max_rss_kb });
     });
-    if let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                if tx.send(ShimEvent::Terminate).is_err() {
-                    break;
-                }
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if tx.send(ShimEvent::Terminate).is_err() {
+                break;
             }
-        });
-    }
+        }
+    });
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let start = Instant::now();

@@ -128,8 +128,8 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
         ),
         (
             "DelegateTask",
-            json!({ "prompt": "x", "dependsOn": ["task-a"] }),
-            "unknown field `dependsOn`",
+            json!({ "prompt": "x", "bogusField": 1 }),
+            "unknown field `bogusField`",
         ),
         ("DelegateTask", json!({}), "missing field `prompt`"),
         ("NoSuchTool", json!({}), "Unknown tool: NoSuchTool"),

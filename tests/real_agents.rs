@@ -197,25 +197,6 @@ fn model_for(agent: &str) -> &'static str {
     }
 }
 
-/// No live process carries the task's id in its environment: the whole group is gone,
-/// children that re-launched themselves included.
-fn processes_of_task(id: &str) -> Vec<u32> {
-    let needle = format!("BACKBEAT_TASK_ID={id}");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
-            && common::pid_exists(pid as i32)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn real_cli_end_to_end(agent: &str) {
     let Some(bin) = require_clis(agent) else {
         return;
@@ -381,7 +362,7 @@ fn real_cli_end_to_end(agent: &str) {
     assert_eq!(c["status"], "cancelled", "{agent}: {c}");
     assert_eq!(c["reason"], "cancelled by the user: changed my mind");
     assert_eq!(
-        processes_of_task(&slow),
+        common::processes_of_task(&slow),
         Vec::<u32>::new(),
         "{agent}: processes left after cancel"
     );

@@ -210,6 +210,23 @@ fn priorities_decide_who_starts_when_slots_are_scarce() {
 }
 
 #[test]
+fn a_cancel_right_after_the_start_is_never_lost() {
+    let beat = Beat::with_config(json!({ "killGracePeriodMs": 1000 }));
+    for _ in 0..20 {
+        let id = beat.submit("sleep 60000", &[]);
+        beat.ok(&["cancel", &id, "at", "once"]);
+        let t = beat.status(&id);
+        assert_eq!(t["status"], "cancelled", "{t}");
+        assert_eq!(t["reason"], "cancelled by the user: at once");
+        assert_eq!(
+            common::processes_of_task(&id),
+            Vec::<u32>::new(),
+            "nothing of {id} is left"
+        );
+    }
+}
+
+#[test]
 fn cancel_works_from_another_front_end_and_leaves_no_process() {
     let beat = Beat::with_config(json!({ "maxWorkers": 1, "killGracePeriodMs": 500 }));
     let agent_pid = beat.workdir.path().join("agent.pid");

@@ -15,9 +15,15 @@ use crate::agents::{Launcher, resolve_agent};
 use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
 use crate::journal::{Append, Journal, JournalWriter, Store};
+use crate::model::dag::{DependencyGraph, Resolution};
 use crate::model::{Priority, TaskEvent, TaskRecord, TaskStatus, apply, now_ms};
 use crate::settings::SettingsSource;
-use crate::task::{CancelTask, TaskActor, TaskEnded};
+use crate::task::{CancelTask, Resolved, TaskActor, TaskEnded};
+
+/// Most dependencies one task may have.
+pub const MAX_DEPENDENCIES: usize = 100;
+/// Steps of a pipeline (as the original).
+pub const PIPELINE_STEPS: std::ops::RangeInclusive<usize> = 2..=20;
 
 /// Largest prompt accepted: 1 MiB (the original stopped at 4000 characters).
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
@@ -49,11 +55,28 @@ pub struct NewTask {
     pub max_output_buffer: Option<u64>,
     pub model: Option<String>,
     pub system_prompt: Option<String>,
+    /// Tasks that must complete first.
+    pub depends_on: Vec<String>,
+    /// A task whose checkpoint this one's prompt carries (added to `depends_on`).
+    pub continue_from: Option<String>,
 }
 
 #[derive(Message)]
 #[rtype(result = "Result<TaskRecord, EngineError>")]
 pub struct Submit(pub NewTask);
+
+/// A pipeline: steps that run one after the other, each depending on the one before,
+/// each waiting `delay` ms (if given) once it may start.
+#[derive(Message)]
+#[rtype(result = "Result<(String, Vec<TaskRecord>), EngineError>")]
+pub struct CreatePipeline {
+    pub steps: Vec<(NewTask, Option<u64>)>,
+}
+
+/// How many dependency edges the engine has looked at when tasks finished.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct EdgesVisited;
 
 /// Continue a finished task: a new task whose prompt carries the checkpoint, resuming
 /// the agent's own session where the CLI can.
@@ -89,6 +112,9 @@ pub struct Engine {
     settings: SettingsSource,
     store: Store,
     live: HashMap<String, Addr<TaskActor>>,
+    graph: DependencyGraph,
+    /// Resolutions for tasks whose actor is not alive yet (being submitted).
+    early: HashMap<String, Vec<Resolution>>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -135,6 +161,8 @@ impl Engine {
             settings: config.settings,
             store: store.clone(),
             live: HashMap::new(),
+            graph: DependencyGraph::new(),
+            early: HashMap::new(),
         }
         .start();
         Ok(EngineHandle {
@@ -163,7 +191,28 @@ impl Engine {
         let deps = self.deps(ctx);
         let id = record.id.clone();
         let addr = actix::Supervisor::start(move |_| TaskActor::new(record, deps));
-        self.live.insert(id, addr);
+        self.live.insert(id.clone(), addr);
+        for r in self.early.remove(&id).unwrap_or_default() {
+            self.deliver(r);
+        }
+    }
+
+    /// Hands a dependency's outcome to the task it concerns (or keeps it until the
+    /// task's actor exists).
+    fn deliver(&mut self, resolution: Resolution) {
+        let task = match &resolution {
+            Resolution::Ready { task } | Resolution::Doomed { task, .. } => task.clone(),
+        };
+        match self.live.get(&task) {
+            Some(addr) => addr.do_send(Resolved(resolution)),
+            None => self.early.entry(task).or_default().push(resolution),
+        }
+    }
+
+    /// A refused submit leaves nothing behind.
+    fn forget(&mut self, id: &str) {
+        self.graph.forget(id);
+        self.early.remove(id);
     }
 
     /// Validates a request and builds the task's first record.
@@ -199,8 +248,179 @@ impl Engine {
             model: req.model.filter(|m| !m.trim().is_empty()),
             system_prompt: req.system_prompt.filter(|s| !s.trim().is_empty()),
             resume_session: lineage.resume_session,
+            depends_on: req.depends_on,
+            continue_from: req.continue_from,
             ..Default::default()
         })
+    }
+
+    /// Journals new tasks (all or none), then brings their actors to life.
+    fn admit_all(
+        &mut self,
+        records: Vec<TaskRecord>,
+    ) -> ResponseActFuture<Self, Result<Vec<TaskRecord>, EngineError>> {
+        let mut transitions = Vec::with_capacity(records.len());
+        for record in &records {
+            let event = TaskEvent::Submitted {
+                task: Box::new(record.clone()),
+            };
+            if let Err(e) = apply(None, &event) {
+                return Box::pin(fut::ready(Err(e.into())));
+            }
+            transitions.push((event, record.clone()));
+        }
+        let commit = self.journal.send(Append { transitions });
+        Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
+            let res = match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(EngineError::from(e)),
+                Err(e) => Err(EngineError::from(e)),
+            };
+            if let Err(e) = res {
+                for r in &records {
+                    act.forget(&r.id);
+                }
+                return Err(e);
+            }
+            for r in &records {
+                act.spawn_task_actor(r.clone(), ctx);
+                if r.status == TaskStatus::Blocked && !act.graph.is_waiting(&r.id) {
+                    act.deliver(Resolution::Ready { task: r.id.clone() });
+                }
+            }
+            Ok(records)
+        }))
+    }
+
+    /// A task with dependencies: those still live are waited for from now on; the
+    /// others are read from the journal, where they are finished (or unknown).
+    fn admit_with_dependencies(
+        &mut self,
+        mut record: TaskRecord,
+    ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
+        record.status = TaskStatus::Blocked;
+        let id = record.id.clone();
+        let (live, other): (Vec<String>, Vec<String>) = record
+            .depends_on
+            .iter()
+            .cloned()
+            .partition(|d| self.live.contains_key(d));
+        for dep in &live {
+            self.graph.wait_for(&id, dep);
+        }
+        let store = self.store.clone();
+        let wanted = other.clone();
+        let read = async move {
+            tokio::task::spawn_blocking(move || store.tasks_by_id(&wanted))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
+        };
+        Box::pin(read.into_actor(self).then(move |res, act, _ctx| {
+            let found = match res {
+                Ok(found) => found,
+                Err(e) => {
+                    act.forget(&id);
+                    return Box::pin(fut::ready(Err(e))) as ResponseActFuture<Self, _>;
+                }
+            };
+            let unknown: Vec<&str> = other
+                .iter()
+                .filter(|d| !found.iter().any(|t| &t.id == *d))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                act.forget(&id);
+                return Box::pin(fut::ready(Err(EngineError::InvalidInput(format!(
+                    "dependency {} not found: a task can only depend on tasks that exist (see `beat list`)",
+                    unknown.join(", ")
+                )))));
+            }
+            let mut doom: Option<(String, String, TaskStatus)> = None;
+            for dep in &found {
+                match dep.status {
+                    TaskStatus::Completed => {}
+                    TaskStatus::Failed | TaskStatus::Cancelled => {
+                        doom.get_or_insert((
+                            dep.id.clone(),
+                            dep.cascade_root.clone().unwrap_or(dep.id.clone()),
+                            dep.status,
+                        ));
+                    }
+                    _ => act.graph.wait_for(&id, &dep.id), // submitted, its actor not yet up
+                }
+            }
+            // A live dependency may have failed while the others were read.
+            if doom.is_none()
+                && let Some(early) = act.early.get(&id)
+            {
+                doom = early.iter().find_map(|r| match r {
+                    Resolution::Doomed { dependency, root, status, .. } => {
+                        Some((dependency.clone(), root.clone(), *status))
+                    }
+                    Resolution::Ready { .. } => None,
+                });
+            }
+            if let Some((dependency, root, status)) = doom {
+                act.forget(&id);
+                return act.admit_doomed(record.clone(), dependency, root, status);
+            }
+            Box::pin(act.admit_all(vec![record.clone()]).map(|res, _, _| res.map(|mut v| v.remove(0))))
+        }))
+    }
+
+    /// A task whose dependency already failed: journaled, and cancelled in the same
+    /// transaction, with the reason (the original left it waiting forever, spec W2).
+    fn admit_doomed(
+        &mut self,
+        record: TaskRecord,
+        dependency: String,
+        root: String,
+        status: TaskStatus,
+    ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
+        let submitted = TaskEvent::Submitted {
+            task: Box::new(record),
+        };
+        let failed = TaskEvent::DependencyFailed {
+            at: now_ms(),
+            reason: cascade_reason(&dependency, &root, status),
+            dependency,
+            root,
+        };
+        let mut transitions = Vec::new();
+        let mut state: Option<TaskRecord> = None;
+        for event in [submitted, failed] {
+            match apply(state.as_ref(), &event) {
+                Ok(next) => {
+                    transitions.push((event, next.clone()));
+                    state = Some(next);
+                }
+                Err(e) => return Box::pin(fut::ready(Err(e.into()))),
+            }
+        }
+        let Some(cancelled) = state else {
+            return Box::pin(fut::ready(Err(EngineError::Internal("no state".into()))));
+        };
+        let checkpoint = crate::model::task::Checkpoint {
+            checkpoint_type: TaskStatus::Cancelled,
+            error_summary: cancelled.reason.clone(),
+            created_at: now_ms(),
+            ..Default::default()
+        };
+        let event = TaskEvent::Checkpointed {
+            checkpoint: Box::new(checkpoint),
+        };
+        let last = match apply(Some(&cancelled), &event) {
+            Ok(next) => next,
+            Err(e) => return Box::pin(fut::ready(Err(e.into()))),
+        };
+        transitions.push((event, last.clone()));
+        let commit = self.journal.send(Append { transitions });
+        Box::pin(commit.into_actor(self).map(move |res, _act, _| match res {
+            Ok(Ok(())) => Ok(last),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        }))
     }
 
     /// Journals a new task, then brings its actor to life, then answers.
@@ -258,7 +478,47 @@ fn again(t: &TaskRecord, prompt: String) -> NewTask {
         max_output_buffer: Some(t.max_output_buffer),
         model: t.model.clone(),
         system_prompt: t.system_prompt.clone(),
+        depends_on: Vec::new(),
+        continue_from: None,
     }
+}
+
+/// "cancelled because its dependency task-B cancelled (the cascade began at task-A)".
+pub fn cascade_reason(dependency: &str, root: &str, status: TaskStatus) -> String {
+    let what = match status {
+        TaskStatus::Failed => "failed",
+        _ => "was cancelled",
+    };
+    if dependency == root {
+        format!("cancelled because its dependency {dependency} {what}")
+    } else {
+        format!(
+            "cancelled because its dependency {dependency} {what} (the cascade began at {root})"
+        )
+    }
+}
+
+fn validate_dependencies(deps: &[String]) -> Result<(), EngineError> {
+    if deps.len() > MAX_DEPENDENCIES {
+        return Err(EngineError::InvalidInput(format!(
+            "{} dependencies given; a task may have at most {MAX_DEPENDENCIES}",
+            deps.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in deps {
+        if !d.starts_with("task-") {
+            return Err(EngineError::InvalidInput(format!(
+                "'{d}' is not a task id (task-…)"
+            )));
+        }
+        if !seen.insert(d) {
+            return Err(EngineError::InvalidInput(format!(
+                "dependency {d} is given twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate(req: &NewTask) -> Result<(), EngineError> {
@@ -327,10 +587,77 @@ impl Handler<Submit> for Engine {
     type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
 
     fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
-        match self.build(msg.0, Lineage::default()) {
-            Ok(record) => self.admit(record),
+        let mut req = msg.0;
+        if let Some(cf) = &req.continue_from
+            && !req.depends_on.contains(cf)
+        {
+            req.depends_on.push(cf.clone());
+        }
+        if let Err(e) = validate_dependencies(&req.depends_on) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        match self.build(req, Lineage::default()) {
+            Ok(record) if record.depends_on.contains(&record.id) => Box::pin(fut::ready(Err(
+                EngineError::InvalidInput("a task cannot depend on itself".into()),
+            ))),
+            Ok(record) if record.depends_on.is_empty() => self.admit(record),
+            Ok(record) => self.admit_with_dependencies(record),
             Err(e) => Box::pin(fut::ready(Err(e))),
         }
+    }
+}
+
+impl Handler<CreatePipeline> for Engine {
+    type Result = ResponseActFuture<Self, Result<(String, Vec<TaskRecord>), EngineError>>;
+
+    fn handle(&mut self, msg: CreatePipeline, _ctx: &mut Context<Self>) -> Self::Result {
+        if !PIPELINE_STEPS.contains(&msg.steps.len()) {
+            return Box::pin(fut::ready(Err(EngineError::InvalidInput(format!(
+                "a pipeline has 2 to 20 steps; {} given",
+                msg.steps.len()
+            )))));
+        }
+        let pipeline_id = format!("pipeline-{}", uuid::Uuid::new_v4());
+        let mut records: Vec<TaskRecord> = Vec::with_capacity(msg.steps.len());
+        for (i, (step, delay)) in msg.steps.into_iter().enumerate() {
+            let mut record = match self.build(step, Lineage::default()) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Box::pin(fut::ready(Err(EngineError::InvalidInput(format!(
+                        "step {}: {e}",
+                        i + 1
+                    )))));
+                }
+            };
+            record.pipeline_id = Some(pipeline_id.clone());
+            record.pipeline_step = Some(i as u32 + 1);
+            record.start_delay = delay.filter(|&d| d > 0);
+            match records.last() {
+                Some(prev) => {
+                    record.depends_on = vec![prev.id.clone()];
+                    record.status = TaskStatus::Blocked;
+                }
+                None => record.not_before = record.start_delay.map(|d| now_ms() + d as i64),
+            }
+            records.push(record);
+        }
+        for r in &records {
+            for dep in &r.depends_on {
+                self.graph.wait_for(&r.id, dep);
+            }
+        }
+        Box::pin(
+            self.admit_all(records)
+                .map(move |res, _, _| res.map(|steps| (pipeline_id, steps))),
+        )
+    }
+}
+
+impl Handler<EdgesVisited> for Engine {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: EdgesVisited, _ctx: &mut Context<Self>) -> u64 {
+        self.graph.edges_visited
     }
 }
 
@@ -423,17 +750,75 @@ impl Handler<Recover> for Engine {
 
     fn handle(&mut self, _msg: Recover, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
+        // Unfinished tasks, and the finished dependencies of blocked ones.
         let read = async move {
-            tokio::task::spawn_blocking(move || store.live_tasks())
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?
-                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
+            tokio::task::spawn_blocking(move || {
+                let tasks = store.live_tasks()?;
+                let live: std::collections::HashSet<&String> =
+                    tasks.iter().map(|t| &t.id).collect();
+                let finished: Vec<String> = tasks
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::Blocked)
+                    .flat_map(|t| t.depends_on.iter())
+                    .filter(|d| !live.contains(d))
+                    .cloned()
+                    .collect();
+                let deps = store.tasks_by_id(&finished)?;
+                Ok::<_, rusqlite::Error>((tasks, deps))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
         };
         AtomicResponse::new(Box::pin(read.into_actor(self).map(|res, act, ctx| {
-            let tasks = res?;
+            let (tasks, deps) = res?;
             let count = tasks.len();
+            let live: std::collections::HashSet<String> =
+                tasks.iter().map(|t| t.id.clone()).collect();
+            let finished: HashMap<&String, &TaskRecord> = deps.iter().map(|t| (&t.id, t)).collect();
+            let mut outcomes = Vec::new();
+            for task in tasks.iter().filter(|t| t.status == TaskStatus::Blocked) {
+                let mut doom = None;
+                for dep in &task.depends_on {
+                    if live.contains(dep) {
+                        act.graph.wait_for(&task.id, dep);
+                        continue;
+                    }
+                    match finished.get(dep) {
+                        Some(d) if d.status == TaskStatus::Completed => {}
+                        Some(d) => {
+                            doom.get_or_insert((
+                                d.id.clone(),
+                                d.cascade_root.clone().unwrap_or(d.id.clone()),
+                                d.status,
+                            ));
+                        }
+                        None => {
+                            doom.get_or_insert((dep.clone(), dep.clone(), TaskStatus::Cancelled));
+                        }
+                    }
+                }
+                outcomes.push(match doom {
+                    Some((dependency, root, status)) => {
+                        act.graph.forget(&task.id);
+                        Some(Resolution::Doomed {
+                            task: task.id.clone(),
+                            dependency,
+                            root,
+                            status,
+                        })
+                    }
+                    None if !act.graph.is_waiting(&task.id) => Some(Resolution::Ready {
+                        task: task.id.clone(),
+                    }),
+                    None => None,
+                });
+            }
             for task in tasks {
                 act.spawn_task_actor(task, ctx);
+            }
+            for r in outcomes.into_iter().flatten() {
+                act.deliver(r);
             }
             Ok(count)
         })))
@@ -445,6 +830,10 @@ impl Handler<TaskEnded> for Engine {
 
     fn handle(&mut self, msg: TaskEnded, _ctx: &mut Context<Self>) {
         self.live.remove(&msg.task_id);
+        let root = msg.cascade_root.unwrap_or_else(|| msg.task_id.clone());
+        for r in self.graph.finish(&msg.task_id, msg.status, &root) {
+            self.deliver(r);
+        }
     }
 }
 

@@ -31,7 +31,15 @@ pub struct CancelTask {
 #[rtype(result = "()")]
 pub struct TaskEnded {
     pub task_id: String,
+    pub status: TaskStatus,
+    /// The task at the root of the failure cascade that ended this one, if any.
+    pub cascade_root: Option<String>,
 }
+
+/// What a dependency's end means for this task (from the engine's graph).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resolved(pub crate::model::dag::Resolution);
 
 type CancelWaiter = oneshot::Sender<Result<TaskRecord, EngineError>>;
 
@@ -305,6 +313,8 @@ impl TaskActor {
             self.process = None;
             self.deps.engine.do_send(TaskEnded {
                 task_id: self.record.id.clone(),
+                status: self.record.status,
+                cascade_root: self.record.cascade_root.clone(),
             });
         }
     }
@@ -435,6 +445,69 @@ impl TaskActor {
             act.release(rss);
             act.resume(ctx);
         });
+    }
+}
+
+impl Handler<Resolved> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resolved, ctx: &mut Context<Self>) {
+        use crate::model::dag::Resolution;
+        match msg.0 {
+            Resolution::Ready { .. } if self.record.status == TaskStatus::Blocked => {
+                self.unblock(ctx)
+            }
+            Resolution::Doomed {
+                dependency,
+                root,
+                status,
+                ..
+            } if matches!(self.record.status, TaskStatus::Blocked | TaskStatus::Queued) => {
+                let event = TaskEvent::DependencyFailed {
+                    at: now_ms(),
+                    reason: crate::engine::cascade_reason(&dependency, &root, status),
+                    dependency,
+                    root,
+                };
+                self.deps.governor.do_send(Withdraw {
+                    task_id: self.record.id.clone(),
+                });
+                self.finish_until_done(event, ctx, |act, ctx| act.end(ctx));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl TaskActor {
+    /// Every dependency completed: queue the task, its prompt enriched with the
+    /// checkpoint of the task it continues from (read from the journal: the real last
+    /// lines of output, spec 8.3).
+    fn unblock(&mut self, ctx: &mut Context<Self>) {
+        let not_before = self.record.start_delay.map(|d| now_ms() + d as i64);
+        let Some(from) = self.record.continue_from.clone() else {
+            let event = TaskEvent::Unblocked {
+                at: now_ms(),
+                prompt: None,
+                not_before,
+            };
+            return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
+        };
+        let store = self.deps.store.clone();
+        let read = async move { tokio::task::spawn_blocking(move || store.task(&from)).await };
+        ctx.wait(read.into_actor(self).map(move |res, act, ctx| {
+            let prompt = match res {
+                Ok(Ok(Some(previous))) => {
+                    Some(crate::agents::checkpoint::continuation_prompt(&previous, &act.record.prompt))
+                }
+                other => {
+                    tracing::warn!(task = %act.record.id, ?other, "continueFrom task unreadable; running the prompt as it is");
+                    None
+                }
+            };
+            let event = TaskEvent::Unblocked { at: now_ms(), prompt, not_before };
+            act.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
+        }));
     }
 }
 

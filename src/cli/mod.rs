@@ -8,6 +8,7 @@ mod agents;
 mod config;
 mod daemon;
 mod mcp;
+mod pipeline;
 mod run;
 mod tasks;
 
@@ -54,6 +55,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// Choose the default agent
     Init(agents::InitArgs),
+    /// Run prompts one after the other (or: pipeline status|cancel <id>)
+    Pipeline(pipeline::PipelineArgs),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -93,6 +96,7 @@ pub fn main() -> i32 {
         Command::Resume(args) => block_on(tasks::resume(args, &home)),
         Command::Agents(args) => block_on(agents::run(args, &home)),
         Command::Init(args) => block_on(agents::init(args, &home)),
+        Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
     };
     match result {
         Ok(code) => code,

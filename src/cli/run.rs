@@ -41,6 +41,12 @@ pub struct RunArgs {
     /// Bytes of output kept
     #[arg(short = 'b', long = "max-output-buffer", visible_alias = "buffer")]
     max_output_buffer: Option<u64>,
+    /// Tasks that must complete first (comma-separated, repeatable)
+    #[arg(long = "deps", visible_alias = "depends-on", value_delimiter = ',')]
+    deps: Vec<String>,
+    /// Carry this task's result into the prompt (and depend on it)
+    #[arg(short = 'c', long = "continue-from", visible_alias = "continue")]
+    continue_from: Option<String>,
     /// Model the agent should use
     #[arg(short, long)]
     model: Option<String>,
@@ -83,6 +89,19 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
         ("maxOutputBuffer", args.max_output_buffer.map(Value::from)),
         ("model", args.model.map(Value::from)),
         ("systemPrompt", args.system_prompt.map(Value::from)),
+        ("continueFrom", args.continue_from.map(Value::from)),
+        (
+            "dependsOn",
+            (!args.deps.is_empty()).then(|| {
+                Value::from(
+                    args.deps
+                        .iter()
+                        .map(|d| d.trim())
+                        .filter(|d| !d.is_empty())
+                        .collect::<Vec<_>>(),
+                )
+            }),
+        ),
     ];
     for (key, value) in fields {
         if let Some(v) = value {

@@ -205,9 +205,22 @@ pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
     let v = client.call("TaskStatus", json!({ "taskId": id })).await?;
     client.close().await;
     if args.json {
-        print_json(&record_for_cli(&v["task"]));
+        let mut record = record_for_cli(&v["task"]);
+        record["dependsOn"] = v["dependsOn"].clone();
+        record["dependents"] = v["dependents"].clone();
+        print_json(&record);
     } else {
         print_task(&record_of(&v["task"])?);
+        for (label, key) in [("Depends on:", "dependsOn"), ("Dependents:", "dependents")] {
+            for (i, d) in v[key].as_array().into_iter().flatten().enumerate() {
+                let head = if i == 0 { label } else { "" };
+                println!(
+                    "{head:<12}{} ({})",
+                    d["taskId"].as_str().unwrap_or(""),
+                    d["status"].as_str().unwrap_or("")
+                );
+            }
+        }
     }
     Ok(0)
 }

@@ -88,7 +88,10 @@ impl ServerHandler for BackbeatMcp {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let outcome = match tools::tasks::call(self, &request.name, args.clone()).await {
             Some(o) => Some(o),
-            None => tools::agents::call(self, &request.name, args).await,
+            None => match tools::agents::call(self, &request.name, args.clone()).await {
+                Some(o) => Some(o),
+                None => tools::pipelines::call(self, &request.name, args).await,
+            },
         };
         let result = match outcome {
             Some(outcome) => to_result(outcome),

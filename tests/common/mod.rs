@@ -221,6 +221,26 @@ pub fn pid_exists(pid: i32) -> bool {
     }
 }
 
+/// Live processes whose environment carries `BACKBEAT_TASK_ID=<id>`: everything an
+/// agent started, whatever group or session it moved to.
+pub fn processes_of_task(id: &str) -> Vec<u32> {
+    let needle = format!("BACKBEAT_TASK_ID={id}");
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && pid_exists(pid as i32) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// PIDs of processes in process group `pgid`, zombies excluded.
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();

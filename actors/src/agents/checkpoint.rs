@@ -134,6 +134,44 @@ pub fn build(
     }
 }
 
+/// The prompt of a task that continues from `previous` (spec 8.3): the prerequisite's
+/// result first, then the task's own prompt.
+pub fn continuation_prompt(previous: &TaskRecord, prompt: &str) -> String {
+    let mut p = String::from(
+        "DEPENDENCY CONTEXT:\nA prerequisite task has finished; what follows is its result.\n\n",
+    );
+    p.push_str(&format!("Prerequisite prompt: {}\n", previous.prompt));
+    let status = previous
+        .checkpoint
+        .as_ref()
+        .map(|c| c.checkpoint_type)
+        .unwrap_or(previous.status);
+    p.push_str(&format!("Status: {status}\n"));
+    if let Some(cp) = &previous.checkpoint {
+        if !cp.output_summary.trim().is_empty() {
+            p.push_str(&format!("\nOutput:\n{}\n", cp.output_summary.trim_end()));
+        }
+        if let Some(e) = cp.error_summary.as_deref().filter(|e| !e.trim().is_empty()) {
+            p.push_str(&format!("\nErrors encountered: {}\n", e.trim_end()));
+        }
+        if cp.git_branch.is_some() || cp.git_commit_sha.is_some() {
+            p.push_str(&format!(
+                "\nGit state: branch={}, commit={}\n",
+                cp.git_branch.as_deref().unwrap_or("unknown"),
+                cp.git_commit_sha.as_deref().unwrap_or("unknown")
+            ));
+            if !cp.git_dirty_files.is_empty() {
+                p.push_str(&format!(
+                    "Modified files: {}\n",
+                    cp.git_dirty_files.join(", ")
+                ));
+            }
+        }
+    }
+    p.push_str(&format!("\n---\n\nYOUR TASK:\n{prompt}"));
+    p
+}
+
 /// The prompt of a resumed task (spec 8.4): the previous attempt's context first.
 pub fn resume_prompt(previous: &TaskRecord, additional_context: Option<&str>) -> String {
     let mut p = String::from("PREVIOUS TASK CONTEXT:\n");

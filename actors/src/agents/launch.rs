@@ -128,12 +128,20 @@ impl Launcher {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        // SAFETY: setsid and sigprocmask are async-signal-safe and touch no memory of
+        // the parent. TERM and INT stay blocked until the shim has its handler in place
+        // (it unblocks them then): a cancel that comes at once is delayed, never lost,
+        // and never kills the shim before it can stop its agent.
         unsafe {
             command.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
                 Ok(())
             });
         }

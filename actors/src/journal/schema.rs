@@ -62,6 +62,24 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ALTER TABLE tasks ADD COLUMN checkpoint TEXT;
     "#,
     ),
+    (
+        "dependencies, continuations and pipelines",
+        r#"
+    ALTER TABLE tasks ADD COLUMN depends_on TEXT;
+    ALTER TABLE tasks ADD COLUMN continue_from TEXT;
+    ALTER TABLE tasks ADD COLUMN pipeline_id TEXT;
+    ALTER TABLE tasks ADD COLUMN pipeline_step INTEGER;
+    ALTER TABLE tasks ADD COLUMN start_delay INTEGER;
+    ALTER TABLE tasks ADD COLUMN cascade_root TEXT;
+    CREATE INDEX tasks_by_pipeline ON tasks(pipeline_id, pipeline_step);
+    -- An index of tasks.depends_on, written with the task: who depends on whom.
+    CREATE TABLE task_edges (
+        task_id TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        PRIMARY KEY (depends_on, task_id)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

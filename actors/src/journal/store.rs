@@ -34,7 +34,8 @@ const TASK_COLUMNS: &str = "id, prompt, status, priority, agent, working_directo
     idle_timeout, max_output_buffer, parent_task_id, retry_count, retry_of, created_at,
     started_at, completed_at, not_before, exit_code, signal, reason, shim_pid,
     shim_start_time, cancel_reason, output_bytes, output_truncated, model, system_prompt,
-    session_id, resume_session, result, usage, rate_limit_retries, checkpoint";
+    session_id, resume_session, result, usage, rate_limit_retries, checkpoint, depends_on,
+    continue_from, pipeline_id, pipeline_step, start_delay, cascade_root";
 
 fn json_column<T: serde::de::DeserializeOwned>(
     row: &Row<'_>,
@@ -90,6 +91,12 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         usage: json_column(row, 29)?,
         rate_limit_retries: row.get(30)?,
         checkpoint: json_column(row, 31)?,
+        depends_on: json_column(row, 32)?.unwrap_or_default(),
+        continue_from: row.get(33)?,
+        pipeline_id: row.get(34)?,
+        pipeline_step: row.get(35)?,
+        start_delay: row.get::<_, Option<i64>>(36)?.map(|v| v as u64),
+        cascade_root: row.get(37)?,
     })
 }
 
@@ -156,6 +163,45 @@ impl Store {
                  ORDER BY created_at ASC, rowid ASC"
             ))?
             .query_map([], task_from_row)?
+            .collect()
+        })
+    }
+
+    /// Tasks by id (those that exist).
+    pub fn tasks_by_id(&self, ids: &[String]) -> rusqlite::Result<Vec<TaskRecord>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(t) = stmt.query_row(params![id], task_from_row).optional()? {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The tasks that depend directly on `id`.
+    pub fn dependents(&self, id: &str) -> rusqlite::Result<Vec<TaskRecord>> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks
+                 WHERE id IN (SELECT task_id FROM task_edges WHERE depends_on = ?1)
+                 ORDER BY created_at, rowid"
+            ))?
+            .query_map(params![id], task_from_row)?
+            .collect()
+        })
+    }
+
+    /// The steps of a pipeline, in order.
+    pub fn pipeline(&self, id: &str) -> rusqlite::Result<Vec<TaskRecord>> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE pipeline_id = ?1 ORDER BY pipeline_step"
+            ))?
+            .query_map(params![id], task_from_row)?
             .collect()
         })
     }

@@ -163,6 +163,9 @@ fn write_group<'a>(
              VALUES (?1, 'task', ?2, ?3, ?4)",
         )?;
         let mut upsert_task = tx.prepare_cached(UPSERT_TASK)?;
+        let mut insert_edge = tx.prepare_cached(
+            "INSERT OR IGNORE INTO task_edges(task_id, depends_on) VALUES (?1, ?2)",
+        )?;
         let at = now_ms();
         for append in appends {
             for (event, record) in &append.transitions {
@@ -170,6 +173,11 @@ fn write_group<'a>(
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                 insert_event.execute(params![at, record.id, event.name(), payload])?;
                 upsert_task.execute(rusqlite::params_from_iter(task_params(record).iter()))?;
+                if matches!(event, TaskEvent::Submitted { .. }) {
+                    for dep in &record.depends_on {
+                        insert_edge.execute(params![record.id, dep])?;
+                    }
+                }
             }
         }
     }
@@ -183,9 +191,11 @@ const UPSERT_TASK: &str = "INSERT INTO tasks(
     max_output_buffer, parent_task_id, retry_count, retry_of, created_at, started_at,
     completed_at, not_before, exit_code, signal, reason, shim_pid, shim_start_time,
     cancel_reason, output_bytes, output_truncated, model, system_prompt, session_id,
-    resume_session, result, usage, rate_limit_retries, checkpoint)
+    resume_session, result, usage, rate_limit_retries, checkpoint, depends_on, continue_from,
+    pipeline_id, pipeline_step, start_delay, cascade_root)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)
+    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+    ?35, ?36, ?37, ?38)
     ON CONFLICT(id) DO UPDATE SET
     prompt = excluded.prompt,
     status = excluded.status,
@@ -217,7 +227,13 @@ const UPSERT_TASK: &str = "INSERT INTO tasks(
     result = excluded.result,
     usage = excluded.usage,
     rate_limit_retries = excluded.rate_limit_retries,
-    checkpoint = excluded.checkpoint";
+    checkpoint = excluded.checkpoint,
+    depends_on = excluded.depends_on,
+    continue_from = excluded.continue_from,
+    pipeline_id = excluded.pipeline_id,
+    pipeline_step = excluded.pipeline_step,
+    start_delay = excluded.start_delay,
+    cascade_root = excluded.cascade_root";
 
 fn task_params(t: &TaskRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
     vec![
@@ -257,6 +273,16 @@ fn task_params(t: &TaskRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
                 .as_ref()
                 .and_then(|c| serde_json::to_string(c).ok()),
         ),
+        Box::new(
+            (!t.depends_on.is_empty())
+                .then(|| serde_json::to_string(&t.depends_on).ok())
+                .flatten(),
+        ),
+        Box::new(&t.continue_from),
+        Box::new(&t.pipeline_id),
+        Box::new(t.pipeline_step),
+        Box::new(t.start_delay.map(|v| v as i64)),
+        Box::new(&t.cascade_root),
     ]
 }
 

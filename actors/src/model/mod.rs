@@ -5,6 +5,7 @@
 //! Must never: touch the database, the clock, processes or actors. Everything here is
 //! deterministic so that the journal can be replayed and property-tested.
 
+pub mod dag;
 pub mod task;
 
 pub use task::{

@@ -153,6 +153,23 @@ pub struct TaskRecord {
     pub rate_limit_retries: u32,
     #[serde(default)]
     pub checkpoint: Option<Checkpoint>,
+    /// Tasks that must complete before this one runs.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// The task whose checkpoint this one's prompt carries (also in `depends_on`).
+    #[serde(default)]
+    pub continue_from: Option<String>,
+    #[serde(default)]
+    pub pipeline_id: Option<String>,
+    /// Position in its pipeline, from 1.
+    #[serde(default)]
+    pub pipeline_step: Option<u32>,
+    /// Wait this long after becoming ready before starting (a pipeline step's delay), ms.
+    #[serde(default)]
+    pub start_delay: Option<u64>,
+    /// For a task cancelled by a failure cascade: the task at the cascade's root.
+    #[serde(default)]
+    pub cascade_root: Option<String>,
 }
 
 /// Tokens (and cost, where the agent reports it) of one run.
@@ -219,6 +236,20 @@ pub enum TaskEvent {
     },
     /// A finished task's checkpoint, committed with its terminal transition.
     Checkpointed { checkpoint: Box<Checkpoint> },
+    /// Every dependency completed: the task may run (after `not_before`, if set), with
+    /// its prompt enriched by the checkpoint of the task it continues from.
+    Unblocked {
+        at: Millis,
+        prompt: Option<String>,
+        not_before: Option<Millis>,
+    },
+    /// A dependency failed or was cancelled: so is this task, naming the cascade's root.
+    DependencyFailed {
+        at: Millis,
+        dependency: String,
+        root: String,
+        reason: String,
+    },
 }
 
 impl TaskEvent {
@@ -235,6 +266,8 @@ impl TaskEvent {
             TaskEvent::Requeued { .. } => "requeued",
             TaskEvent::RateLimited { .. } => "rate_limited",
             TaskEvent::Checkpointed { .. } => "checkpointed",
+            TaskEvent::Unblocked { .. } => "unblocked",
+            TaskEvent::DependencyFailed { .. } => "dependency_failed",
         }
     }
 }
@@ -335,6 +368,35 @@ pub fn apply(
             next.shim_pid = None;
             next.shim_start_time = None;
             next.cancel_reason = None;
+        }
+        (
+            Blocked,
+            TaskEvent::Unblocked {
+                at: _,
+                prompt,
+                not_before,
+            },
+        ) => {
+            next.status = Queued;
+            if let Some(p) = prompt {
+                next.prompt = p.clone();
+            }
+            next.not_before = *not_before;
+            next.reason = None;
+        }
+        (
+            Blocked | Queued,
+            TaskEvent::DependencyFailed {
+                at,
+                dependency: _,
+                root,
+                reason,
+            },
+        ) => {
+            next.status = Cancelled;
+            next.completed_at = Some(*at);
+            next.cascade_root = Some(root.clone());
+            next.reason = Some(reason.clone());
         }
         (Completed | Failed | Cancelled, TaskEvent::Checkpointed { checkpoint }) => {
             next.checkpoint = Some((**checkpoint).clone());

@@ -2,6 +2,7 @@
 //! very struct its arguments are parsed into, so what is advertised is what is accepted.
 
 pub mod agents;
+pub mod pipelines;
 pub mod tasks;
 
 use rmcp::model::Tool;
@@ -13,6 +14,7 @@ use serde_json::Value;
 pub fn all() -> Vec<Tool> {
     let mut all = tasks::tools();
     all.extend(agents::tools());
+    all.extend(pipelines::tools());
     all
 }
 

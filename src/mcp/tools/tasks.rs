@@ -85,6 +85,13 @@ pub struct DelegateTaskArgs {
     pub model: Option<String>,
     /// Text added to the agent's system prompt.
     pub system_prompt: Option<String>,
+    /// Tasks that must complete first (at most 100). A dependency that already
+    /// completed counts as met; one that failed or was cancelled cancels this task.
+    #[schemars(length(max = 100))]
+    pub depends_on: Option<Vec<String>>,
+    /// A task whose result (checkpoint) this task's prompt carries; added to dependsOn.
+    #[schemars(regex(pattern = r"^task-"))]
+    pub continue_from: Option<String>,
 }
 
 /// One task's status, or a list of tasks (newest first) when taskId is absent.
@@ -216,6 +223,8 @@ async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
         max_output_buffer: args.max_output_buffer,
         model: args.model,
         system_prompt: args.system_prompt,
+        depends_on: args.depends_on.unwrap_or_default(),
+        continue_from: args.continue_from,
     };
     let task = server
         .engine
@@ -233,7 +242,7 @@ async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
     }))
 }
 
-async fn read<T: Send + 'static>(
+pub async fn read<T: Send + 'static>(
     server: &BackbeatMcp,
     f: impl FnOnce(&backbeat_actors::journal::Store) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, String> {
@@ -244,7 +253,7 @@ async fn read<T: Send + 'static>(
         .map_err(|e| format!("reading the database failed: {e}"))
 }
 
-async fn find(server: &BackbeatMcp, id: &str) -> Result<TaskRecord, String> {
+pub async fn find(server: &BackbeatMcp, id: &str) -> Result<TaskRecord, String> {
     let id_owned = id.to_string();
     read(server, move |s| s.task(&id_owned))
         .await?
@@ -298,9 +307,39 @@ pub fn status_json(t: &TaskRecord) -> Value {
     v
 }
 
+/// `[{taskId, status}]` of the given tasks, in the given order.
+fn states(ids: &[String], records: &[TaskRecord]) -> Value {
+    Value::Array(
+        ids.iter()
+            .map(|id| {
+                let status = records
+                    .iter()
+                    .find(|t| &t.id == id)
+                    .map(|t| t.status.as_str())
+                    .unwrap_or("unknown");
+                json!({ "taskId": id, "status": status })
+            })
+            .collect(),
+    )
+}
+
 async fn status(server: &BackbeatMcp, args: TaskStatusArgs) -> ToolOutcome {
     if let Some(id) = args.task_id {
-        return Ok(status_json(&find(server, &id).await?));
+        let task = find(server, &id).await?;
+        let deps = task.depends_on.clone();
+        let (dep_records, dependents) = read(server, move |s| {
+            Ok((s.tasks_by_id(&deps)?, s.dependents(&id)?))
+        })
+        .await?;
+        let mut v = status_json(&task);
+        v["dependsOn"] = states(&task.depends_on, &dep_records);
+        v["dependents"] = Value::Array(
+            dependents
+                .iter()
+                .map(|t| json!({ "taskId": t.id, "status": t.status }))
+                .collect(),
+        );
+        return Ok(v);
     }
     let query = TaskQuery {
         status: args.status.map(TaskStatus::from),

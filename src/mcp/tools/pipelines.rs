@@ -1,0 +1,218 @@
+//! Pipeline tools: CreatePipeline (the original's fields, plus `delayMs` per step; it
+//! returns `pipelineId` and each step's `taskId`), PipelineStatus and CancelPipeline.
+//!
+//! A pipeline is its steps: tasks that each depend on the one before, sharing a
+//! `pipeline-…` id. Its state is derived from theirs, so it can never disagree with them.
+
+use std::path::Path;
+
+use backbeat_actors::engine::{Cancel, CreatePipeline, NewTask};
+use backbeat_actors::{EngineError, Priority, TaskRecord, TaskStatus};
+use rmcp::model::Tool;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::tasks::{PriorityField, read};
+use super::{parse, tool};
+use crate::mcp::server::{BackbeatMcp, ToolOutcome};
+use crate::paths::absolute;
+
+/// One step of a pipeline.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StepArgs {
+    #[schemars(length(min = 1, max = 1048576))]
+    pub prompt: String,
+    pub priority: Option<PriorityField>,
+    pub working_directory: Option<String>,
+    pub agent: Option<String>,
+    /// Wait this long (ms) once the step may start, before starting it.
+    #[schemars(range(min = 0, max = 86400000))]
+    pub delay_ms: Option<u64>,
+}
+
+/// Run 2 to 20 prompts one after the other; a failed step cancels the steps after it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreatePipelineArgs {
+    #[schemars(length(min = 2, max = 20))]
+    pub steps: Vec<StepArgs>,
+    /// Defaults for every step that names none.
+    pub priority: Option<PriorityField>,
+    pub working_directory: Option<String>,
+    pub agent: Option<String>,
+}
+
+/// A pipeline's state and each step's task and state.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PipelineIdArgs {
+    #[schemars(regex(pattern = r"^pipeline-"))]
+    pub pipeline_id: String,
+    /// Why (CancelPipeline).
+    pub reason: Option<String>,
+}
+
+pub fn tools() -> Vec<Tool> {
+    vec![
+        tool::<CreatePipelineArgs>(
+            "CreatePipeline",
+            "Create a pipeline: steps that run one after the other, each starting when the one before completed.",
+        ),
+        tool::<PipelineIdArgs>(
+            "PipelineStatus",
+            "A pipeline's state (running, completed, failed, cancelled) and each step's task and state.",
+        ),
+        tool::<PipelineIdArgs>(
+            "CancelPipeline",
+            "Cancel a pipeline: stop its running step and cancel the steps after it.",
+        ),
+    ]
+}
+
+pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
+    Some(match name {
+        "CreatePipeline" => match parse(name, args) {
+            Ok(a) => create(server, a).await,
+            Err(e) => Err(e),
+        },
+        "PipelineStatus" => match parse(name, args) {
+            Ok(a) => status(server, a).await,
+            Err(e) => Err(e),
+        },
+        "CancelPipeline" => match parse(name, args) {
+            Ok(a) => cancel(server, a).await,
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    })
+}
+
+async fn create(server: &BackbeatMcp, args: CreatePipelineArgs) -> ToolOutcome {
+    let dir_of = |d: &Option<String>| {
+        d.as_deref()
+            .map(|d| absolute(Path::new(d), &server.session_cwd))
+    };
+    let shared_dir = dir_of(&args.working_directory).unwrap_or_else(|| server.session_cwd.clone());
+    let steps = args
+        .steps
+        .into_iter()
+        .map(|s| {
+            let task = NewTask {
+                prompt: s.prompt,
+                priority: s
+                    .priority
+                    .or(args.priority)
+                    .map(Priority::from)
+                    .unwrap_or_default(),
+                agent: s.agent.or_else(|| args.agent.clone()),
+                working_directory: dir_of(&s.working_directory)
+                    .unwrap_or_else(|| shared_dir.clone()),
+                ..Default::default()
+            };
+            (task, s.delay_ms)
+        })
+        .collect();
+    let (pipeline_id, tasks) = server
+        .engine
+        .engine
+        .send(CreatePipeline { steps })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "success": true,
+        "pipelineId": pipeline_id,
+        "stepCount": tasks.len(),
+        "steps": tasks.iter().enumerate().map(|(i, t)| json!({
+            "index": i,
+            "taskId": t.id,
+            "status": t.status,
+            "prompt": preview(&t.prompt),
+            "delayMs": t.start_delay,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn preview(prompt: &str) -> String {
+    if prompt.chars().count() > 50 {
+        format!("{}...", prompt.chars().take(50).collect::<String>())
+    } else {
+        prompt.to_string()
+    }
+}
+
+/// The pipeline's state, from its steps'.
+pub fn pipeline_state(steps: &[TaskRecord]) -> &'static str {
+    if steps.iter().all(|t| t.status == TaskStatus::Completed) {
+        "completed"
+    } else if steps.iter().any(|t| t.status == TaskStatus::Failed) {
+        "failed"
+    } else if steps.iter().any(|t| t.status == TaskStatus::Cancelled) {
+        "cancelled"
+    } else {
+        "running"
+    }
+}
+
+async fn steps_of(server: &BackbeatMcp, id: &str) -> Result<Vec<TaskRecord>, String> {
+    let key = id.to_string();
+    let steps = read(server, move |s| s.pipeline(&key)).await?;
+    if steps.is_empty() {
+        return Err(format!(
+            "pipeline {id} not found. Pipeline ids look like pipeline-…; CreatePipeline returns them"
+        ));
+    }
+    Ok(steps)
+}
+
+async fn status(server: &BackbeatMcp, args: PipelineIdArgs) -> ToolOutcome {
+    let steps = steps_of(server, &args.pipeline_id).await?;
+    Ok(json!({
+        "success": true,
+        "pipelineId": args.pipeline_id,
+        "status": pipeline_state(&steps),
+        "steps": steps.iter().map(|t| json!({
+            "index": t.pipeline_step.unwrap_or(0).saturating_sub(1),
+            "taskId": t.id,
+            "status": t.status,
+            "reason": t.reason,
+            "agent": t.agent,
+            "delayMs": t.start_delay,
+            "startedAt": t.started_at,
+            "completedAt": t.completed_at,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn cancel(server: &BackbeatMcp, args: PipelineIdArgs) -> ToolOutcome {
+    let steps = steps_of(server, &args.pipeline_id).await?;
+    let reason = args
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| format!("pipeline {} cancelled", args.pipeline_id));
+    // Later steps first, so that none of them starts while the earlier ones stop.
+    for step in steps.iter().rev().filter(|t| !t.status.is_terminal()) {
+        let res = server
+            .engine
+            .engine
+            .send(Cancel {
+                task_id: step.id.clone(),
+                reason: reason.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match res {
+            Ok(_) | Err(EngineError::CannotCancel { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let steps = steps_of(server, &args.pipeline_id).await?;
+    Ok(json!({
+        "success": true,
+        "message": format!("Pipeline {} cancelled", args.pipeline_id),
+        "pipelineId": args.pipeline_id,
+        "status": pipeline_state(&steps),
+    }))
+}
