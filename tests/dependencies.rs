@@ -139,6 +139,55 @@ fn dependency_rules_through_mcp_and_the_cascade_names_its_root() {
     );
     assert!(is_error && e["error"].as_str().unwrap().contains("not a task id"));
 
+    // Finished dependencies: completed is met at once; failed or cancelled cancels at once.
+    let done = id_of(&mcp.ok("DelegateTask", json!({ "prompt": "print done" })));
+    mcp.ok("WaitTask", json!({ "taskId": done }));
+    let met = id_of(&mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print met", "dependsOn": [done] }),
+    ));
+    assert_eq!(
+        mcp.ok("WaitTask", json!({ "taskId": met }))["status"],
+        "completed"
+    );
+    let failed = id_of(&mcp.ok("DelegateTask", json!({ "prompt": "exit 9" })));
+    mcp.ok("WaitTask", json!({ "taskId": failed }));
+    let doomed = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print never", "dependsOn": [done, failed] }),
+    );
+    assert_eq!(doomed["status"], "cancelled", "{doomed}");
+    let d1 = mcp.ok("TaskStatus", json!({ "taskId": id_of(&doomed) }));
+    assert_eq!(
+        d1["reason"],
+        format!("cancelled because its dependency {failed} failed")
+    );
+    let doomed2 = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print never", "dependsOn": [id_of(&doomed)] }),
+    );
+    let d2 = mcp.ok("TaskStatus", json!({ "taskId": id_of(&doomed2) }));
+    assert!(
+        d2["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(the cascade began at {failed})")),
+        "{d2}"
+    );
+    let (e, is_error) = mcp.call(
+        "DelegateTask",
+        json!({ "prompt": "x", "dependsOn": [done, done] }),
+    );
+    assert!(is_error && e["error"].as_str().unwrap().contains("given twice"));
+    let (e, is_error) = mcp.call(
+        "DelegateTask",
+        json!({ "prompt": "x", "dependsOn": vec![done.clone(); 101] }),
+    );
+    assert!(
+        is_error && e["error"].as_str().unwrap().contains("at most 100"),
+        "{e}"
+    );
+
     // A waits for a gate file; B and D depend on A; C depends on B.
     let gate = beat.workdir.path().join("gate.pid");
     let a = id_of(&mcp.ok(
