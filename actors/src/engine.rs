@@ -683,22 +683,23 @@ impl Handler<Cancel> for Engine {
     }
 }
 
-impl Handler<Retry> for Engine {
-    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
-
-    fn handle(&mut self, msg: Retry, _ctx: &mut Context<Self>) -> Self::Result {
+impl Engine {
+    /// Reads a finished task and admits the new task that `make` builds from it (retry
+    /// and resume); a task that is not finished is refused with `refuse`.
+    fn rerun(
+        &mut self,
+        task_id: String,
+        refuse: fn(String, TaskStatus) -> EngineError,
+        make: impl FnOnce(&mut Engine, TaskRecord) -> Result<TaskRecord, EngineError> + 'static,
+    ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
         let store = self.store.clone();
-        let id = msg.task_id;
-        let read = async move { (read_task(&store, &id).await, id) };
-        Box::pin(read.into_actor(self).then(|(res, id), act, _| {
+        let read = async move { (read_task(&store, &task_id).await, task_id) };
+        Box::pin(read.into_actor(self).then(move |(res, id), act, _| {
             let built = match res {
                 Err(e) => Err(e),
                 Ok(None) => Err(EngineError::TaskNotFound(id)),
-                Ok(Some(t)) if !t.status.is_terminal() => Err(EngineError::CannotRetry {
-                    id,
-                    status: t.status,
-                }),
-                Ok(Some(t)) => act.build(again(&t, t.prompt.clone()), Lineage::after(&t)),
+                Ok(Some(t)) if !t.status.is_terminal() => Err(refuse(id, t.status)),
+                Ok(Some(t)) => make(act, t),
             };
             match built {
                 Ok(record) => act.admit(record),
@@ -708,38 +709,38 @@ impl Handler<Retry> for Engine {
     }
 }
 
+impl Handler<Retry> for Engine {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Retry, _ctx: &mut Context<Self>) -> Self::Result {
+        // Dependencies are not carried over (as the original): a retry runs now.
+        self.rerun(
+            msg.task_id,
+            |id, status| EngineError::CannotRetry { id, status },
+            |act, t| act.build(again(&t, t.prompt.clone()), Lineage::after(&t)),
+        )
+    }
+}
+
 impl Handler<Resume> for Engine {
     type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
 
     fn handle(&mut self, msg: Resume, _ctx: &mut Context<Self>) -> Self::Result {
-        let store = self.store.clone();
-        let id = msg.task_id;
         let context = msg.additional_context;
-        let read = async move { (read_task(&store, &id).await, id) };
-        Box::pin(read.into_actor(self).then(move |(res, id), act, _| {
-            let built = match res {
-                Err(e) => Err(e),
-                Ok(None) => Err(EngineError::TaskNotFound(id)),
-                Ok(Some(t)) if !t.status.is_terminal() => Err(EngineError::CannotResume {
-                    id,
-                    status: t.status,
-                }),
-                Ok(Some(t)) => {
-                    let prompt = crate::agents::checkpoint::resume_prompt(&t, context.as_deref());
-                    let settings = (act.settings)();
-                    let resumable = crate::agents::adapter_for(&t.agent, &settings)
-                        .map(|a| a.supports_resume())
-                        .unwrap_or(false);
-                    let mut lineage = Lineage::after(&t);
-                    lineage.resume_session = t.session_id.clone().filter(|_| resumable);
-                    act.build(again(&t, prompt), lineage)
-                }
-            };
-            match built {
-                Ok(record) => act.admit(record),
-                Err(e) => Box::pin(fut::ready(Err(e))),
-            }
-        }))
+        self.rerun(
+            msg.task_id,
+            |id, status| EngineError::CannotResume { id, status },
+            move |act, t| {
+                let prompt = crate::agents::checkpoint::resume_prompt(&t, context.as_deref());
+                let settings = (act.settings)();
+                let resumable = crate::agents::adapter_for(&t.agent, &settings)
+                    .map(|a| a.supports_resume())
+                    .unwrap_or(false);
+                let mut lineage = Lineage::after(&t);
+                lineage.resume_session = t.session_id.clone().filter(|_| resumable);
+                act.build(again(&t, prompt), lineage)
+            },
+        )
     }
 }
 

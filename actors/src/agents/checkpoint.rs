@@ -134,39 +134,50 @@ pub fn build(
     }
 }
 
+/// The checkpoint's output, error and git state, each on its lines, with the labels the
+/// two prompt layouts use.
+fn checkpoint_details(cp: &Checkpoint, output_label: &str, error_label: &str) -> String {
+    let mut p = String::new();
+    if !cp.output_summary.trim().is_empty() {
+        p.push_str(&format!(
+            "\n{output_label}\n{}\n",
+            cp.output_summary.trim_end()
+        ));
+    }
+    if let Some(e) = cp.error_summary.as_deref().filter(|e| !e.trim().is_empty()) {
+        p.push_str(&format!("\n{error_label} {}\n", e.trim_end()));
+    }
+    if cp.git_branch.is_some() || cp.git_commit_sha.is_some() {
+        p.push_str(&format!(
+            "\nGit state: branch={}, commit={}\n",
+            cp.git_branch.as_deref().unwrap_or("unknown"),
+            cp.git_commit_sha.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if !cp.git_dirty_files.is_empty() {
+        p.push_str(&format!(
+            "Modified files: {}\n",
+            cp.git_dirty_files.join(", ")
+        ));
+    }
+    p
+}
+
 /// The prompt of a task that continues from `previous` (spec 8.3): the prerequisite's
 /// result first, then the task's own prompt.
 pub fn continuation_prompt(previous: &TaskRecord, prompt: &str) -> String {
-    let mut p = String::from(
-        "DEPENDENCY CONTEXT:\nA prerequisite task has finished; what follows is its result.\n\n",
-    );
-    p.push_str(&format!("Prerequisite prompt: {}\n", previous.prompt));
     let status = previous
         .checkpoint
         .as_ref()
         .map(|c| c.checkpoint_type)
         .unwrap_or(previous.status);
-    p.push_str(&format!("Status: {status}\n"));
+    let mut p = format!(
+        "DEPENDENCY CONTEXT:\nA prerequisite task has finished; what follows is its result.\n\n\
+         Prerequisite prompt: {}\nStatus: {status}\n",
+        previous.prompt
+    );
     if let Some(cp) = &previous.checkpoint {
-        if !cp.output_summary.trim().is_empty() {
-            p.push_str(&format!("\nOutput:\n{}\n", cp.output_summary.trim_end()));
-        }
-        if let Some(e) = cp.error_summary.as_deref().filter(|e| !e.trim().is_empty()) {
-            p.push_str(&format!("\nErrors encountered: {}\n", e.trim_end()));
-        }
-        if cp.git_branch.is_some() || cp.git_commit_sha.is_some() {
-            p.push_str(&format!(
-                "\nGit state: branch={}, commit={}\n",
-                cp.git_branch.as_deref().unwrap_or("unknown"),
-                cp.git_commit_sha.as_deref().unwrap_or("unknown")
-            ));
-            if !cp.git_dirty_files.is_empty() {
-                p.push_str(&format!(
-                    "Modified files: {}\n",
-                    cp.git_dirty_files.join(", ")
-                ));
-            }
-        }
+        p.push_str(&checkpoint_details(cp, "Output:", "Errors encountered:"));
     }
     p.push_str(&format!("\n---\n\nYOUR TASK:\n{prompt}"));
     p
@@ -174,46 +185,26 @@ pub fn continuation_prompt(previous: &TaskRecord, prompt: &str) -> String {
 
 /// The prompt of a resumed task (spec 8.4): the previous attempt's context first.
 pub fn resume_prompt(previous: &TaskRecord, additional_context: Option<&str>) -> String {
-    let mut p = String::from("PREVIOUS TASK CONTEXT:\n");
-    p.push_str(&format!(
-        "The previous attempt ({}) ended with status: {}{}.\n\nOriginal prompt: {}\n",
-        previous.id,
-        previous.status,
-        previous
-            .reason
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default(),
-        previous.prompt
-    ));
+    let reason = previous
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let mut p = format!(
+        "PREVIOUS TASK CONTEXT:\nThe previous attempt ({}) ended with status: {}{reason}.\n\n\
+         Original prompt: {}\n",
+        previous.id, previous.status, previous.prompt
+    );
     if let Some(cp) = &previous.checkpoint {
-        if !cp.output_summary.trim().is_empty() {
-            p.push_str(&format!(
-                "\nLast output:\n{}\n",
-                cp.output_summary.trim_end()
-            ));
-        }
-        if let Some(e) = cp.error_summary.as_deref().filter(|e| !e.trim().is_empty()) {
-            p.push_str(&format!("\nError: {}\n", e.trim_end()));
-        }
-        if cp.git_branch.is_some() || cp.git_commit_sha.is_some() {
-            p.push_str(&format!(
-                "\nGit state: branch={}, commit={}\n",
-                cp.git_branch.as_deref().unwrap_or("unknown"),
-                cp.git_commit_sha.as_deref().unwrap_or("unknown")
-            ));
-        }
-        if !cp.git_dirty_files.is_empty() {
-            p.push_str(&format!(
-                "Modified files: {}\n",
-                cp.git_dirty_files.join(", ")
-            ));
-        }
+        p.push_str(&checkpoint_details(cp, "Last output:", "Error:"));
     }
     if let Some(ctx) = additional_context.filter(|c| !c.trim().is_empty()) {
         p.push_str(&format!("\nAdditional context: {ctx}\n"));
     }
-    p.push_str("\nPlease continue the task from where the previous attempt left off, or retry it, taking the results above into account.\n");
+    p.push_str(
+        "\nPlease continue the task from where the previous attempt left off, or retry it, \
+         taking the results above into account.\n",
+    );
     p
 }
 
