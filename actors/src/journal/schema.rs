@@ -11,14 +11,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "events and tasks",
         r#"
     CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY, -- the rowid: grows with every append (events are never
+                                 -- deleted from the end), without AUTOINCREMENT's extra table
         at INTEGER NOT NULL,
         entity_kind TEXT NOT NULL,
         entity_id TEXT NOT NULL,
         transition TEXT NOT NULL,
         payload TEXT NOT NULL
     );
-    CREATE INDEX events_by_entity ON events(entity_kind, entity_id, seq);
     CREATE TABLE tasks (
         id TEXT PRIMARY KEY,
         prompt TEXT NOT NULL,
