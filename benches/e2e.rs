@@ -808,28 +808,10 @@ fn beat_throughput(home: &BeatHome) -> Result<(Run, f64, f64)> {
     )?;
     let submit_ms = ms(began.elapsed());
     let ids = submitted.iter().map(task_id).collect::<Result<Vec<_>>>()?;
-    let finished = mcp.call_many(
-        "WaitTask",
-        ids.iter()
-            .map(|id| json!({ "taskId": id, "timeoutMs": STEP_TIMEOUT.as_millis() as u64 })),
-        PIPELINE_WINDOW,
-    )?;
+    let finished = wait_all_completed(&mut mcp, &ids, STEP_TIMEOUT)?;
     let wall_s = began.elapsed().as_secs_f64();
     let cpu_after = process_cpu(pid)?;
-    let not_done = finished
-        .iter()
-        .filter(|f| f["status"] != "completed")
-        .count();
-    if not_done > 0 {
-        return Err(format!(
-            "{not_done} of {THROUGHPUT_TASKS} tasks did not complete"
-        ));
-    }
-    let last_end = finished
-        .iter()
-        .filter_map(|f| f["endTime"].as_i64())
-        .max()
-        .ok_or("no task reported an endTime")?;
+    let last_end = latest(&finished, "endTime")?;
     let span_s = ((last_end - began_ms) as f64 / 1000.0).max(0.001);
     println!(
         "note: beat: {THROUGHPUT_TASKS} tasks, last completion after {span_s:.2} s \
@@ -841,6 +823,40 @@ fn beat_throughput(home: &BeatHome) -> Result<(Run, f64, f64)> {
         cpu_ms: per_task(cpu_after.total() - cpu_before.total()),
     };
     Ok((run, per_task(cpu_after.own - cpu_before.own), submit_ms))
+}
+
+/// WaitTask for every task (pipelined); an error unless all of them completed.
+fn wait_all_completed(
+    mcp: &mut McpSession,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<Vec<Value>> {
+    let finished = mcp.call_many(
+        "WaitTask",
+        ids.iter()
+            .map(|id| json!({ "taskId": id, "timeoutMs": timeout.as_millis() as u64 })),
+        PIPELINE_WINDOW,
+    )?;
+    let not_done = finished
+        .iter()
+        .filter(|f| f["status"] != "completed")
+        .count();
+    if not_done > 0 {
+        return Err(format!(
+            "{not_done} of {} tasks did not complete",
+            ids.len()
+        ));
+    }
+    Ok(finished)
+}
+
+/// The latest value of a millisecond time field among the statuses.
+fn latest(statuses: &[Value], field: &str) -> Result<i64> {
+    statuses
+        .iter()
+        .filter_map(|f| f[field].as_i64())
+        .max()
+        .ok_or_else(|| format!("no task reported a {field}"))
 }
 
 /// `xargs -P4 -n1 sh -c` over the same commands.
@@ -1195,31 +1211,13 @@ fn dag_in(home: &BeatHome) -> Result<Vec<Figure>> {
         }
     }
     let submit_s = began.elapsed().as_secs_f64();
-    let finished = mcp.call_many(
-        "WaitTask",
-        ids.iter()
-            .map(|id| json!({ "taskId": id, "timeoutMs": 600_000 })),
-        PIPELINE_WINDOW,
-    )?;
-    let not_done = finished
-        .iter()
-        .filter(|f| f["status"] != "completed")
-        .count();
-    if not_done > 0 {
-        return Err(format!(
-            "{not_done} of {DAG_TASKS} DAG tasks did not complete"
-        ));
-    }
+    let finished = wait_all_completed(&mut mcp, &ids, Duration::from_secs(600))?;
     let first_start = finished
         .iter()
         .filter_map(|f| f["startTime"].as_i64())
         .min()
-        .ok_or("no startTime")?;
-    let last_end = finished
-        .iter()
-        .filter_map(|f| f["endTime"].as_i64())
-        .max()
-        .ok_or("no endTime")?;
+        .ok_or("no task reported a startTime")?;
+    let last_end = latest(&finished, "endTime")?;
     let span_s = ((last_end - first_start) as f64 / 1000.0).max(0.001);
     println!(
         "note: dag: {DAG_TASKS} tasks, {edges} edges, submitted in {submit_s:.2} s, \

@@ -298,6 +298,26 @@ fn supervise(
     mut signals: signal_hook::iterator::Signals,
 ) -> ExitRecord {
     let started_at = now_ms();
+    // Created before stdout.log: whoever sees stdout.log can tell from output.txt
+    // whether the agent has a readable transcript.
+    let transcript = if spec.output_format.is_structured() {
+        match File::create(run.readable()) {
+            Ok(readable) => Some(Arc::new(Mutex::new(Transcript {
+                parser: StreamParser::new(spec.output_format),
+                partial: Vec::new(),
+                readable,
+                written: 0,
+                limit: spec.max_output_bytes,
+                mid_line: false,
+            }))),
+            Err(e) => {
+                eprintln!("beat shim: cannot create {}: {e}", run.readable().display());
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (out_file, err_file) = match (File::create(run.stdout()), File::create(run.stderr())) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => {
@@ -334,24 +354,6 @@ fn supervise(
         produced: AtomicU64::new(0),
         last_output_ms: AtomicI64::new(now_ms()),
     });
-    let transcript = if spec.output_format.is_structured() {
-        match File::create(run.readable()) {
-            Ok(readable) => Some(Arc::new(Mutex::new(Transcript {
-                parser: StreamParser::new(spec.output_format),
-                partial: Vec::new(),
-                readable,
-                written: 0,
-                limit: spec.max_output_bytes,
-                mid_line: false,
-            }))),
-            Err(e) => {
-                eprintln!("beat shim: cannot create {}: {e}", run.readable().display());
-                None
-            }
-        }
-    } else {
-        None
-    };
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let streams = [
         child.stdout.take().map(|s| {

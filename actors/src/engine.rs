@@ -73,11 +73,6 @@ pub struct CreatePipeline {
     pub steps: Vec<(NewTask, Option<u64>)>,
 }
 
-/// How many dependency edges the engine has looked at when tasks finished.
-#[derive(Message)]
-#[rtype(result = "u64")]
-pub struct EdgesVisited;
-
 /// Continue a finished task: a new task whose prompt carries the checkpoint, resuming
 /// the agent's own session where the CLI can.
 #[derive(Message)]
@@ -341,11 +336,7 @@ impl Engine {
                 match dep.status {
                     TaskStatus::Completed => {}
                     TaskStatus::Failed | TaskStatus::Cancelled => {
-                        doom.get_or_insert((
-                            dep.id.clone(),
-                            dep.cascade_root.clone().unwrap_or(dep.id.clone()),
-                            dep.status,
-                        ));
+                        doom.get_or_insert(doom_of(dep));
                     }
                     _ => act.graph.wait_for(&id, &dep.id), // submitted, its actor not yet up
                 }
@@ -365,7 +356,7 @@ impl Engine {
                 act.forget(&id);
                 return act.admit_doomed(record.clone(), dependency, root, status);
             }
-            Box::pin(act.admit_all(vec![record.clone()]).map(|res, _, _| res.map(|mut v| v.remove(0))))
+            act.admit(record.clone())
         }))
     }
 
@@ -428,22 +419,10 @@ impl Engine {
         &mut self,
         record: TaskRecord,
     ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
-        let event = TaskEvent::Submitted {
-            task: Box::new(record.clone()),
-        };
-        if let Err(e) = apply(None, &event) {
-            return Box::pin(fut::ready(Err(e.into())));
-        }
-        let commit = self.journal.send(Append::task(event, record.clone()));
-        Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
-            }
-            act.spawn_task_actor(record.clone(), ctx);
-            Ok(record)
-        }))
+        Box::pin(
+            self.admit_all(vec![record])
+                .map(|res, _, _| res.map(|mut v| v.remove(0))),
+        )
     }
 }
 
@@ -481,6 +460,13 @@ fn again(t: &TaskRecord, prompt: String) -> NewTask {
         depends_on: Vec::new(),
         continue_from: None,
     }
+}
+
+/// What a failed or cancelled dependency means for its dependents: the dependency, the
+/// root of the cascade it belongs to, and how it ended.
+fn doom_of(dep: &TaskRecord) -> (String, String, TaskStatus) {
+    let root = dep.cascade_root.clone().unwrap_or_else(|| dep.id.clone());
+    (dep.id.clone(), root, dep.status)
 }
 
 /// "cancelled because its dependency task-B cancelled (the cascade began at task-A)".
@@ -653,14 +639,6 @@ impl Handler<CreatePipeline> for Engine {
     }
 }
 
-impl Handler<EdgesVisited> for Engine {
-    type Result = u64;
-
-    fn handle(&mut self, _msg: EdgesVisited, _ctx: &mut Context<Self>) -> u64 {
-        self.graph.edges_visited
-    }
-}
-
 impl Handler<Cancel> for Engine {
     type Result = ResponseFuture<Result<TaskRecord, EngineError>>;
 
@@ -788,11 +766,7 @@ impl Handler<Recover> for Engine {
                     match finished.get(dep) {
                         Some(d) if d.status == TaskStatus::Completed => {}
                         Some(d) => {
-                            doom.get_or_insert((
-                                d.id.clone(),
-                                d.cascade_root.clone().unwrap_or(d.id.clone()),
-                                d.status,
-                            ));
+                            doom.get_or_insert(doom_of(d));
                         }
                         None => {
                             doom.get_or_insert((dep.clone(), dep.clone(), TaskStatus::Cancelled));

@@ -56,20 +56,6 @@ pub struct Release {
     pub max_rss_kb: Option<u64>,
 }
 
-/// Counters for status and benchmarks.
-#[derive(Message)]
-#[rtype(result = "GovernorSnapshot")]
-pub struct Snapshot;
-
-#[derive(Debug, Clone, Default, MessageResponse)]
-pub struct GovernorSnapshot {
-    pub waiting: usize,
-    pub running: usize,
-    pub max_workers: usize,
-    pub granted_total: u64,
-    pub blocked_by_resources: Option<String>,
-}
-
 struct Waiter {
     agent: String,
     recipient: Recipient<Grant>,
@@ -95,7 +81,6 @@ pub struct ResourceGovernor {
     waiting: HashMap<String, Waiter>,
     running: HashMap<String, Slot>,
     next_seq: u64,
-    granted_total: u64,
     footprint: HashMap<String, u64>,
     sys: sysinfo::System,
     cores: f64,
@@ -112,7 +97,6 @@ impl ResourceGovernor {
             waiting: HashMap::new(),
             running: HashMap::new(),
             next_seq: 0,
-            granted_total: 0,
             footprint: HashMap::new(),
             sys: sysinfo::System::new(),
             cores: std::thread::available_parallelism()
@@ -223,7 +207,6 @@ impl ResourceGovernor {
                     granted_at: Instant::now(),
                 },
             );
-            self.granted_total += 1;
             waiter.recipient.do_send(Grant { task_id: id });
         }
     }
@@ -303,19 +286,5 @@ impl Handler<Release> for ResourceGovernor {
             *entry = (*entry * 3 + seen) / 4;
         }
         self.pump(ctx);
-    }
-}
-
-impl Handler<Snapshot> for ResourceGovernor {
-    type Result = GovernorSnapshot;
-
-    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Context<Self>) -> GovernorSnapshot {
-        GovernorSnapshot {
-            waiting: self.waiting.len(),
-            running: self.running.len(),
-            max_workers: (self.settings)().max_workers,
-            granted_total: self.granted_total,
-            blocked_by_resources: self.blocked_by_resources.clone(),
-        }
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 use super::print_json;
 use crate::config::{self, KEYS, Source, read_file, resolve, write_file};
 use crate::error::CliError;
+use crate::mcp::tools::agents::mask;
 use crate::paths::Home;
 
 #[derive(Subcommand)]
@@ -22,19 +23,6 @@ pub enum ConfigCommand {
     Reset { key: String },
     /// Print the configuration file's path
     Path,
-}
-
-fn mask(key: &str) -> String {
-    if key.chars().count() <= 8 {
-        "***".into()
-    } else {
-        let chars: Vec<char> = key.chars().collect();
-        format!(
-            "{}...{}",
-            chars[..3].iter().collect::<String>(),
-            chars[chars.len() - 3..].iter().collect::<String>()
-        )
-    }
 }
 
 /// The `agents` section with API keys masked.

@@ -131,8 +131,9 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
     Ok(code)
 }
 
-/// Streams a task's output files until it is finished; Ctrl-C cancels it when
-/// `cancel_on_interrupt`. Returns the exit code that the task's end calls for.
+/// Streams a task's output until it is finished; Ctrl-C cancels it when
+/// `cancel_on_interrupt`. Returns the exit code that the task's end calls for. A
+/// structured agent is shown through its readable transcript, not its JSON.
 pub async fn follow(
     client: &DaemonClient,
     home: &Home,
@@ -140,28 +141,19 @@ pub async fn follow(
     cancel_on_interrupt: bool,
 ) -> Result<i32, CliError> {
     let run = home.run_dir(id);
-    // Structured agents are shown through their readable transcript, not raw JSON.
-    let task = client.task(id).await?;
-    let settings = crate::config::load_settings(&home.config(), &mut Vec::new());
-    let structured = backbeat_actors::agents::adapter_for(&task.agent, &settings)
-        .map(|a| {
-            let agent_settings = settings
-                .agents
-                .get(&task.agent)
-                .cloned()
-                .unwrap_or_default();
-            a.command(&task, &agent_settings)
-                .output_format
-                .is_structured()
-        })
-        .unwrap_or(false);
-    let stdout_file = if structured {
-        "output.txt"
-    } else {
-        "stdout.log"
-    };
-    let mut out = super::tasks::Follower::new(run.join(stdout_file), false);
-    let mut err = super::tasks::Follower::new(run.join("stderr.log"), true);
+    let out = super::tasks::Follower::readable(&run);
+    let err = super::tasks::Follower::new(run.join("stderr.log"), true);
+    follow_files(client, id, out, err, cancel_on_interrupt).await
+}
+
+/// Copies what the followers' files gain until the task is finished.
+pub async fn follow_files(
+    client: &DaemonClient,
+    id: &str,
+    mut out: super::tasks::Follower,
+    mut err: super::tasks::Follower,
+    cancel_on_interrupt: bool,
+) -> Result<i32, CliError> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let wait = client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 }));
     tokio::pin!(wait);

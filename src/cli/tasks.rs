@@ -230,6 +230,8 @@ pub struct Follower {
     path: PathBuf,
     offset: u64,
     to_stderr: bool,
+    /// Not yet decided between a run's `output.txt` and `stdout.log`: the run folder.
+    undecided: Option<PathBuf>,
 }
 
 impl Follower {
@@ -238,6 +240,16 @@ impl Follower {
             path,
             offset: 0,
             to_stderr,
+            undecided: None,
+        }
+    }
+
+    /// A run's stdout as people read it: `output.txt` when the shim writes a readable
+    /// transcript (it creates that file before `stdout.log`), else `stdout.log`.
+    pub fn readable(run: &std::path::Path) -> Follower {
+        Follower {
+            undecided: Some(run.to_path_buf()),
+            ..Follower::new(run.join("stdout.log"), false)
         }
     }
 
@@ -247,6 +259,16 @@ impl Follower {
 
     /// Copies what was appended since the last call.
     pub fn drain(&mut self) {
+        if let Some(run) = &self.undecided {
+            if !run.join("stdout.log").exists() {
+                return; // the shim has not started writing yet
+            }
+            let readable = run.join("output.txt");
+            if readable.exists() {
+                self.path = readable;
+            }
+            self.undecided = None;
+        }
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return;
         };
@@ -304,37 +326,12 @@ pub async fn logs(args: LogsArgs, home: &Home) -> Result<i32, CliError> {
     err.drain();
     if args.follow && !task.status.is_terminal() {
         // Resume from where the first read stopped.
-        let code = follow_from(&client, &task.id, out, err).await;
+        let code = super::run::follow_files(&client, &task.id, out, err, false).await;
         client.close().await;
         return code.map(|_| 0);
     }
     client.close().await;
     Ok(0)
-}
-
-async fn follow_from(
-    client: &DaemonClient,
-    id: &str,
-    mut out: Follower,
-    mut err: Follower,
-) -> Result<(), CliError> {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-    let wait = client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 }));
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            done = &mut wait => {
-                out.drain();
-                err.drain();
-                done?;
-                return Ok(());
-            }
-            _ = tick.tick() => {
-                out.drain();
-                err.drain();
-            }
-        }
-    }
 }
 
 pub async fn cancel(args: CancelArgs, home: &Home) -> Result<i32, CliError> {

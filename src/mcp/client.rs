@@ -87,12 +87,7 @@ impl DaemonClient {
 }
 
 pub fn record_of(v: &Value) -> Result<TaskRecord, CliError> {
-    let mut v = v.clone();
-    if let Value::Object(map) = &mut v {
-        map.entry("shimPid").or_insert(Value::Null);
-        map.entry("shimStartTime").or_insert(Value::Null);
-    }
-    serde_json::from_value(v).map_err(|e| {
+    serde_json::from_value(v.clone()).map_err(|e| {
         CliError::Daemon(format!(
             "the daemon sent a task record this CLI cannot read: {e}"
         ))

@@ -455,15 +455,20 @@ pub fn builtin_agent(name: &str) -> Option<Box<dyn AgentAdapter>> {
 
 pub const BUILTIN_AGENTS: [&str; 4] = ["claude", "codex", "gemini", "shell"];
 
-/// Names of the agents the settings know, for error messages.
-pub fn known_agents(settings: &Settings) -> String {
+/// Every agent: the built-ins, then those the configuration defines.
+pub fn agent_names(settings: &Settings) -> Vec<String> {
     let mut names: Vec<String> = BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect();
     for (name, a) in &settings.agents {
         if a.command.is_some() && !names.contains(name) {
             names.push(name.clone());
         }
     }
-    names.join(", ")
+    names
+}
+
+/// Names of the agents the settings know, for error messages.
+pub fn known_agents(settings: &Settings) -> String {
+    agent_names(settings).join(", ")
 }
 
 /// The adapter for `name` (a command in the configuration wins over a built-in of the

@@ -107,6 +107,20 @@ fn parse_porcelain_v2(out: &str) -> (Option<String>, Option<String>, Vec<String>
     (branch, commit, files)
 }
 
+/// The last bytes of a file: twice the summary's size, enough for `tail_summary` to cut
+/// at a line boundary, without reading output of up to `maxOutputBuffer` at every end.
+fn read_tail(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(
+        len.saturating_sub(2 * SUMMARY_BYTES as u64),
+    ))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    Ok(tail)
+}
+
 /// Builds the checkpoint of a task that just reached `status`.
 pub fn build(
     task: &TaskRecord,
@@ -114,11 +128,11 @@ pub fn build(
     status: TaskStatus,
     error: Option<String>,
 ) -> Checkpoint {
-    let readable = std::fs::read(run.readable())
-        .or_else(|_| std::fs::read(run.stdout()))
+    let readable = read_tail(&run.readable())
+        .or_else(|_| read_tail(&run.stdout()))
         .unwrap_or_default();
     let output_summary = tail_summary(&String::from_utf8_lossy(&readable));
-    let stderr = std::fs::read(run.stderr()).unwrap_or_default();
+    let stderr = read_tail(&run.stderr()).unwrap_or_default();
     let stderr_tail = tail_summary(&String::from_utf8_lossy(&stderr));
     let error_summary = error.or_else(|| (!stderr_tail.trim().is_empty()).then_some(stderr_tail));
     let (git_branch, git_commit_sha, git_dirty_files) =

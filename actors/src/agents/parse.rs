@@ -77,6 +77,22 @@ pub struct RunSummary {
     pub usage: Option<Usage>,
 }
 
+impl RunSummary {
+    /// What the exit code adds to the output: Gemini exits with the HTTP status & 0xFF
+    /// in its JSON modes (401 -> 145, 429 -> 173, 500 -> 244) and may not name it.
+    pub fn account_for_exit(&mut self, exit_code: Option<i32>) {
+        if self.format == OutputFormat::GeminiStreamJson
+            && self.http_status.is_none()
+            && self.success == Some(false)
+            && let Some(code) = exit_code.filter(|c| (144..=255).contains(c))
+        {
+            let status = code as u16 + 256;
+            self.http_status = Some(status);
+            self.rate_limited |= status == 429;
+        }
+    }
+}
+
 /// Reads one agent's stdout line by line.
 #[derive(Debug, Default)]
 pub struct StreamParser {

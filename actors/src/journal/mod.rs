@@ -10,6 +10,6 @@ mod schema;
 mod store;
 mod writer;
 
-pub use schema::{SCHEMA_VERSION, open_write_connection};
+pub use schema::open_write_connection;
 pub use store::{Store, StoredEvent, TaskQuery};
 pub use writer::{Append, Committed, Journal, JournalError, JournalWriter};

@@ -82,8 +82,6 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

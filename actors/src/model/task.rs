@@ -450,16 +450,7 @@ fn take_run_results(next: &mut TaskRecord, outcome: &ExitOutcome) {
 pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOutcome {
     let mut summary = exit.summary.clone().unwrap_or_default();
     let structured = summary.format.is_structured();
-    // Gemini exits with the HTTP status & 0xFF in its JSON modes (401 -> 145, 429 -> 173).
-    if summary.format == crate::agents::parse::OutputFormat::GeminiStreamJson
-        && summary.http_status.is_none()
-        && summary.success == Some(false)
-        && let Some(code) = exit.exit_code.filter(|c| (144..=255).contains(c))
-    {
-        let status = code as u16 + 256;
-        summary.http_status = Some(status);
-        summary.rate_limited |= status == 429;
-    }
+    summary.account_for_exit(exit.exit_code);
     let (status, reason) = if let Some(error) = &exit.spawn_error {
         (
             TaskStatus::Failed,

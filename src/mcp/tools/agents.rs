@@ -2,7 +2,7 @@
 //! `baseUrl` and `systemPrompt`). Answers describe the daemon's environment, which is
 //! the one agents run with.
 
-use backbeat_actors::agents::adapter::{AgentAdapter, BUILTIN_AGENTS, adapter_for, find_program};
+use backbeat_actors::agents::adapter::{AgentAdapter, adapter_for, agent_names, find_program};
 use backbeat_actors::settings::Settings;
 use rmcp::model::Tool;
 use schemars::JsonSchema;
@@ -140,17 +140,6 @@ pub fn agent_status(name: &str, settings: &Settings) -> Value {
         v["storedKey"] = Value::from(mask(k));
     }
     v
-}
-
-/// Every agent: the built-ins and those defined in the configuration.
-pub fn agent_names(settings: &Settings) -> Vec<String> {
-    let mut names: Vec<String> = BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect();
-    for (name, a) in &settings.agents {
-        if a.command.is_some() && !names.contains(name) {
-            names.push(name.clone());
-        }
-    }
-    names
 }
 
 fn current_settings(server: &BackbeatMcp) -> Settings {

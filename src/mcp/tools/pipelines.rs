@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::tasks::{PriorityField, read};
+use super::tasks::{PriorityField, preview, read};
 use super::{parse, tool};
 use crate::mcp::server::{BackbeatMcp, ToolOutcome};
 use crate::paths::absolute;
@@ -129,18 +129,10 @@ async fn create(server: &BackbeatMcp, args: CreatePipelineArgs) -> ToolOutcome {
             "index": i,
             "taskId": t.id,
             "status": t.status,
-            "prompt": preview(&t.prompt),
+            "prompt": preview(&t.prompt, 50),
             "delayMs": t.start_delay,
         })).collect::<Vec<_>>(),
     }))
-}
-
-fn preview(prompt: &str) -> String {
-    if prompt.chars().count() > 50 {
-        format!("{}...", prompt.chars().take(50).collect::<String>())
-    } else {
-        prompt.to_string()
-    }
 }
 
 /// The pipeline's state, from its steps'.

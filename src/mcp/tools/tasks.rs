@@ -271,7 +271,7 @@ pub fn record_json(t: &TaskRecord) -> Value {
     v
 }
 
-fn preview(prompt: &str, chars: usize) -> String {
+pub fn preview(prompt: &str, chars: usize) -> String {
     if prompt.chars().count() > chars {
         format!("{}...", prompt.chars().take(chars).collect::<String>())
     } else {
