@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backbeat_actors::agents::spawner::Spawner;
 use backbeat_actors::engine::{Engine, EngineConfig, Recover};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
@@ -105,25 +106,39 @@ pub fn run(home: &Home, foreground: bool) -> Result<(), CliError> {
     lock.rewind()?;
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
+    // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
+    let spawner = match unsafe { Spawner::start(crate::shim::run) } {
+        Ok(s) => Some(std::sync::Arc::new(s)),
+        Err(e) => {
+            eprintln!("beat: the shim spawner could not start ({e}); shims will be exec'd");
+            None
+        }
+    };
     init_logging(home, foreground);
     let socket_path = home.prepare_socket_dir()?;
     let _ = std::fs::remove_file(&socket_path);
 
     let exe = std::env::current_exe()?;
     let system = actix_rt::System::new();
-    let result = system.block_on(serve(home.clone(), socket_path.clone(), exe));
+    let result = system.block_on(serve(home.clone(), socket_path.clone(), exe, spawner));
     let _ = std::fs::remove_file(&socket_path);
     drop(lock);
     result
 }
 
-async fn serve(home: Home, socket_path: PathBuf, exe: PathBuf) -> Result<(), CliError> {
+async fn serve(
+    home: Home,
+    socket_path: PathBuf,
+    exe: PathBuf,
+    spawner: Option<std::sync::Arc<Spawner>>,
+) -> Result<(), CliError> {
     let listener = tokio::net::UnixListener::bind(&socket_path)?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
     let handle = Engine::start(EngineConfig {
         db_path: home.db(),
         runs_root: home.runs(),
         shim_command: vec![exe.into_os_string(), "shim".into()],
+        spawner,
         settings: crate::config::settings_source(home.config()),
     })?;
     tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");

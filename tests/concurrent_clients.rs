@@ -106,7 +106,13 @@ fn common_daemons_for(home: &std::path::Path) -> Vec<u32> {
             &std::fs::read(entry.path().join("cmdline")).unwrap_or_default(),
         )
         .into_owned();
-        if !cmdline.contains("daemon\0start") || !common::pid_exists(pid as i32) {
+        // The shim spawner and the shims it forks share the daemon's command line; their
+        // names (comm) tell them apart.
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !cmdline.contains("daemon\0start")
+            || comm.trim() != "beat"
+            || !common::pid_exists(pid as i32)
+        {
             continue;
         }
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();

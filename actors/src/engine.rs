@@ -126,6 +126,8 @@ pub struct EngineConfig {
     pub db_path: PathBuf,
     pub runs_root: PathBuf,
     pub shim_command: Vec<std::ffi::OsString>,
+    /// Forks shims without exec when the host started one (before its first thread).
+    pub spawner: Option<Arc<crate::agents::spawner::Spawner>>,
     pub settings: SettingsSource,
 }
 
@@ -147,6 +149,7 @@ impl Engine {
         let launcher = Arc::new(Launcher {
             runs_root: config.runs_root,
             shim_command: config.shim_command,
+            spawner: config.spawner,
             base_env: std::env::vars_os().collect(),
         });
         let engine = Engine {

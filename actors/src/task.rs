@@ -273,7 +273,7 @@ impl TaskActor {
                 let run = self.deps.launcher.run_dir(&self.record.id);
                 let process = AgentProcess::spawned(
                     run,
-                    l.child,
+                    l.exit,
                     l.pid,
                     l.start_time,
                     ctx.address().recipient(),

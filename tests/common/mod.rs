@@ -189,9 +189,12 @@ impl Drop for Beat {
     }
 }
 
-/// Kills every process whose command line mentions `needle` (shims of a test's home).
+/// Kills every process whose command line or environment mentions `needle` (the
+/// shims of a test's home: a shim forked by the spawner has the daemon's command line
+/// and environment, which names the home).
 pub fn kill_processes_mentioning(needle: &Path) {
     let needle = needle.display().to_string();
+    let env_needle = format!("BACKBEAT_HOME={needle}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -200,7 +203,12 @@ pub fn kill_processes_mentioning(needle: &Path) {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let mentions = String::from_utf8_lossy(&cmdline).contains(&needle)
+            || environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == env_needle.as_bytes());
+        if mentions && pid != std::process::id() as i32 {
             // The shim leads its own session; its agent's group is its child's PID.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);

@@ -12,7 +12,8 @@ pub mod launch;
 pub mod parse;
 pub mod process;
 pub mod run_dir;
+pub mod spawner;
 
 pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
-pub use launch::{Launched, Launcher};
+pub use launch::{Launched, Launcher, ShimExit};
 pub use process::{AgentExited, AgentProcess, Terminate};

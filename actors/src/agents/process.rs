@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::launch::ShimExit;
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
 
 /// How the run ended, as far as the files tell.
@@ -32,7 +33,7 @@ pub struct AgentProcess {
     run: RunDir,
     shim_pid: u32,
     shim_start_time: u64,
-    child: Option<tokio::process::Child>,
+    exit: Option<ShimExit>,
     task: Recipient<AgentExited>,
     reported: bool,
 }
@@ -44,7 +45,7 @@ impl AgentProcess {
     /// Follows a shim spawned by this daemon.
     pub fn spawned(
         run: RunDir,
-        child: tokio::process::Child,
+        exit: ShimExit,
         shim_pid: u32,
         shim_start_time: u64,
         task: Recipient<AgentExited>,
@@ -53,7 +54,7 @@ impl AgentProcess {
             run,
             shim_pid,
             shim_start_time,
-            child: Some(child),
+            exit: Some(exit),
             task,
             reported: false,
         }
@@ -70,7 +71,7 @@ impl AgentProcess {
             run,
             shim_pid,
             shim_start_time,
-            child: None,
+            exit: None,
             task,
             reported: false,
         }
@@ -107,14 +108,35 @@ impl Actor for AgentProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.child.take() {
-            Some(mut child) => {
+        match self.exit.take() {
+            Some(ShimExit::Child(mut child)) => {
                 ctx.spawn(
                     async move { child.wait().await }
                         .into_actor(self)
                         .map(|_, act, ctx| {
                             act.collect(ctx, true);
                         }),
+                );
+            }
+            Some(ShimExit::PidFd(pidfd)) => {
+                ctx.spawn(
+                    async move {
+                        // A pidfd is readable once its process has exited. If it cannot
+                        // be watched, fall back to polling like an adopted shim.
+                        // SAFETY: the pidfd is ours alone; it is dropped with the AsyncFd.
+                        match unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
+                            Ok(fd) => fd.readable().await.map(|_| ()).is_ok(),
+                            Err(_) => false,
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|watched, act, ctx| {
+                        if !act.collect(ctx, watched) {
+                            ctx.run_interval(ADOPTED_POLL, |act, ctx| {
+                                act.collect(ctx, false);
+                            });
+                        }
+                    }),
                 );
             }
             None => {
