@@ -91,6 +91,12 @@ fn run_step(step: &str, held: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
             std::fs::write(path, text)?;
         }
         "pidfile" => write_pidfile(rest)?,
+        // Blocks until the file exists: the test, not a guessed time, says when to go on.
+        "waitfile" => {
+            while !Path::new(rest).exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         // SAFETY: setting a signal disposition to SIG_IGN is always sound.
         "ignore-term" => unsafe {
             libc::signal(libc::SIGTERM, libc::SIG_IGN);

@@ -129,12 +129,22 @@ impl Launcher {
         env: Vec<(OsString, OsString)>,
     ) -> std::io::Result<Launched> {
         if let Some(spawner) = &self.spawner {
-            let shim = spawner.spawn_shim(run_path, &env)?;
-            return Ok(Launched {
-                exit: ShimExit::PidFd(shim.pidfd),
-                pid: shim.pid,
-                start_time: shim.start_time,
-            });
+            match spawner.spawn_shim(run_path, &env) {
+                Ok(shim) => {
+                    return Ok(Launched {
+                        exit: ShimExit::PidFd(shim.pidfd),
+                        pid: shim.pid,
+                        start_time: shim.start_time,
+                    });
+                }
+                // The spawner is an optimisation: if it is gone (killed by the OOM
+                // killer, say) before it got the request, the run still starts, by exec.
+                // Any later failure may have forked a shim already: never start twice.
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                    tracing::warn!(error = %e, "exec'ing the shim instead")
+                }
+                Err(e) => return Err(e),
+            }
         }
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);

@@ -100,7 +100,8 @@ impl Spawner {
     }
 
     /// Forks a shim for `run_path` whose environment is exactly `env`; its stderr goes
-    /// to `shim.log` in the run folder.
+    /// to `shim.log` in the run folder. An error of kind `NotConnected` means that the
+    /// request never reached the spawner, so no shim was forked.
     pub fn spawn_shim(
         &self,
         run_path: &Path,
@@ -118,8 +119,14 @@ impl Spawner {
             .lock()
             .map_err(|_| std::io::Error::other("the spawner's lock was poisoned"))?;
         let fd = socket.as_raw_fd();
-        sendmsg::<()>(fd, &[IoSlice::new(&request)], &[], MsgFlags::empty(), None)
-            .map_err(std::io::Error::from)?;
+        sendmsg::<()>(fd, &[IoSlice::new(&request)], &[], MsgFlags::empty(), None).map_err(
+            |e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!("the shim spawner is gone: {e}"),
+                )
+            },
+        )?;
         let mut reply = [0u8; 16];
         let mut iov = [IoSliceMut::new(&mut reply)];
         let mut space = nix::cmsg_space!([RawFd; 1]);
