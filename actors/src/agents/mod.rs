@@ -15,4 +15,4 @@ pub mod run_dir;
 
 pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
 pub use launch::{Launched, Launcher};
-pub use process::{AgentExited, AgentProcess, Terminate};
+pub use process::{AgentExited, AgentProcess, AgentProgress, Terminate};
