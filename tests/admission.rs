@@ -10,8 +10,17 @@ use serde_json::json;
 #[test]
 fn never_more_agents_at_once_than_max_workers() {
     let beat = Beat::with_config(json!({ "maxWorkers": 2 }));
+    // Each agent waits until two agents have run at once: the first two can only
+    // finish if both slots were granted together.
+    let meeting = beat.workdir.path().join("meeting");
+    std::fs::create_dir(&meeting).unwrap();
     let ids: Vec<String> = (0..8)
-        .map(|n| beat.submit(&format!("sleep 100; print {n}"), &[]))
+        .map(|n| {
+            beat.submit(
+                &format!("rendezvous {} 2; print {n}", meeting.display()),
+                &[],
+            )
+        })
         .collect();
     for id in &ids {
         assert_eq!(beat.wait(id)["status"], "completed");

@@ -26,7 +26,7 @@ pub struct AgentSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     /// Extra environment for this agent, applied after inherited variables are
-    /// filtered (e.g. `CLAUDE_CODE_MAX_RETRIES`, which the nesting filter removes).
+    /// filtered (it wins over the daemon's own environment).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// How a command agent writes its output (`plain`, `claude-stream-json`,

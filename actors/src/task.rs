@@ -12,7 +12,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::agents::process::RunResult;
-use crate::agents::{AgentExited, AgentProcess, Terminate, resolve_agent};
+use crate::agents::{AgentExited, AgentProcess, AgentProgress, Terminate, resolve_agent};
 use crate::engine::EngineDeps;
 use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Release, Withdraw};
@@ -231,7 +231,8 @@ impl TaskActor {
             return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
         };
         let run = self.deps.launcher.run_dir(&self.record.id);
-        let process = AgentProcess::adopted(run, pid, start, ctx.address().recipient());
+        let process = AgentProcess::adopted(run, pid, start, ctx.address().recipient())
+            .with_progress(ctx.address().recipient());
         self.process = Some(process.start());
         // An adopted agent holds a slot too.
         self.deps.governor.do_send(crate::governor::Adopted {
@@ -277,7 +278,8 @@ impl TaskActor {
                     l.pid,
                     l.start_time,
                     ctx.address().recipient(),
-                );
+                )
+                .with_progress(ctx.address().recipient());
                 self.process = Some(process.start());
                 let event = TaskEvent::Started {
                     at: now_ms(),
@@ -403,6 +405,25 @@ impl Handler<AgentExited> for TaskActor {
         self.finish_until_done(event, ctx, move |act, ctx| {
             act.release(rss);
             act.end(ctx);
+        });
+    }
+}
+
+impl Handler<AgentProgress> for TaskActor {
+    type Result = ();
+
+    /// The agent's retries become the task's reason while it runs.
+    fn handle(&mut self, msg: AgentProgress, ctx: &mut Context<Self>) {
+        if self.record.status != TaskStatus::Running
+            || self.record.reason.as_deref() == Some(msg.0.as_str())
+        {
+            return;
+        }
+        let event = TaskEvent::Progress { reason: msg.0 };
+        self.commit(vec![event], ctx, |act, _, res| {
+            if let Err(e) = res {
+                tracing::warn!(task = %act.record.id, error = %e, "progress not journaled");
+            }
         });
     }
 }

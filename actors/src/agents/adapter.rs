@@ -25,7 +25,7 @@ pub struct LaunchCommand {
     /// configuration: a key in the environment wins over one in `config.json`).
     pub env_default: Vec<(String, String)>,
     /// Variables removed from the daemon's environment: exact names, or prefixes
-    /// ending in `*` (`CLAUDE_CODE_*`).
+    /// ending in `*`.
     pub env_remove: Vec<String>,
     /// Give the prompt on stdin followed by end-of-file (else stdin is `/dev/null`).
     pub prompt_on_stdin: bool,
@@ -120,6 +120,23 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// What a Claude Code session sets in its children's environment to mark them as part
+/// of itself (read from the pinned CLI, 2.1.197: its shell and MCP children get
+/// `CLAUDECODE`, `CLAUDE_CODE_SESSION_ID`, `CLAUDE_CODE_CHILD_SESSION` and
+/// `CLAUDE_CODE_EXECPATH`; `CLAUDE_CODE_ENTRYPOINT` and `CLAUDE_CODE_SSE_PORT` tie it to
+/// the parent's front end and IDE). A Claude Code that delegated to Backbeat must not make
+/// its agents run as its "nested sessions". Every other `CLAUDE_CODE_*` variable is the
+/// user's configuration (`CLAUDE_CODE_OAUTH_TOKEN`, `CLAUDE_CODE_USE_BEDROCK`, ...) and is
+/// kept.
+pub const CLAUDE_NESTING_MARKERS: [&str; 6] = [
+    "CLAUDECODE",
+    "CLAUDE_CODE_ENTRYPOINT",
+    "CLAUDE_CODE_SSE_PORT",
+    "CLAUDE_CODE_SESSION_ID",
+    "CLAUDE_CODE_CHILD_SESSION",
+    "CLAUDE_CODE_EXECPATH",
+];
+
 /// Claude Code: `claude -p --output-format stream-json --verbose`, permissions skipped so
 /// that an unattended agent can write files.
 pub struct ClaudeAgent;
@@ -174,9 +191,7 @@ impl AgentAdapter for ClaudeAgent {
         }
         let mut cmd = LaunchCommand {
             argv,
-            // Nesting markers: a Claude Code that delegated to Backbeat must not make
-            // its agents refuse to run as "nested sessions".
-            env_remove: vec!["CLAUDECODE".into(), "CLAUDE_CODE_*".into()],
+            env_remove: CLAUDE_NESTING_MARKERS.map(String::from).to_vec(),
             prompt_on_stdin: !fits,
             output_format: OutputFormat::ClaudeStreamJson,
             ..Default::default()
@@ -626,7 +641,18 @@ mod tests {
             &task.prompt,
             "the prompt is passed intact"
         );
-        assert!(c.env_remove.contains(&"CLAUDE_CODE_*".to_string()));
+        assert!(c.env_remove.contains(&"CLAUDECODE".to_string()));
+        for kept in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+            "CLAUDE_CODE_MAX_RETRIES",
+        ] {
+            assert!(
+                !c.env_remove.iter().any(|r| r == kept || r.ends_with('*')),
+                "{kept} is the user's setting, not a nesting marker"
+            );
+        }
         assert!(
             c.env_default
                 .contains(&("ANTHROPIC_API_KEY".into(), "sk-x".into()))

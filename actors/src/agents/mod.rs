@@ -16,4 +16,4 @@ pub mod spawner;
 
 pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
 pub use launch::{Launched, Launcher, ShimExit};
-pub use process::{AgentExited, AgentProcess, Terminate};
+pub use process::{AgentExited, AgentProcess, AgentProgress, Terminate};

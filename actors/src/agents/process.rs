@@ -24,6 +24,11 @@ pub enum RunResult {
 #[rtype(result = "()")]
 pub struct AgentExited(pub RunResult);
 
+/// What the agent is doing now, from the shim's `progress.txt` (its retries).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentProgress(pub String);
+
 /// Ask the shim to stop the agent (a user's cancel).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -36,10 +41,14 @@ pub struct AgentProcess {
     exit: Option<ShimExit>,
     task: Recipient<AgentExited>,
     reported: bool,
+    progress: Option<Recipient<AgentProgress>>,
+    last_progress: Option<String>,
 }
 
 /// How often an adopted shim (not our child) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
+/// How often the shim's `progress.txt` is read.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
 impl AgentProcess {
     /// Follows a shim spawned by this daemon.
@@ -57,6 +66,8 @@ impl AgentProcess {
             exit: Some(exit),
             task,
             reported: false,
+            progress: None,
+            last_progress: None,
         }
     }
 
@@ -74,6 +85,23 @@ impl AgentProcess {
             exit: None,
             task,
             reported: false,
+            progress: None,
+            last_progress: None,
+        }
+    }
+
+    /// Also tells `to` what the agent is doing while it runs (its retries).
+    pub fn with_progress(mut self, to: Recipient<AgentProgress>) -> AgentProcess {
+        self.progress = Some(to);
+        self
+    }
+
+    fn report_progress(&mut self) {
+        let Some(to) = &self.progress else { return };
+        let now = self.run.read_progress();
+        if now.is_some() && now != self.last_progress {
+            self.last_progress = now.clone();
+            to.do_send(AgentProgress(now.unwrap_or_default()));
         }
     }
 
@@ -108,6 +136,9 @@ impl Actor for AgentProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.progress.is_some() {
+            ctx.run_interval(PROGRESS_POLL, |act, _| act.report_progress());
+        }
         match self.exit.take() {
             Some(ShimExit::Child(mut child)) => {
                 ctx.spawn(

@@ -21,6 +21,9 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_FILE: &str = "shim.json";
 /// The readable transcript of a structured agent (text and tool calls, not JSON).
 pub const READABLE_FILE: &str = "output.txt";
+/// What the agent is doing that its task's reason should say while it runs ("retrying
+/// after HTTP 500 (attempt 3 of 10)"), rewritten by the shim as it changes.
+pub const PROGRESS_FILE: &str = "progress.txt";
 
 /// Written by the shim before it starts the agent: who it is, so that a daemon that
 /// died between spawning it and journaling the start can still adopt it.
@@ -72,6 +75,9 @@ pub enum KillCause {
         #[serde(rename = "afterMs")]
         after_ms: u64,
     },
+    /// The agent kept retrying an error that retrying cannot fix (a refused key); the
+    /// cause is the summary's `unrecoverable`.
+    Unrecoverable,
 }
 
 /// The result of one run, written atomically by the shim (write, fsync, rename).
@@ -124,6 +130,15 @@ impl RunDir {
     }
     pub fn readable(&self) -> PathBuf {
         self.path.join(READABLE_FILE)
+    }
+    pub fn progress(&self) -> PathBuf {
+        self.path.join(PROGRESS_FILE)
+    }
+    /// The shim's latest word on what the agent is doing, if any.
+    pub fn read_progress(&self) -> Option<String> {
+        std::fs::read_to_string(self.progress())
+            .ok()
+            .filter(|s| !s.is_empty())
     }
     pub fn shim(&self) -> PathBuf {
         self.path.join(SHIM_FILE)

@@ -243,6 +243,9 @@ pub enum TaskEvent {
         prompt: Option<String>,
         not_before: Option<Millis>,
     },
+    /// What the running agent is doing, for the task's reason ("retrying after HTTP 500
+    /// (attempt 3 of 10)").
+    Progress { reason: String },
     /// A dependency failed or was cancelled: so is this task, naming the cascade's root.
     DependencyFailed {
         at: Millis,
@@ -268,6 +271,7 @@ impl TaskEvent {
             TaskEvent::Checkpointed { .. } => "checkpointed",
             TaskEvent::Unblocked { .. } => "unblocked",
             TaskEvent::DependencyFailed { .. } => "dependency_failed",
+            TaskEvent::Progress { .. } => "progress",
         }
     }
 }
@@ -343,6 +347,9 @@ pub fn apply(
             next.shim_pid = Some(*shim_pid);
             next.shim_start_time = Some(*shim_start_time);
             next.reason = None;
+        }
+        (Running, TaskEvent::Progress { reason }) => {
+            next.reason = Some(reason.clone());
         }
         (Running, TaskEvent::CancelRequested { reason }) => {
             next.cancel_reason = Some(reason.clone());
@@ -473,6 +480,16 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
                 TaskStatus::Failed,
                 format!("no output for {}", human_duration(*after_ms)),
             ),
+            Some(KillCause::Unrecoverable) => (
+                TaskStatus::Failed,
+                format!(
+                    "stopped: {}",
+                    summary
+                        .unrecoverable
+                        .as_deref()
+                        .unwrap_or("the agent kept retrying an error that retrying cannot fix")
+                ),
+            ),
             None => match (exit.exit_code, exit.signal) {
                 // Success needs the exit status *and* the agent's own result: Gemini
                 // exits 0 with no result line after a kill.
@@ -501,6 +518,7 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
     let rate_limited = status == TaskStatus::Failed
         && exit.killed_for.is_none()
         && exit.spawn_error.is_none()
+        && summary.unrecoverable.is_none()
         && summary.rate_limited;
     ExitOutcome {
         status,
@@ -522,6 +540,9 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
 
 /// "exited with code 1: the provider refused the credentials (HTTP 401): API Error: …"
 fn failure_reason(how: &str, summary: &crate::agents::parse::RunSummary) -> String {
+    if let Some(cause) = &summary.unrecoverable {
+        return format!("{how}: {cause}");
+    }
     let cause = match summary.http_status {
         Some(401) | Some(403) => Some(format!(
             "the provider refused the credentials (HTTP {})",
