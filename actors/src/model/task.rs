@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use crate::agents::run_dir::{ExitRecord, KillCause};
+use super::run::{ExitRecord, KillCause, RunSummary};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -521,7 +521,7 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
 }
 
 /// "exited with code 1: the provider refused the credentials (HTTP 401): API Error: …"
-fn failure_reason(how: &str, summary: &crate::agents::parse::RunSummary) -> String {
+fn failure_reason(how: &str, summary: &RunSummary) -> String {
     let cause = match summary.http_status {
         Some(401) | Some(403) => Some(format!(
             "the provider refused the credentials (HTTP {})",
@@ -631,7 +631,7 @@ pub mod tests_support {
 mod tests {
     use super::tests_support::queued;
     use super::*;
-    use crate::agents::parse::{OutputFormat, RunSummary};
+    use crate::model::run::OutputFormat;
 
     fn exit(code: Option<i32>, signal: Option<i32>, killed_for: Option<KillCause>) -> ExitRecord {
         ExitRecord {
