@@ -374,7 +374,7 @@ impl Engine {
         };
         let failed = TaskEvent::DependencyFailed {
             at: now_ms(),
-            reason: cascade_reason(&dependency, &root, status),
+            reason: crate::model::reasons::dependency_failed(&dependency, &root, status),
             dependency,
             root,
         };
@@ -467,21 +467,6 @@ fn again(t: &TaskRecord, prompt: String) -> NewTask {
 fn doom_of(dep: &TaskRecord) -> (String, String, TaskStatus) {
     let root = dep.cascade_root.clone().unwrap_or_else(|| dep.id.clone());
     (dep.id.clone(), root, dep.status)
-}
-
-/// "cancelled because its dependency task-B cancelled (the cascade began at task-A)".
-pub fn cascade_reason(dependency: &str, root: &str, status: TaskStatus) -> String {
-    let what = match status {
-        TaskStatus::Failed => "failed",
-        _ => "was cancelled",
-    };
-    if dependency == root {
-        format!("cancelled because its dependency {dependency} {what}")
-    } else {
-        format!(
-            "cancelled because its dependency {dependency} {what} (the cascade began at {root})"
-        )
-    }
 }
 
 fn validate_dependencies(deps: &[String]) -> Result<(), EngineError> {

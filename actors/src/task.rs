@@ -18,6 +18,7 @@ use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Release, Withdraw};
 use crate::journal::Append;
 use crate::model::{TaskEvent, TaskRecord, TaskStatus, apply, now_ms, outcome_of_exit};
+use crate::model::{rate_limit, reasons};
 
 /// Cancel this task; the answer comes once the cancel took effect.
 #[derive(Message)]
@@ -226,7 +227,7 @@ impl TaskActor {
     fn adopt(&mut self, ctx: &mut Context<Self>) {
         let (Some(pid), Some(start)) = (self.record.shim_pid, self.record.shim_start_time) else {
             let event = TaskEvent::Requeued {
-                reason: "requeued: its agent had not been launched".into(),
+                reason: reasons::REQUEUED_NOT_LAUNCHED.into(),
             };
             return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
         };
@@ -254,9 +255,7 @@ impl TaskActor {
                 self.deps
                     .launcher
                     .launch(&self.record, &cmd, &settings)
-                    .map_err(|e| {
-                        format!("the agent could not be started: spawning its shim failed: {e}")
-                    })
+                    .map_err(|e| reasons::shim_spawn_failed(&e.to_string()))
             });
         match launched {
             Err(reason) => {
@@ -387,14 +386,16 @@ impl Handler<AgentExited> for TaskActor {
             }
         };
         let settings = (self.deps.settings)();
-        if outcome.rate_limited && self.record.rate_limit_retries < settings.rate_limit_retries {
-            return self.wait_for_rate_limit(
-                outcome,
-                rss,
+        if outcome.rate_limited
+            && let Some(plan) = rate_limit::plan_retry(
+                now_ms(),
+                self.record.rate_limit_retries,
                 settings.rate_limit_retries,
                 settings.rate_limit_backoff_ms,
-                ctx,
-            );
+                outcome.rate_limit_reset,
+            )
+        {
+            return self.wait_for_rate_limit(outcome, rss, plan, settings.rate_limit_retries, ctx);
         }
         let event = TaskEvent::Finished {
             at: now_ms(),
@@ -414,30 +415,19 @@ impl TaskActor {
         &mut self,
         mut outcome: crate::model::ExitOutcome,
         rss: Option<u64>,
+        plan: rate_limit::RetryPlan,
         max_retries: u32,
-        backoff_ms: u64,
         ctx: &mut Context<Self>,
     ) {
-        let now = now_ms();
-        let attempt = self.record.rate_limit_retries + 1;
-        let backoff = backoff_ms.saturating_mul(1u64 << (attempt - 1).min(16)) as i64;
-        let not_before = outcome
-            .rate_limit_reset
-            .filter(|&t| t > now)
-            .unwrap_or(now + backoff);
-        let until = chrono::DateTime::from_timestamp_millis(not_before)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default();
-        outcome.reason = format!(
-            "{}; waiting until {until} to run again (rate-limit retry {attempt} of {max_retries})",
-            outcome.reason
-        );
+        let not_before = plan.not_before;
+        outcome.reason =
+            reasons::rate_limit_wait(&outcome.reason, not_before, plan.attempt, max_retries);
         // The old run's identity goes first: a crash after this leaves the task running
         // with a dead shim and its exit.json, which recovery reads again.
         let run = self.deps.launcher.run_dir(&self.record.id);
         let _ = std::fs::remove_file(run.shim());
         let event = TaskEvent::RateLimited {
-            at: now,
+            at: now_ms(),
             not_before,
             outcome,
         };
@@ -465,7 +455,7 @@ impl Handler<Resolved> for TaskActor {
             } if matches!(self.record.status, TaskStatus::Blocked | TaskStatus::Queued) => {
                 let event = TaskEvent::DependencyFailed {
                     at: now_ms(),
-                    reason: crate::engine::cascade_reason(&dependency, &root, status),
+                    reason: reasons::dependency_failed(&dependency, &root, status),
                     dependency,
                     root,
                 };
@@ -516,16 +506,12 @@ impl Handler<CancelTask> for TaskActor {
 
     fn handle(&mut self, msg: CancelTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let reason = if msg.reason.trim().is_empty() {
-            "cancelled by the user".to_string()
-        } else {
-            msg.reason
-        };
+        let reason = msg.reason.trim().to_string();
         match self.record.status {
             TaskStatus::Queued | TaskStatus::Blocked => {
                 let event = TaskEvent::Cancelled {
                     at: now_ms(),
-                    reason: format!("cancelled by the user: {reason}"),
+                    reason: reasons::cancelled_by_user(&reason),
                 };
                 self.finish(event, ctx, move |act, ctx, res| match res {
                     Ok(()) => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
+use crate::model::reasons;
 
 /// How the run ended, as far as the files tell.
 #[derive(Debug, Clone)]
@@ -84,15 +85,12 @@ impl AgentProcess {
         let result = match self.run.read_exit() {
             Ok(Some(exit)) => RunResult::Exited(Box::new(exit)),
             Ok(None) if alive => return false,
-            Ok(None) => RunResult::Lost(format!(
-                "lost: the shim (pid {}) ended without recording the agent's result",
-                self.shim_pid
-            )),
+            Ok(None) => RunResult::Lost(reasons::shim_lost(self.shim_pid)),
             Err(e) if alive => {
                 tracing::debug!(error = %e, "exit.json not readable yet");
                 return false;
             }
-            Err(e) => RunResult::Lost(format!("lost: the run's exit.json is unreadable: {e}")),
+            Err(e) => RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
         };
         if !self.reported {
             self.reported = true;
