@@ -4,7 +4,8 @@
 //! within one), the set of granted slots, live CPU and memory measurements, and the
 //! learned memory footprint of each agent kind. The decision itself is the pure
 //! `model::admission::decide`, fed the figures measured here.
-//! Must never: sleep between starts. A start is granted the moment a slot is free and
+//! Must never: read the machine's figures on the actix thread (they are measured on the
+//! blocking pool), or sleep between starts. A start is granted the moment a slot is free and
 //! the measured headroom, less what agents still starting are expected to take, stays
 //! above the reserves (the original waited 10 s between spawns, spec W16).
 
@@ -72,6 +73,8 @@ struct Slot {
 const STARTING_WINDOW: Duration = Duration::from_secs(2);
 /// When resources block a start, look again this soon.
 const RESOURCE_RECHECK: Duration = Duration::from_millis(250);
+/// A measurement younger than this is used as it is.
+const MEASUREMENT_FRESH: Duration = Duration::from_millis(100);
 
 pub struct ResourceGovernor {
     settings: SettingsSource,
@@ -80,9 +83,11 @@ pub struct ResourceGovernor {
     running: HashMap<String, Slot>,
     next_seq: u64,
     footprint: HashMap<String, u64>,
-    sys: sysinfo::System,
+    /// The machine's probe; `None` while it is measuring on the blocking pool.
+    sys: Option<sysinfo::System>,
     cores: f64,
-    sampled_at: Option<Instant>,
+    measured: Measured,
+    measured_at: Option<Instant>,
     recheck_scheduled: bool,
     blocked_by_resources: Option<String>,
 }
@@ -96,36 +101,62 @@ impl ResourceGovernor {
             running: HashMap::new(),
             next_seq: 0,
             footprint: HashMap::new(),
-            sys: sysinfo::System::new(),
+            sys: Some(sysinfo::System::new()),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1) as f64,
-            sampled_at: None,
+            measured: Measured::default(),
+            measured_at: None,
             recheck_scheduled: false,
             blocked_by_resources: None,
         }
     }
 
-    fn sample(&mut self) {
-        let fresh = self
-            .sampled_at
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
-        if !fresh {
-            self.sys.refresh_memory();
-            self.sys.refresh_cpu_usage();
-            self.sampled_at = Some(Instant::now());
-        }
+    fn measurement_is_fresh(&self) -> bool {
+        self.measured_at
+            .is_some_and(|t| t.elapsed() < MEASUREMENT_FRESH)
     }
 
-    fn available_memory(&self) -> u64 {
-        match self.sys.cgroup_limits() {
-            Some(c) if c.total_memory > 0 => c.free_memory.min(self.sys.available_memory()),
-            _ => self.sys.available_memory(),
-        }
+    /// Measures the machine on the blocking pool (it reads `/proc` and the cgroup's
+    /// files), then pumps again. At most one measurement runs at a time.
+    fn measure(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut sys) = self.sys.take() else {
+            return; // one is under way; it pumps when done
+        };
+        let cores = self.cores;
+        let work = tokio::task::spawn_blocking(move || {
+            sys.refresh_memory();
+            sys.refresh_cpu_usage();
+            let available_memory = match sys.cgroup_limits() {
+                Some(c) if c.total_memory > 0 => c.free_memory.min(sys.available_memory()),
+                _ => sys.available_memory(),
+            };
+            let measured = Measured {
+                available_memory,
+                cores,
+                cpu_busy: f64::from(sys.global_cpu_usage()) / 100.0,
+            };
+            (sys, measured)
+        });
+        ctx.spawn(work.into_actor(self).map(|joined, act, ctx| {
+            match joined {
+                Ok((sys, measured)) => {
+                    act.sys = Some(sys);
+                    act.measured = measured;
+                }
+                Err(e) => {
+                    // The figures stay as they were; a new probe starts from scratch.
+                    tracing::error!(error = %e, "measuring the machine failed");
+                    act.sys = Some(sysinfo::System::new());
+                }
+            }
+            act.measured_at = Some(Instant::now());
+            act.pump(ctx);
+        }));
     }
 
-    /// The admission decision for `agent`, from the figures measured now.
-    fn decide(&mut self, agent: &str, limits: &Limits) -> Decision {
+    /// The admission decision for `agent`, from the last figures measured.
+    fn decide(&self, agent: &str, limits: &Limits) -> Decision {
         let expected = |a: &str| {
             *self
                 .footprint
@@ -143,17 +174,7 @@ impl ResourceGovernor {
             running: self.running.len(),
             starting_footprints: &starting,
         };
-        let measured = if limits.needs_measurement() {
-            self.sample();
-            Measured {
-                available_memory: self.available_memory(),
-                cores: self.cores,
-                cpu_busy: f64::from(self.sys.global_cpu_usage()) / 100.0,
-            }
-        } else {
-            Measured::default()
-        };
-        admission::decide(limits, &load, footprint, &measured)
+        admission::decide(limits, &load, footprint, &self.measured)
     }
 
     /// Grants as many starts as slots and headroom allow, best first.
@@ -170,7 +191,15 @@ impl ResourceGovernor {
                 self.order.pop(); // withdrawn
                 continue;
             };
-            match self.decide(&agent, &limits) {
+            let decision = self.decide(&agent, &limits);
+            // A slot is free and the headroom matters: judge it on fresh figures.
+            if decision != Decision::NoSlot
+                && limits.needs_measurement()
+                && !self.measurement_is_fresh()
+            {
+                return self.measure(ctx);
+            }
+            match decision {
                 Decision::NoSlot => break,
                 Decision::Defer(shortage) => {
                     let why = shortage.to_string();
@@ -211,9 +240,7 @@ impl Actor for ResourceGovernor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // CPU usage is a difference of two readings: keep one recent.
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
-            act.sys.refresh_cpu_usage();
-        });
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.measure(ctx));
     }
 }
 
