@@ -228,3 +228,120 @@ impl Handler<RunOver> for AgentPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::agents::run_dir::write_atomically;
+    use crate::model::task::tests_support::queued;
+    use crate::settings::{AgentSettings, Settings, fixed_settings};
+
+    /// Receives a run's end; the launches under test never get that far.
+    struct Unreached;
+    impl Actor for Unreached {
+        type Context = Context<Self>;
+    }
+    impl Handler<AgentExited> for Unreached {
+        type Result = ();
+        fn handle(&mut self, _: AgentExited, _: &mut Context<Self>) {}
+    }
+
+    fn pool(runs_root: &Path, settings: Settings) -> Addr<AgentPool> {
+        let launcher = Launcher {
+            runs_root: runs_root.to_path_buf(),
+            shim_command: vec!["/nonexistent/beat".into(), "shim".into()],
+            base_env: Vec::new(),
+        };
+        AgentPool::new(launcher, ProgramCache::new(None), fixed_settings(settings)).start()
+    }
+
+    #[actix_rt::test]
+    async fn a_recorded_shim_is_found_until_it_is_forgotten() {
+        let runs = tempfile::tempdir().unwrap();
+        let pool = pool(runs.path(), Settings::default());
+        let find = || FindShim {
+            task_id: "task-a".into(),
+        };
+        assert_eq!(pool.send(find()).await.unwrap(), None);
+        let run = RunDir::new(runs.path(), "task-a");
+        std::fs::create_dir_all(&run.path).unwrap();
+        let shim = ShimIdentity {
+            pid: 4242,
+            start_time: 77,
+        };
+        write_atomically(&run.shim(), &serde_json::to_vec(&shim).unwrap(), false).unwrap();
+        assert_eq!(pool.send(find()).await.unwrap(), Some(shim));
+        pool.send(ForgetShim {
+            task_id: "task-a".into(),
+        })
+        .await
+        .unwrap();
+        assert!(!run.shim().exists());
+        assert_eq!(pool.send(find()).await.unwrap(), None);
+        // Forgetting what is not there is no error.
+        pool.send(ForgetShim {
+            task_id: "task-a".into(),
+        })
+        .await
+        .unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_missing_cli_fails_the_launch_before_any_file_is_written() {
+        let runs = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.agents.insert(
+            "ghost".into(),
+            AgentSettings {
+                command: Some(vec!["ghost-cli".into(), "{prompt}".into()]),
+                ..Default::default()
+            },
+        );
+        let pool = pool(runs.path(), settings);
+        let task = TaskRecord {
+            agent: "ghost".into(),
+            ..queued("task-g")
+        };
+        let err = pool
+            .send(Launch {
+                task,
+                report_to: Unreached.start().recipient(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::Agent(AgentError::ProgramNotFound { program, .. }) if program == "ghost-cli"),
+            "{err}"
+        );
+        assert!(!RunDir::new(runs.path(), "task-g").path.exists());
+    }
+
+    #[actix_rt::test]
+    async fn a_shim_that_cannot_be_spawned_fails_the_launch_saying_so() {
+        let runs = tempfile::tempdir().unwrap();
+        let pool = pool(runs.path(), Settings::default());
+        let task = TaskRecord {
+            agent: "shell".into(),
+            ..queued("task-s")
+        };
+        let err = pool
+            .send(Launch {
+                task,
+                report_to: Unreached.start().recipient(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, LaunchError::Spawn(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the agent could not be started: spawning its shim failed:"),
+            "{err}"
+        );
+        // The run folder was prepared before the spawn failed.
+        assert!(RunDir::new(runs.path(), "task-s").spec().exists());
+    }
+}
