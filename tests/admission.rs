@@ -53,3 +53,16 @@ fn a_memory_reserve_holds_starts_back_until_the_configuration_allows_them() {
     assert_eq!(beat.wait(&id)["status"], "completed");
     assert_eq!(beat.daemon_pid(), daemon);
 }
+
+#[test]
+fn a_reserve_the_machine_covers_lets_work_start() {
+    // 1 MiB must stay free: every machine that runs these tests has it, so the starts
+    // wait only for the governor to measure the machine (off its actor's thread).
+    let beat = Beat::with_config(json!({ "memoryReserve": 1u64 << 20 }));
+    let ids: Vec<String> = (0..3)
+        .map(|n| beat.submit(&format!("print {n}"), &[]))
+        .collect();
+    for id in &ids {
+        assert_eq!(beat.wait(id)["status"], "completed");
+    }
+}

@@ -32,7 +32,7 @@ pub struct AgentSettings {
     /// How a command agent writes its output (`plain`, `claude-stream-json`,
     /// `codex-json`, `gemini-stream-json`): a wrapper around a real CLI keeps its parsing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<crate::agents::parse::OutputFormat>,
+    pub output_format: Option<crate::model::run::OutputFormat>,
     /// Extra arguments for a built-in CLI, placed before the prompt (e.g. Codex `-c`
     /// overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

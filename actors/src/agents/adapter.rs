@@ -513,6 +513,15 @@ pub fn resolve_agent(
     name: Option<&str>,
     settings: &Settings,
 ) -> Result<Box<dyn AgentAdapter>, AgentError> {
+    resolve_agent_with(name, settings, find_program)
+}
+
+/// `resolve_agent` with the program looked up by `find` (the agent pool's cache).
+pub fn resolve_agent_with(
+    name: Option<&str>,
+    settings: &Settings,
+    find: impl FnOnce(&str) -> Option<PathBuf>,
+) -> Result<Box<dyn AgentAdapter>, AgentError> {
     let name = match name.or(settings.default_agent.as_deref()) {
         Some(n) => n,
         None => {
@@ -523,7 +532,7 @@ pub fn resolve_agent(
     };
     let adapter = adapter_for(name, settings)?;
     if let Some(program) = adapter.program()
-        && find_program(program).is_none()
+        && find(program).is_none()
     {
         return Err(AgentError::ProgramNotFound {
             agent: name.to_string(),
@@ -535,22 +544,28 @@ pub fn resolve_agent(
 }
 
 /// The path of `program`: itself when it contains a slash, else the first executable
-/// of that name in `PATH`.
+/// of that name in the daemon's `PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    find_program_in(program, std::env::var_os("PATH").as_deref())
+}
+
+/// The path of `program`, searched in `path` (a `PATH` value) unless it has a slash.
+pub fn find_program_in(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if program.contains('/') {
         let p = PathBuf::from(program);
-        return is_exec(&p).then_some(p);
+        return is_executable(&p).then_some(p);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(path?)
         .map(|dir| dir.join(program))
-        .find(|p| is_exec(p))
+        .find(|p| is_executable(p))
+}
+
+/// A regular file someone may execute (one `stat`).
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

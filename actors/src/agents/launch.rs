@@ -1,4 +1,7 @@
 //! The launcher: prepares a task's run folder and spawns `beat shim` for it.
+//!
+//! Every function here blocks (file writes, fork): only the `AgentPool` calls them, from
+//! tokio's blocking pool, never from the actix thread.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use super::spawner::Spawner;
 use crate::model::TaskRecord;
 use crate::settings::Settings;
 
-/// Spawns shims. One per engine.
+/// Spawns shims. One per engine, owned by the `AgentPool`.
 pub struct Launcher {
     pub runs_root: PathBuf,
     /// The program and leading arguments that run the shim: `[beat, shim]`.

@@ -1,33 +1,16 @@
 //! Parsing agent output into typed events while it runs.
 //!
 //! Owns: the readers of Claude Code's `stream-json`, Codex's `exec --json` and Gemini
-//! CLI's `stream-json` lines, the summary of a run (session id, final answer, usage,
-//! error, rate limit), and the readable rendering that `beat run -f` and checkpoints show.
+//! CLI's `stream-json` lines, the filling of a run's summary (`model::run::RunSummary`:
+//! session id, final answer, usage, error, rate limit), and the readable rendering that
+//! `beat run -f` and checkpoints show.
 //! Must never: fail on a line it does not understand (agents add fields and event kinds;
 //! unknown lines are passed over), or treat an exit status alone as success.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::model::run::{OutputFormat, RunSummary};
 use crate::model::task::Usage;
-
-/// How an agent writes its stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutputFormat {
-    /// Plain text: every line is output; the exit status alone decides.
-    #[default]
-    Plain,
-    ClaudeStreamJson,
-    CodexJson,
-    GeminiStreamJson,
-}
-
-impl OutputFormat {
-    pub fn is_structured(self) -> bool {
-        self != OutputFormat::Plain
-    }
-}
 
 /// One thing an agent reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,44 +43,6 @@ pub enum AgentEvent {
         http_status: Option<u16>,
     },
     Error(String),
-}
-
-/// What a run amounts to, from its output: written into `exit.json` by the shim.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunSummary {
-    pub format: OutputFormat,
-    pub session_id: Option<String>,
-    pub model: Option<String>,
-    /// The agent's result event arrived (structured agents).
-    pub result_seen: bool,
-    pub success: Option<bool>,
-    pub answer: Option<String>,
-    pub error: Option<String>,
-    pub http_status: Option<u16>,
-    pub rate_limited: bool,
-    pub rate_limit_reset: Option<i64>,
-    pub usage: Option<Usage>,
-    /// An error that retrying cannot fix (a refused key, a model that does not exist):
-    /// the cause and what to do, for the task's reason.
-    #[serde(default)]
-    pub unrecoverable: Option<String>,
-}
-
-impl RunSummary {
-    /// What the exit code adds to the output: Gemini exits with the HTTP status & 0xFF
-    /// in its JSON modes (401 -> 145, 429 -> 173, 500 -> 244) and may not name it.
-    pub fn account_for_exit(&mut self, exit_code: Option<i32>) {
-        if self.format == OutputFormat::GeminiStreamJson
-            && self.http_status.is_none()
-            && self.success == Some(false)
-            && let Some(code) = exit_code.filter(|c| (144..=255).contains(c))
-        {
-            let status = code as u16 + 256;
-            self.http_status = Some(status);
-            self.rate_limited |= status == 429;
-        }
-    }
 }
 
 /// Reads one agent's stdout line by line.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::parse::{OutputFormat, RunSummary};
+use super::parse::OutputFormat;
+pub use crate::model::run::{ExitRecord, KillCause};
 
 pub const SPEC_FILE: &str = "spec.json";
 pub const PROMPT_FILE: &str = "prompt.txt";
@@ -59,46 +60,6 @@ pub struct RunSpec {
     /// How to read the agent's stdout.
     #[serde(default)]
     pub output_format: OutputFormat,
-}
-
-/// Why the shim stopped the agent, when it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cause", rename_all = "camelCase")]
-pub enum KillCause {
-    /// The daemon asked (SIGTERM to the shim): a user's cancel.
-    Cancel,
-    Timeout {
-        #[serde(rename = "afterMs")]
-        after_ms: u64,
-    },
-    Idle {
-        #[serde(rename = "afterMs")]
-        after_ms: u64,
-    },
-    /// The agent kept retrying an error that retrying cannot fix (a refused key); the
-    /// cause is the summary's `unrecoverable`.
-    Unrecoverable,
-}
-
-/// The result of one run, written atomically by the shim (write, fsync, rename).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitRecord {
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub killed_for: Option<KillCause>,
-    pub started_at: i64,
-    pub ended_at: i64,
-    /// Peak resident memory of the agent and its reaped descendants, in KiB.
-    pub max_rss_kb: u64,
-    /// Bytes of output the agent produced (kept or not).
-    pub output_bytes: u64,
-    pub truncated: bool,
-    /// The agent could not be executed at all.
-    pub spawn_error: Option<String>,
-    /// What the agent's structured output said (session, answer, usage, error).
-    #[serde(default)]
-    pub summary: Option<RunSummary>,
 }
 
 /// Paths inside one task's run folder.
