@@ -6,6 +6,7 @@
 //! deterministic so that the journal can be replayed and property-tested.
 
 pub mod dag;
+pub mod loops;
 pub mod task;
 
 pub use task::{
