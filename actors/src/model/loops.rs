@@ -1161,6 +1161,73 @@ pub fn format_score(s: f64) -> String {
 }
 
 // ---------------------------------------------------------------------------------
+// What an iteration's tasks are asked
+// ---------------------------------------------------------------------------------
+
+/// The prompts of the next iteration's tasks, in order: one per pipeline step, or the
+/// loop's prompt. With `freshContext: false` (single-task loops, spec 9.5) the prompt
+/// carries the previous iteration's context: its agent's checkpoint (the real output,
+/// which the original lost, W3), its commit, its result and what the eval said, so the
+/// agent learns why the last attempt fell short. The actor also continues the previous
+/// tail task's agent session (`continues_session`).
+pub fn iteration_prompts(
+    rec: &LoopRecord,
+    previous: Option<&IterationRecord>,
+    checkpoint: Option<&super::task::Checkpoint>,
+) -> Vec<String> {
+    if rec.is_pipeline() {
+        return rec.pipeline_steps.clone();
+    }
+    let Some(prev) = previous.filter(|_| !rec.fresh_context) else {
+        return vec![rec.prompt.clone()];
+    };
+    let mut p = format!("{}\n\n--- Previous Iteration Context ---\n", rec.prompt);
+    if let Some(cp) = checkpoint {
+        if !cp.output_summary.trim().is_empty() {
+            p.push_str(&format!("Output: {}\n", cp.output_summary.trim_end()));
+        }
+        if let Some(e) = cp.error_summary.as_deref().filter(|e| !e.trim().is_empty()) {
+            p.push_str(&format!("Errors: {}\n", e.trim_end()));
+        }
+    }
+    if let Some(sha) = prev
+        .git_commit_sha
+        .as_deref()
+        .or(checkpoint.and_then(|c| c.git_commit_sha.as_deref()))
+    {
+        p.push_str(&format!("Git commit: {sha}\n"));
+    }
+    p.push_str(&format!(
+        "Iteration {} status: {}",
+        prev.iteration_number, prev.status
+    ));
+    if let Some(score) = prev.score {
+        p.push_str(&format!(", score {}", format_score(score)));
+    }
+    if let Some(best) = prev.best_score {
+        p.push_str(&format!(" (best so far {})", format_score(best)));
+    }
+    p.push('\n');
+    if let Some(why) = &prev.error_message {
+        p.push_str(&format!("Why: {why}\n"));
+    }
+    if let Some(tail) = prev
+        .eval_output_tail
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
+        p.push_str(&format!("Eval output:\n{}\n", tail.trim_end()));
+    }
+    p.push_str("---");
+    vec![p]
+}
+
+/// Whether the next iteration continues the previous tail task's agent session.
+pub fn continues_session(rec: &LoopRecord) -> bool {
+    !rec.fresh_context && !rec.is_pipeline() && rec.current_iteration > 0
+}
+
+// ---------------------------------------------------------------------------------
 // Evaluation: what the eval gets, and what its output means
 // ---------------------------------------------------------------------------------
 
@@ -2708,6 +2775,70 @@ mod tests {
         let text = serde_json::to_string(&ev).unwrap();
         assert!(text.contains(r#""type":"evaluated""#), "{text}");
         assert_eq!(serde_json::from_str::<LoopEvent>(&text).unwrap(), ev);
+    }
+
+    // --- prompts ---
+
+    #[test]
+    fn a_checkpoint_loop_tells_the_next_iteration_how_the_last_one_went() {
+        let mut d = Drive::with(Strategy::Optimize, |r| {
+            r.fresh_context = Some(false);
+            r.git_branch = Some("perf".into());
+        });
+        assert_eq!(
+            iteration_prompts(&d.rec, None, None),
+            ["make the tests pass"]
+        );
+        assert!(!continues_session(&d.rec), "nothing to continue yet");
+        d.start();
+        d.complete_tasks();
+        d.ev(LoopEvent::Evaluated {
+            at: d.now,
+            number: 1,
+            report: EvalReport {
+                verdict: Verdict::Crash,
+                exit_code: Some(2),
+                last_line: Some("error: 3 tests failed".into()),
+                output_tail: Some("running 9 tests\nerror: 3 tests failed".into()),
+                message: Some("the eval exited with code 2".into()),
+                usage: None,
+            },
+        });
+        d.settle();
+        assert!(continues_session(&d.rec));
+        let cp = crate::model::task::Checkpoint {
+            output_summary: "I rewrote the parser.\n".into(),
+            error_summary: Some("warning: unused".into()),
+            ..Default::default()
+        };
+        let prev = d.rec.latest.clone().unwrap();
+        assert_eq!(
+            iteration_prompts(&d.rec, Some(&prev), Some(&cp)),
+            [
+                "make the tests pass\n\n--- Previous Iteration Context ---\n\
+              Output: I rewrote the parser.\n\
+              Errors: warning: unused\n\
+              Git commit: start\n\
+              Iteration 1 status: crash\n\
+              Why: the eval exited with code 2\n\
+              Eval output:\nrunning 9 tests\nerror: 3 tests failed\n---"
+            ]
+        );
+        d.rec.fresh_context = true;
+        assert_eq!(
+            iteration_prompts(&d.rec, Some(&prev), Some(&cp)),
+            ["make the tests pass"]
+        );
+        assert!(!continues_session(&d.rec));
+    }
+
+    #[test]
+    fn a_pipeline_iteration_asks_each_step_its_own_prompt() {
+        let d = Drive::with(Strategy::Retry, |r| {
+            r.prompt = None;
+            r.pipeline_steps = Some(vec!["plan".into(), "build".into()]);
+        });
+        assert_eq!(iteration_prompts(&d.rec, None, None), ["plan", "build"]);
     }
 
     // --- parsing evals ---
