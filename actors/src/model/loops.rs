@@ -497,13 +497,16 @@ pub enum LoopEvent {
     Resumed {
         at: Millis,
     },
-    /// The user cancelled the loop (its running iteration, if any, is cancelled).
+    /// The user cancelled the loop (its running iteration, if any, is cancelled; with
+    /// `cancelTasks` the actor cancels every unended task of it, W27). The working tree
+    /// is left as it is, for the user to look at.
     Cancelled {
         at: Millis,
         reason: String,
     },
     /// The loop ended: an outcome rule of `decide_next`, or an error the engine could not
-    /// get past (a git failure, a task that could not be created).
+    /// get past (a git failure, a task that could not be created). A running iteration
+    /// is cancelled with it, and the actor cancels its unended tasks.
     Finished {
         at: Millis,
         status: LoopStatus,
@@ -641,7 +644,6 @@ pub fn apply(
                 return fail("the task is not one of the iteration's running tasks");
             }
             it.rate_limited_until = Some(*until);
-            it.note = Some("waiting for a rate-limit reset".to_string());
         }
         LoopEvent::TaskEnded {
             at: _,
@@ -2409,6 +2411,10 @@ mod tests {
             until: d.now + 30_000,
         });
         assert_eq!(d.rec.consecutive_failures, 0);
+        assert_eq!(
+            d.rec.latest.as_ref().unwrap().rate_limited_until,
+            Some(d.now + 30_000)
+        );
         assert_eq!(d.next(), NextStep::AwaitTasks { number: 1 });
         let reset = d.now + 90_000;
         d.ev(LoopEvent::TaskEnded {
