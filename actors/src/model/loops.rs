@@ -1840,6 +1840,113 @@ pub fn check_git_directory_free<'a>(
 }
 
 // ---------------------------------------------------------------------------------
+// Views: the original's response shapes (spec 3.3), with the new keys beside them
+// ---------------------------------------------------------------------------------
+
+/// A time as the original's loop responses give it: ISO-8601 UTC with milliseconds.
+pub fn iso_time(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `loop` of a `LoopStatus` response.
+pub fn loop_status_view(rec: &LoopRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": rec.id,
+        "strategy": rec.strategy,
+        "status": rec.status,
+        "currentIteration": rec.current_iteration,
+        "maxIterations": rec.max_iterations,
+        "consecutiveFailures": rec.consecutive_failures,
+        "maxConsecutiveFailures": rec.max_consecutive_failures,
+        "bestScore": rec.best_score,
+        "bestIterationId": rec.best_iteration_id,
+        "exitCondition": rec.exit_condition,
+        "evalDirection": rec.eval_direction,
+        "evalTimeout": rec.eval_timeout,
+        "evalMode": rec.eval_mode,
+        "evalPrompt": rec.eval_prompt,
+        "evalAgent": rec.eval_agent,
+        "cooldownMs": rec.cooldown_ms,
+        "freshContext": rec.fresh_context,
+        "promptPreview": rec.prompt_preview(),
+        "agent": rec.agent,
+        "workingDirectory": rec.working_directory,
+        "gitBranch": rec.git_branch,
+        "gitBaseBranch": rec.git_base_branch,
+        "gitStartCommitSha": rec.git_start_commit_sha,
+        "keptCommitSha": rec.kept_commit_sha,
+        "worktree": rec.worktree,
+        "worktreePath": rec.worktree_path,
+        "maxCost": rec.max_cost,
+        "maxTokens": rec.max_tokens,
+        "maxDuration": rec.max_duration,
+        "patience": rec.patience,
+        "totalCostUsd": rec.total_cost_usd,
+        "totalTokens": rec.total_tokens(),
+        "reason": rec.reason,
+        "scheduleId": rec.schedule_id,
+        "createdAt": iso_time(rec.created_at),
+        "updatedAt": iso_time(rec.updated_at),
+        "completedAt": rec.completed_at.map(iso_time),
+        "notBefore": rec.not_before.map(iso_time),
+    });
+    if rec.is_pipeline() {
+        v["isPipeline"] = true.into();
+        v["pipelineSteps"] = rec
+            .pipeline_steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| serde_json::json!({"index": index, "prompt": preview(step, 80)}))
+            .collect();
+    }
+    v
+}
+
+/// One entry of `iterations` in a `LoopStatus` response (and of `beat loop results --json`).
+pub fn iteration_view(it: &IterationRecord) -> serde_json::Value {
+    serde_json::json!({
+        "iterationNumber": it.iteration_number,
+        "status": it.status,
+        "taskId": it.task_id(),
+        "pipelineTaskIds": (it.task_ids.len() > 1).then_some(&it.task_ids),
+        "score": it.score,
+        "bestScore": it.best_score,
+        "exitCode": it.exit_code,
+        "errorMessage": it.error_message,
+        "evalOutput": it.eval_output,
+        "gitBranch": it.git_branch,
+        "gitCommitSha": it.git_commit_sha,
+        "gitDiffSummary": it.git_diff_summary,
+        "durationMs": it.duration_ms,
+        "usage": {
+            "inputTokens": it.usage.input_tokens,
+            "outputTokens": it.usage.output_tokens,
+            "costUsd": it.usage.cost_usd,
+        },
+        "note": it.note,
+        "startedAt": iso_time(it.started_at),
+        "completedAt": it.completed_at.map(iso_time),
+    })
+}
+
+/// One entry of a `ListLoops` response.
+pub fn loop_list_view(rec: &LoopRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": rec.id,
+        "strategy": rec.strategy,
+        "status": rec.status,
+        "currentIteration": rec.current_iteration,
+        "maxIterations": rec.max_iterations,
+        "bestScore": rec.best_score,
+        "promptPreview": rec.prompt_preview(),
+        "isPipeline": rec.is_pipeline(),
+        "createdAt": iso_time(rec.created_at),
+    })
+}
+
+// ---------------------------------------------------------------------------------
 // The results ledger
 // ---------------------------------------------------------------------------------
 
@@ -3273,6 +3380,71 @@ mod tests {
         running.worktree = false;
         running.status = LoopStatus::Completed;
         assert!(check_git_directory_free("/repo", [&running]).is_ok());
+    }
+
+    // --- views ---
+
+    #[test]
+    fn loop_status_has_the_original_keys_and_iso_times() {
+        let mut d = Drive::with(Strategy::Optimize, |r| {
+            r.prompt = None;
+            r.pipeline_steps = Some(vec!["x".repeat(100), "build".into()]);
+        });
+        d.iteration(Verdict::Score(2.0));
+        let v = loop_status_view(&d.rec);
+        for key in [
+            "id",
+            "strategy",
+            "status",
+            "currentIteration",
+            "maxIterations",
+            "consecutiveFailures",
+            "maxConsecutiveFailures",
+            "bestScore",
+            "exitCondition",
+            "evalDirection",
+            "cooldownMs",
+            "freshContext",
+            "promptPreview",
+            "workingDirectory",
+            "gitBranch",
+            "gitBaseBranch",
+            "scheduleId",
+            "createdAt",
+            "updatedAt",
+            "completedAt",
+            "isPipeline",
+            "pipelineSteps",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["createdAt"], "1970-01-01T00:16:40.000Z");
+        assert_eq!(v["completedAt"], serde_json::Value::Null);
+        assert_eq!(v["pipelineSteps"][0]["index"], 0);
+        assert_eq!(
+            v["pipelineSteps"][0]["prompt"],
+            format!("{}...", "x".repeat(80))
+        );
+        let it = iteration_view(d.rec.latest.as_ref().unwrap());
+        assert_eq!(it["taskId"], "task-1-2");
+        assert_eq!(
+            it["pipelineTaskIds"],
+            serde_json::json!(["task-1-1", "task-1-2"])
+        );
+        assert_eq!(
+            (it["score"].as_f64(), it["bestScore"].as_f64()),
+            (Some(2.0), Some(2.0))
+        );
+        assert_eq!(it["durationMs"], 1000);
+        assert!(it["usage"].get("costUsd").is_some());
+        let listed = loop_list_view(&d.rec);
+        assert_eq!(
+            (
+                listed["isPipeline"].as_bool(),
+                listed["currentIteration"].as_u64()
+            ),
+            (Some(true), Some(1))
+        );
     }
 
     // --- the ledger ---
