@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod governor;
 pub mod journal;
+pub mod loops;
 pub mod model;
 pub mod settings;
 pub mod task;

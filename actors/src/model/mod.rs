@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod dag;
+pub mod loops;
 pub mod rate_limit;
 pub mod reasons;
 pub mod run;
