@@ -129,7 +129,11 @@ fn prompt_file_dash_reads_the_prompt_from_stdin() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    run.stdin.take().unwrap().write_all(prompt.as_bytes()).unwrap();
+    run.stdin
+        .take()
+        .unwrap()
+        .write_all(prompt.as_bytes())
+        .unwrap();
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -153,7 +157,10 @@ fn agents_get_backbeat_s_variables_and_stdin_from_dev_null() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("true {id}"));
     assert_eq!(lines[1], "/dev/null");
-    assert_eq!(lines[2], lines[3], "the agent leads a process group of its own");
+    assert_eq!(
+        lines[2], lines[3],
+        "the agent leads a process group of its own"
+    );
 }
 
 /// "Only the variables by which Claude Code marks its own children are removed ...
@@ -175,7 +182,10 @@ fn claude_gets_the_user_s_settings_without_nesting_markers() {
         "IS_SANDBOX",
     ];
     // A stand-in `claude` whose answer is its environment: NAME=value;…
-    let report: String = vars.iter().map(|v| format!("{v}=${{{v}-unset}};")).collect();
+    let report: String = vars
+        .iter()
+        .map(|v| format!("{v}=${{{v}-unset}};"))
+        .collect();
     let script = r#"#!/bin/sh
 echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"@REPORT@\"}"
 "#;
@@ -250,7 +260,11 @@ fn rate_limit_back_off_doubles_with_each_retry() {
         })
         .collect();
     assert_eq!(waits, [100, 200, 400]);
-    assert_eq!(beat.start_counts()[&id], 4, "the first run and three retries");
+    assert_eq!(
+        beat.start_counts()[&id],
+        4,
+        "the first run and three retries"
+    );
 }
 
 /// "Cancel, timeouts and idle timeouts stop the agent's whole group: TERM, then KILL
