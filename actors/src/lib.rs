@@ -7,6 +7,7 @@
 //! commit). See `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod agents;
+pub mod clock_timer;
 pub mod engine;
 pub mod error;
 pub mod governor;

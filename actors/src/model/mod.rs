@@ -6,6 +6,7 @@
 //! deterministic so that the journal can be replayed and property-tested.
 
 pub mod admission;
+pub mod clock;
 pub mod dag;
 pub mod rate_limit;
 pub mod reasons;

@@ -1,0 +1,152 @@
+//! Sleeping until a wall-clock instant, on any `Clock`.
+//!
+//! Owns: `sleep_until`, the one way the engine waits for a wall-clock time (a schedule's
+//! next fire, a cooldown's end).
+//! Must never: trust a monotonic timer for a wall-clock deadline. A tokio timer is
+//! monotonic: it does not count a laptop's suspend and does not move when the system clock
+//! is changed. So the waiter sleeps at most `RECHECK` at a time and re-reads the clock,
+//! which notices either within a second (issue 9, point 4); a `ManualClock` moved by a
+//! test wakes it at once, so tests of days and DST edges take no real time.
+//!
+//! Cost: one wake-up per second per waiter while it waits. The engine should keep one
+//! waiter for all schedules (on `model::clock::DueQueue`'s earliest deadline), not one each.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::Millis;
+use crate::model::clock::Clock;
+
+/// The longest the waiter trusts the monotonic timer before reading the wall clock again.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Returns once `clock.now() >= deadline`: within `RECHECK` of it on the real clock
+/// (whatever the clock did meanwhile), at once when a `ManualClock` is moved past it.
+pub async fn sleep_until<C: Clock + ?Sized>(clock: &C, deadline: DateTime<Utc>) {
+    loop {
+        // Read the generation before the time: a change between the two wakes us at once.
+        let seen = clock.generation();
+        let now = clock.now();
+        if now >= deadline {
+            return;
+        }
+        let remaining = (deadline - now).to_std().unwrap_or_default().min(RECHECK);
+        tokio::select! {
+            _ = tokio::time::sleep(remaining) => {}
+            _ = ClockChanged { clock, seen } => {}
+        }
+    }
+}
+
+/// `sleep_until` for a deadline in milliseconds since the epoch (the journal's unit).
+pub async fn sleep_until_ms<C: Clock + ?Sized>(clock: &C, deadline: Millis) {
+    let deadline = DateTime::from_timestamp_millis(deadline).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    sleep_until(clock, deadline).await
+}
+
+/// Ready once the clock's generation differs from `seen` (never, on the real clock).
+struct ClockChanged<'a, C: ?Sized> {
+    clock: &'a C,
+    seen: u64,
+}
+
+impl<C: Clock + ?Sized> Future for ClockChanged<'_, C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.generation() != self.seen {
+            return Poll::Ready(());
+        }
+        self.clock.wake_on_change(self.seen, cx.waker());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::clock::{ManualClock, SystemClock};
+    use chrono::TimeDelta;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn manual_clock_wakes_the_waiter_when_moved_past_the_deadline() {
+        let clock = ManualClock::new(t("2026-03-08T06:00:00Z"));
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { sleep_until(&clock, t("2026-03-08T07:00:00Z")).await })
+        };
+        clock.advance(TimeDelta::minutes(59));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "woke before its deadline");
+        clock.advance(TimeDelta::minutes(2));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter did not wake when the clock passed its deadline")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_deadline_already_past_returns_at_once() {
+        let clock = ManualClock::at_ms(10_000);
+        tokio::time::timeout(Duration::from_secs(5), sleep_until_ms(&clock, 9_000))
+            .await
+            .expect("should not wait");
+        tokio::time::timeout(Duration::from_secs(5), sleep_until_ms(&SystemClock, 0))
+            .await
+            .expect("should not wait");
+    }
+
+    /// A wall clock that jumps without telling anyone, as after a suspend or `date -s`.
+    /// Tokio's (paused) time stands for the passing of real time.
+    #[derive(Debug)]
+    struct SilentlyJumpingClock {
+        base: DateTime<Utc>,
+        started: tokio::time::Instant,
+        jump_ms: AtomicI64,
+    }
+    impl Clock for SilentlyJumpingClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.base
+                + TimeDelta::from_std(self.started.elapsed()).unwrap()
+                + TimeDelta::milliseconds(self.jump_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unannounced_wall_clock_jump_is_noticed_within_a_second() {
+        let clock = Arc::new(SilentlyJumpingClock {
+            base: t("2026-06-01T12:00:00Z"),
+            started: tokio::time::Instant::now(),
+            jump_ms: AtomicI64::new(0),
+        });
+        let deadline = t("2026-06-01T15:00:00Z"); // three hours away
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { sleep_until(&*clock, deadline).await })
+        };
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(!waiter.is_finished());
+        // The machine wakes from a suspend that lasted four hours: the monotonic timer
+        // knows nothing of it.
+        clock.jump_ms.store(4 * 3_600_000, Ordering::SeqCst);
+        let jumped_at = tokio::time::Instant::now();
+        waiter.await.unwrap();
+        let noticed_after = jumped_at.elapsed();
+        assert!(
+            noticed_after <= RECHECK,
+            "the jump was noticed after {noticed_after:?}, more than {RECHECK:?}"
+        );
+    }
+}
