@@ -11,6 +11,7 @@ pub mod dag;
 pub mod rate_limit;
 pub mod reasons;
 pub mod run;
+pub mod schedule;
 pub mod task;
 
 pub use task::{
