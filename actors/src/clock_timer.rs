@@ -108,6 +108,88 @@ mod tests {
             .expect("should not wait");
     }
 
+    /// The shape of a `ScheduleActor`, as a loop over the pure model: decide, sleep until
+    /// the instant it names, fire. A `ManualClock` moved to each fire time wakes it at
+    /// once, so a schedule crosses New York's 2026 spring-forward day in no real time.
+    #[tokio::test]
+    async fn a_schedule_loop_on_a_manual_clock_fires_when_the_clock_reaches_each_time() {
+        use crate::model::schedule::*;
+        let clock = ManualClock::new(t("2026-03-07T12:00:00Z"));
+        let timing = validate_timing(
+            &TimingRequest {
+                schedule_type: ScheduleType::Cron,
+                cron_expression: Some("30 2 * * *"),
+                timezone: Some("America/New_York"),
+                ..Default::default()
+            },
+            clock.now_ms(),
+        )
+        .unwrap();
+        let created = NewSchedule {
+            id: "s".into(),
+            timing,
+            missed_run_policy: MissedRunPolicy::Skip,
+            overlap_policy: OverlapPolicy::Skip,
+            after_schedule_id: None,
+            target: TargetKind::Task,
+            template: serde_json::Value::Null,
+        }
+        .created(clock.now_ms());
+        let mut schedule = apply(None, &created).unwrap();
+        let (fired_tx, mut fired) = tokio::sync::mpsc::unbounded_channel();
+        let engine_clock = clock.clone();
+        tokio::spawn(async move {
+            let clock = engine_clock;
+            for n in 0.. {
+                let ctx = DueContext {
+                    now: clock.now_ms(),
+                    grace_ms: DEFAULT_GRACE_PERIOD_MS,
+                    followed: None,
+                };
+                let events = match decide(&schedule, &ctx) {
+                    Decision::WaitUntil(at) => {
+                        sleep_until_ms(&clock, at).await;
+                        continue;
+                    }
+                    Decision::Fire(plan) => {
+                        let exec = format!("e{n}");
+                        let _ = fired_tx.send(clock.now());
+                        let mut events = plan.events(ctx.now, &exec, Launched::default());
+                        events.push(ScheduleEvent::ExecutionEnded {
+                            at: ctx.now,
+                            execution_id: exec,
+                            status: ExecutionStatus::Completed,
+                        });
+                        events
+                    }
+                    Decision::Record(events) => events,
+                    Decision::Idle => break,
+                };
+                for event in &events {
+                    schedule = apply(Some(&schedule), event).unwrap();
+                }
+            }
+        });
+        // 02:30 does not exist on 2026-03-08 in New York: that day's run is at 03:00 EDT.
+        for due in [
+            "2026-03-08T07:00:00Z",
+            "2026-03-09T06:30:00Z",
+            "2026-03-10T06:30:00Z",
+        ] {
+            clock.set(t(due) - TimeDelta::seconds(1));
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(fired.try_recv().is_err(), "fired before {due}");
+            clock.set(t(due));
+            let at = tokio::time::timeout(Duration::from_secs(5), fired.recv())
+                .await
+                .expect("the schedule did not fire when the clock reached its time")
+                .unwrap();
+            assert_eq!(at, t(due));
+        }
+    }
+
     /// A wall clock that jumps without telling anyone, as after a suspend or `date -s`.
     /// Tokio's (paused) time stands for the passing of real time.
     #[derive(Debug)]
