@@ -1,7 +1,7 @@
-//! Sleeping until a wall-clock instant, on any `Clock`.
+//! The machine's wall clock, and sleeping until a wall-clock instant on any `Clock`.
 //!
-//! Owns: `sleep_until`, the one way the engine waits for a wall-clock time (a schedule's
-//! next fire, a cooldown's end).
+//! Owns: `SystemClock`, and `sleep_until`, the one way the engine waits for a wall-clock
+//! time (a schedule's next fire, a cooldown's end).
 //! Must never: trust a monotonic timer for a wall-clock deadline. A tokio timer is
 //! monotonic: it does not count a laptop's suspend and does not move when the system clock
 //! is changed. So the waiter sleeps at most `RECHECK` at a time and re-reads the clock,
@@ -20,6 +20,16 @@ use chrono::{DateTime, Utc};
 
 use crate::model::Millis;
 use crate::model::clock::Clock;
+
+/// The machine's wall clock (UTC).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
 
 /// The longest the waiter trusts the monotonic timer before reading the wall clock again.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -69,7 +79,7 @@ impl<C: Clock + ?Sized> Future for ClockChanged<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::clock::{ManualClock, SystemClock};
+    use crate::model::clock::ManualClock;
     use chrono::TimeDelta;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -95,6 +105,14 @@ mod tests {
             .await
             .expect("the waiter did not wake when the clock passed its deadline")
             .unwrap();
+    }
+
+    #[test]
+    fn system_clock_is_the_wall_clock_and_never_changes_generation() {
+        let before = Utc::now();
+        let now = SystemClock.now();
+        assert!(now >= before && now <= Utc::now());
+        assert_eq!(SystemClock.generation(), 0);
     }
 
     #[tokio::test]

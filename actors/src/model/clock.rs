@@ -1,11 +1,12 @@
 //! The engine's clock: what time it is on the wall, and who must hear when a test moves it.
 //!
-//! Owns: the `Clock` trait, `SystemClock` (the real wall clock) and `ManualClock` (a clock
-//! that tests set and advance, shared by every clone), and `DueQueue`, the ordered set of
-//! wall-clock deadlines that lets one timer serve every schedule.
-//! Must never: sleep, spawn, or depend on an async runtime (`crate::clock_timer` does the
-//! waiting), nor read the monotonic clock: schedules fire at wall-clock times, so a
-//! suspend or a change of the system clock must show up in `now()`.
+//! Owns: the `Clock` trait, `ManualClock` (a clock that tests set and advance, shared by
+//! every clone), and `DueQueue`, the ordered set of wall-clock deadlines that lets one
+//! timer serve every schedule.
+//! Must never: read the machine's clock (`crate::clock_timer::SystemClock` does), sleep,
+//! or depend on an async runtime (`crate::clock_timer` does the waiting). Schedules fire
+//! at wall-clock times, so a suspend or a change of the system clock must show up in
+//! `now()`: a clock is never the monotonic one.
 //!
 //! How a waiter learns that a `ManualClock` moved without polling it: every change bumps a
 //! generation number and wakes the `Waker`s registered for the generation it ended. The
@@ -39,16 +40,6 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The default (a clock nobody sets) never wakes it: the waiter re-reads the time.
     fn wake_on_change(&self, seen: u64, waker: &Waker) {
         let _ = (seen, waker);
-    }
-}
-
-/// The machine's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
     }
 }
 
@@ -259,14 +250,6 @@ mod tests {
         clock.advance_ms(5);
         clock.wake_on_change(seen, &Waker::from(counter.clone()));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn system_clock_is_the_wall_clock_and_never_changes_generation() {
-        let before = Utc::now();
-        let now = SystemClock.now();
-        assert!(now >= before && now <= Utc::now());
-        assert_eq!(SystemClock.generation(), 0);
     }
 
     #[test]
