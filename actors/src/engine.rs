@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
 use crate::journal::{Append, Journal, JournalWriter, Store};
 use crate::model::dag::{DependencyGraph, Resolution};
-use crate::model::{Priority, TaskEvent, TaskRecord, TaskStatus, apply, now_ms};
+use crate::model::{Priority, TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms};
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, Resolved, TaskActor, TaskEnded};
 
@@ -262,7 +262,7 @@ impl Engine {
             if let Err(e) = apply(None, &event) {
                 return Box::pin(fut::ready(Err(e.into())));
             }
-            transitions.push((event, record.clone()));
+            transitions.push(Transition::Task(event, record.clone()));
         }
         let commit = self.journal.send(Append { transitions });
         Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
@@ -383,7 +383,7 @@ impl Engine {
         for event in [submitted, failed] {
             match apply(state.as_ref(), &event) {
                 Ok(next) => {
-                    transitions.push((event, next.clone()));
+                    transitions.push(Transition::Task(event, next.clone()));
                     state = Some(next);
                 }
                 Err(e) => return Box::pin(fut::ready(Err(e.into()))),
@@ -405,7 +405,7 @@ impl Engine {
             Ok(next) => next,
             Err(e) => return Box::pin(fut::ready(Err(e.into()))),
         };
-        transitions.push((event, last.clone()));
+        transitions.push(Transition::Task(event, last.clone()));
         let commit = self.journal.send(Append { transitions });
         Box::pin(commit.into_actor(self).map(move |res, _act, _| match res {
             Ok(Ok(())) => Ok(last),

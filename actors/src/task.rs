@@ -17,7 +17,7 @@ use crate::engine::EngineDeps;
 use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Release, Withdraw};
 use crate::journal::Append;
-use crate::model::{TaskEvent, TaskRecord, TaskStatus, apply, now_ms, outcome_of_exit};
+use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit};
 
 /// Cancel this task; the answer comes once the cancel took effect.
 #[derive(Message)]
@@ -84,7 +84,7 @@ impl TaskActor {
             match apply(Some(&next), &event) {
                 Ok(after) => {
                     next = after.clone();
-                    transitions.push((event, after));
+                    transitions.push(Transition::Task(event, after));
                 }
                 Err(e) => return then(self, ctx, Err(e.into())),
             }

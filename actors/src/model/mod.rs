@@ -6,12 +6,13 @@
 //! deterministic so that the journal can be replayed and property-tested.
 
 pub mod dag;
+pub mod entity;
+pub mod pipeline;
 pub mod task;
 
-pub use task::{
-    ExitOutcome, InvalidTransition, Priority, TaskEvent, TaskRecord, TaskStatus, apply,
-    outcome_of_exit,
-};
+pub use entity::{Entity, EntityKind, EntityRef, Event, InvalidTransition, Record, Transition};
+pub use pipeline::{PipelineEvent, PipelineRecord, PipelineStatus};
+pub use task::{ExitOutcome, Priority, TaskEvent, TaskRecord, TaskStatus, apply, outcome_of_exit};
 
 /// Milliseconds since the Unix epoch: the one time unit the journal stores.
 pub type Millis = i64;

@@ -150,7 +150,7 @@ pub fn pipeline_state(steps: &[TaskRecord]) -> &'static str {
 
 async fn steps_of(server: &BackbeatMcp, id: &str) -> Result<Vec<TaskRecord>, String> {
     let key = id.to_string();
-    let steps = read(server, move |s| s.pipeline(&key)).await?;
+    let steps = read(server, move |s| s.pipeline_steps(&key)).await?;
     if steps.is_empty() {
         return Err(format!(
             "pipeline {id} not found. Pipeline ids look like pipeline-…; CreatePipeline returns them"
