@@ -88,6 +88,8 @@ pub trait Entity:
     fn transition(event: Self::Event, record: Self) -> Transition;
     /// This kind's record, if `record` is one.
     fn from_record(record: &Record) -> Option<&Self>;
+    /// The kind-tagged form of this record.
+    fn into_record(self) -> Record;
 
     fn entity_ref(&self) -> EntityRef {
         EntityRef::new(Self::KIND, self.id())

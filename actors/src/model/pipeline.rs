@@ -180,6 +180,10 @@ impl Entity for PipelineRecord {
         Transition::Pipeline(event, record)
     }
 
+    fn into_record(self) -> Record {
+        Record::Pipeline(self)
+    }
+
     fn from_record(record: &Record) -> Option<&Self> {
         match record {
             Record::Pipeline(p) => Some(p),

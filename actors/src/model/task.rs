@@ -338,6 +338,10 @@ impl Entity for TaskRecord {
         Transition::Task(event, record)
     }
 
+    fn into_record(self) -> Record {
+        Record::Task(self)
+    }
+
     fn from_record(record: &Record) -> Option<&Self> {
         match record {
             Record::Task(t) => Some(t),
