@@ -471,7 +471,9 @@ async fn wait(server: &BackbeatMcp, args: WaitTaskArgs) -> ToolOutcome {
     while !task.status.is_terminal() {
         match tokio::time::timeout_at(deadline, committed.recv()).await {
             Err(_) => break, // timed out: report the current state
-            Ok(Ok(record)) if record.id == task.id => task = record,
+            Ok(Ok(backbeat_actors::model::Record::Task(record))) if record.id == task.id => {
+                task = record
+            }
             Ok(Ok(_)) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                 task = find(server, &args.task_id).await?;
