@@ -11,6 +11,9 @@ mod mcp;
 mod paths;
 mod shim;
 
+/// The version `beat --version` and the MCP `serverInfo` report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 fn main() {
     let code = cli::main();
     // Exit without waiting on runtime threads (a blocked stdin reader, for one).

@@ -6,6 +6,8 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use backbeat_actors::agents::run_dir::RunDir;
+
 /// Longest Unix socket path the kernel takes is 108 bytes with its NUL.
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -60,8 +62,9 @@ impl Home {
     pub fn runs(&self) -> PathBuf {
         self.root.join("runs")
     }
-    pub fn run_dir(&self, task_id: &str) -> PathBuf {
-        self.runs().join(task_id)
+    /// A task's run folder, whose file names `RunDir` owns.
+    pub fn run(&self, task_id: &str) -> RunDir {
+        RunDir::new(&self.runs(), task_id)
     }
 
     /// `beat.sock` in the home; where that path is too long for a Unix socket, a short

@@ -37,7 +37,11 @@ fn the_cli_refuses_bad_input_with_messages_that_say_what_to_do() {
     assert!(stderr_of(&priority).contains("P9"));
 
     let empty = beat.output(&["run", "--", "  "]);
-    assert_eq!(empty.status.code(), Some(1));
+    assert_eq!(
+        empty.status.code(),
+        Some(2),
+        "an empty prompt is a usage error"
+    );
     assert!(
         stderr_of(&empty).contains("prompt is empty"),
         "{}",
@@ -74,8 +78,16 @@ fn the_cli_refuses_bad_input_with_messages_that_say_what_to_do() {
     );
 
     let timeout = beat.output(&["run", "--timeout", "5", "print x"]);
-    assert_eq!(timeout.status.code(), Some(1));
-    assert!(stderr_of(&timeout).contains("out of range"));
+    assert_eq!(
+        timeout.status.code(),
+        Some(2),
+        "a time limit out of range is a usage error"
+    );
+    assert!(
+        stderr_of(&timeout).contains("from 1s to 24h"),
+        "{}",
+        stderr_of(&timeout)
+    );
 
     let key = beat.output(&["config", "set", "noSuchKey", "1"]);
     assert_eq!(key.status.code(), Some(2));

@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
 
-use super::print_json;
+use super::{outln, print_json};
 use crate::config::{self, KEYS, Source, read_file, resolve, write_file};
 use crate::error::CliError;
 use crate::mcp::tools::agents::mask;
@@ -42,7 +42,7 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
     let path = home.config();
     match cmd {
         ConfigCommand::Path => {
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
         ConfigCommand::Show { json } => {
             let file = read_file(&path).map_err(CliError::Refused)?;
@@ -77,9 +77,9 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                 print_json(&json!({ "path": path.display().to_string(), "settings": out }));
             } else {
                 for (name, value, source, help) in rows {
-                    println!("{name:<18} {:<14} {source:<32} {help}", value.to_string());
+                    outln!("{name:<18} {:<14} {source:<32} {help}", value.to_string());
                 }
-                println!("{:<18} {}", "agents", masked_agents(&file));
+                outln!("{:<18} {}", "agents", masked_agents(&file));
                 eprintln!("File: {}", path.display());
             }
             for w in warnings {
@@ -88,13 +88,24 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
         }
         ConfigCommand::Set { key, value } => {
             home.ensure()?;
-            let mut file = read_file(&path).map_err(CliError::Refused)?;
             if let Some(rest) = key.strip_prefix("agents.") {
-                set_agent_key(&mut file, rest, &value)?;
+                let Some((agent, field)) = rest.split_once('.') else {
+                    return Err(CliError::Usage(
+                        "give agents.<name>.<field>, e.g. agents.fake.command".into(),
+                    ));
+                };
+                let parsed = config::parse_agent_field(field, &value).map_err(CliError::Usage)?;
+                config::set_agent_settings(&path, agent, &[(field, parsed)])
+                    .map_err(CliError::Refused)?;
             } else {
+                let mut file = read_file(&path).map_err(CliError::Refused)?;
                 let k = config::key(&key).ok_or_else(|| {
                     let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-                    CliError::Usage(format!("unknown key '{key}'. Keys: {}, agents.<name>.<command|model|systemPrompt|baseUrl|apiKey>", names.join(", ")))
+                    CliError::Usage(format!(
+                        "unknown key '{key}'. Keys: {}, agents.<name>.<{}>",
+                        names.join(", "),
+                        config::AGENT_FIELDS.join("|")
+                    ))
                 })?;
                 let parsed = config::parse_value(k, &value).map_err(CliError::Usage)?;
                 file.insert(key.clone(), parsed);
@@ -104,37 +115,28 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                         k.env
                     );
                 }
+                write_file(&path, &file).map_err(CliError::Refused)?;
             }
-            write_file(&path, &file).map_err(CliError::Refused)?;
             eprintln!("{key} set in {}", path.display());
         }
         ConfigCommand::Reset { key } => {
-            let mut file = read_file(&path).map_err(CliError::Refused)?;
-            let removed = match key.strip_prefix("agents.") {
+            match key.strip_prefix("agents.") {
                 Some(rest) => {
                     let (agent, field) = rest
                         .split_once('.')
                         .map(|(a, f)| (a, Some(f)))
                         .unwrap_or((rest, None));
-                    match (file.get_mut("agents").and_then(Value::as_object_mut), field) {
-                        (Some(agents), None) => agents.remove(agent).is_some(),
-                        (Some(agents), Some(f)) => agents
-                            .get_mut(agent)
-                            .and_then(Value::as_object_mut)
-                            .and_then(|a| a.remove(f))
-                            .is_some(),
-                        _ => false,
-                    }
+                    config::reset_agent_settings(&path, agent, field).map_err(CliError::Refused)?;
                 }
                 None => {
                     if config::key(&key).is_none() {
                         return Err(CliError::Usage(format!("unknown key '{key}'")));
                     }
-                    file.remove(&key).is_some()
+                    let mut file = read_file(&path).map_err(CliError::Refused)?;
+                    if file.remove(&key).is_some() {
+                        write_file(&path, &file).map_err(CliError::Refused)?;
+                    }
                 }
-            };
-            if removed {
-                write_file(&path, &file).map_err(CliError::Refused)?;
             }
             eprintln!("{key} reset to its default");
         }
@@ -149,53 +151,4 @@ pub fn set_value(home: &Home, key: &str, value: Value) -> Result<(), CliError> {
     let mut file = read_file(&path).map_err(CliError::Refused)?;
     file.insert(key.into(), value);
     write_file(&path, &file).map_err(CliError::Refused)
-}
-
-fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Result<(), CliError> {
-    let Some((agent, field)) = rest.split_once('.') else {
-        return Err(CliError::Usage(
-            "give agents.<name>.<field>, e.g. agents.fake.command".into(),
-        ));
-    };
-    let parsed = match field {
-        "command" => {
-            let v: Value = serde_json::from_str(value).map_err(|_| {
-                CliError::Usage("agents.<name>.command takes a JSON array of strings, e.g. '[\"my-cli\", \"--print\", \"{prompt}\"]'".into())
-            })?;
-            match &v {
-                Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => v,
-                _ => {
-                    return Err(CliError::Usage(
-                        "agents.<name>.command must be a non-empty JSON array of strings".into(),
-                    ));
-                }
-            }
-        }
-        "model" | "systemPrompt" | "baseUrl" | "apiKey" => Value::from(value),
-        "outputFormat" => match value {
-            "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
-                Value::from(value)
-            }
-            _ => return Err(CliError::Usage(
-                "outputFormat is one of plain, claude-stream-json, codex-json, gemini-stream-json"
-                    .into(),
-            )),
-        },
-        other => {
-            return Err(CliError::Usage(format!(
-                "unknown agent setting '{other}': use command, model, systemPrompt, baseUrl or apiKey"
-            )));
-        }
-    };
-    let agents = file.entry("agents").or_insert_with(|| json!({}));
-    if !agents.is_object() {
-        *agents = json!({});
-    }
-    let entry = agents
-        .as_object_mut()
-        .map(|a| a.entry(agent.to_string()).or_insert_with(|| json!({})));
-    if let Some(Value::Object(a)) = entry {
-        a.insert(field.into(), parsed);
-    }
-    Ok(())
 }

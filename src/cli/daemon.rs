@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::print_json;
+use super::{outln, print_json};
 use crate::error::CliError;
 use crate::paths::Home;
 
@@ -58,9 +58,9 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
                     &json!({ "running": pid.is_some(), "pid": pid, "socket": socket, "home": home.root.display().to_string() }),
                 );
             } else if let Some(pid) = pid {
-                println!("running (pid {pid}), socket {socket}");
+                outln!("running (pid {pid}), socket {socket}");
             } else {
-                println!("not running");
+                outln!("not running");
             }
             Ok(0)
         }
