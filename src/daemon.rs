@@ -92,8 +92,27 @@ fn init_logging(home: &Home, foreground: bool) {
 }
 
 /// Runs the daemon in this process until SIGTERM or SIGINT. Returns at once, with
-/// success, when another daemon already holds the lock.
+/// success, when another daemon already holds the lock. A failure to start is written
+/// to `daemon.log` first, where the front end that started it reads the cause.
 pub fn run(home: &Home, foreground: bool) -> Result<(), CliError> {
+    let result = run_inner(home, foreground);
+    if let Err(e) = &result {
+        let line = format!(
+            "{} ERROR {STARTUP_FAILURE} {e}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.log())
+        {
+            let _ = log.write_all(line.as_bytes());
+        }
+    }
+    result
+}
+
+fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     home.ensure()?;
     let Some(mut lock) = try_lock(home)? else {
         if foreground {
@@ -181,7 +200,9 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
 }
 
 /// Starts a daemon for `home` unless one answers, and waits until it does. Two front
-/// ends racing here end with one daemon: the lock decides, the loser exits at once.
+/// ends racing here end with one daemon: the lock decides, the loser exits at once. A
+/// daemon that still holds the lock while it stops makes ours exit at once too: then
+/// another is started, until one answers or 15 s pass.
 pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
     let socket = home.socket();
     if let Ok(s) = UnixStream::connect(&socket).await {
@@ -189,25 +210,29 @@ pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
     }
     home.ensure()?;
     let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
-    command
-        .args(["daemon", "start", "--foreground"])
-        .env("BACKBEAT_HOME", &home.root)
-        .env_remove("BACKBEAT_LOG_STDERR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe. A session of its own keeps the daemon out
-    // of reach of a client that kills its MCP server's process group.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|e| CliError::Daemon(format!("cannot start the daemon: {e}")))?;
+    let log_start = std::fs::metadata(home.log()).map(|m| m.len()).unwrap_or(0);
+    let spawn = || {
+        let mut command = Command::new(&exe);
+        command
+            .args(["daemon", "start", "--foreground"])
+            .env("BACKBEAT_HOME", &home.root)
+            .env_remove("BACKBEAT_LOG_STDERR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe. A session of its own keeps the daemon out
+        // of reach of a client that kills its MCP server's process group.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        command
+            .spawn()
+            .map_err(|e| CliError::Daemon(format!("cannot start the daemon: {e}")))
+    };
+    let mut child = spawn()?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(s) = UnixStream::connect(&socket).await {
@@ -215,16 +240,22 @@ pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
             std::thread::spawn(move || child.wait());
             return Ok(s);
         }
-        if let Ok(Some(status)) = child.try_wait()
-            && !status.success()
-        {
-            return Err(CliError::Daemon(format!(
-                "the daemon failed to start ({status}); see {}",
-                home.log().display()
-            )));
+        match child.try_wait() {
+            Ok(Some(status)) if !status.success() => {
+                let cause = startup_error(home, log_start)
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(CliError::Daemon(format!(
+                    "the daemon failed to start ({status}){cause}; see {}",
+                    home.log().display()
+                )));
+            }
+            // Another daemon held the lock: it may be one that is stopping.
+            Ok(Some(_)) if running_pid(home).is_none() => child = spawn()?,
+            _ => {}
         }
         if Instant::now() > deadline {
-            return Err(CliError::Daemon(format!(
+            return Err(CliError::Disconnected(format!(
                 "the daemon did not answer on {} within 15 s; see {}",
                 socket.display(),
                 home.log().display()
@@ -233,6 +264,19 @@ pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The error a daemon that failed to start logged after `offset` of its log.
+fn startup_error(home: &Home, offset: u64) -> Option<String> {
+    let bytes = std::fs::read(home.log()).ok()?;
+    let text = String::from_utf8_lossy(bytes.get(offset as usize..)?);
+    text.lines().rev().find_map(|l| {
+        l.split_once(STARTUP_FAILURE)
+            .map(|(_, e)| e.trim().to_string())
+    })
+}
+
+/// The words that start a start-up failure's line in `daemon.log`.
+const STARTUP_FAILURE: &str = "daemon failed to start:";
 
 /// Sends SIGTERM to the daemon and waits until it released its lock.
 pub fn stop(home: &Home) -> Result<bool, CliError> {

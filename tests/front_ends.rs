@@ -64,3 +64,79 @@ fn every_listed_tool_is_callable_and_every_callable_tool_is_listed() {
     assert!(is_error);
     assert_eq!(v["code"], "INVALID_TOOL", "{v}");
 }
+
+fn kill9(pid: u32) {
+    // SAFETY: kill(2) on the daemon's PID, read from `beat daemon status`.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn an_mcp_session_carries_on_after_the_daemon_stops_or_restarts() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    mcp.ok("TaskStatus", json!({}));
+    let first = beat.daemon_pid().expect("a daemon runs");
+
+    // Stopped: the next call starts a daemon again, behind the same session.
+    beat.ok(&["daemon", "stop"]);
+    assert_eq!(beat.daemon_pid(), None);
+    let agents = mcp.ok("ListAgents", json!({}));
+    assert_eq!(agents["defaultAgent"], "fake");
+    let second = beat.daemon_pid().expect("the proxy started a daemon");
+    assert_ne!(first, second);
+
+    // Restarted by someone else: the session moves to the new daemon.
+    beat.ok(&["daemon", "stop"]);
+    beat.ok(&["daemon", "start"]);
+    let third = beat.daemon_pid().expect("restarted");
+    assert_ne!(second, third);
+    let d = mcp.ok("DelegateTask", json!({ "prompt": "print after-restart" }));
+    let id = d["taskId"].as_str().unwrap().to_string();
+    let w = mcp.ok("WaitTask", json!({ "taskId": id }));
+    assert_eq!(w["status"], "completed");
+    // The replayed handshake's reply never reached the client: the next reply read is
+    // the answer to the next request.
+    let tools = mcp.request("tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    assert_eq!(mcp.close().code(), Some(0));
+}
+
+#[test]
+fn a_call_in_flight_when_the_daemon_dies_gets_an_error_saying_to_retry() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let d = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": format!("pidfile {}; sleep 30000", pidfile.display()) }),
+    );
+    let id = d["taskId"].as_str().unwrap().to_string();
+    read_pidfile(&pidfile);
+    mcp.send_raw(
+        &json!({ "jsonrpc": "2.0", "id": 1000, "method": "tools/call",
+                 "params": { "name": "WaitTask", "arguments": { "taskId": id } } })
+        .to_string(),
+    );
+    // The daemon has the WaitTask once the proxy forwarded it; a status call answered
+    // after it proves that (replies come in order of the daemon's answers, so read both).
+    mcp.send_raw(
+        &json!({ "jsonrpc": "2.0", "id": 1001, "method": "tools/call",
+                 "params": { "name": "TaskStatus", "arguments": { "taskId": id } } })
+        .to_string(),
+    );
+    let status = mcp.read_message();
+    assert_eq!(status["id"], 1001, "{status}");
+    kill9(beat.daemon_pid().unwrap());
+    let lost = mcp.read_message();
+    assert_eq!(lost["id"], 1000, "{lost}");
+    assert_eq!(lost["result"]["isError"], true, "{lost}");
+    let text = lost["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("retry"), "{text}");
+
+    // Retrying works: a new daemon adopts the running agent and answers.
+    let s = mcp.ok("TaskStatus", json!({ "taskId": id }));
+    assert_eq!(s["status"], "running", "{s}");
+    mcp.ok("CancelTask", json!({ "taskId": id }));
+}
