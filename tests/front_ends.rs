@@ -140,3 +140,63 @@ fn a_call_in_flight_when_the_daemon_dies_gets_an_error_saying_to_retry() {
     assert_eq!(s["status"], "running", "{s}");
     mcp.ok("CancelTask", json!({ "taskId": id }));
 }
+
+/// True once process `pid` holds a socket open (a CLI connected to the daemon).
+fn has_socket(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
+    let beat = Beat::new();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let id = beat.submit(
+        &format!(
+            "print before; pidfile {}; sleep 1500; print after-restart",
+            pidfile.display()
+        ),
+        &[],
+    );
+    read_pidfile(&pidfile);
+    let wait = beat
+        .cmd(&["wait", "--json", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = beat
+        .cmd(&["logs", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("both commands connected", std::time::Duration::from_secs(10), || {
+        has_socket(wait.id()) && has_socket(logs.id())
+    });
+    // A restart: stopped, and started again by the commands that wait.
+    beat.ok(&["daemon", "stop"]);
+    let wait = wait.wait_with_output().unwrap();
+    assert_eq!(
+        wait.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&wait.stdout).unwrap();
+    assert_eq!(record["status"], "completed");
+    let logs = logs.wait_with_output().unwrap();
+    assert_eq!(logs.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "before\nafter-restart\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}
