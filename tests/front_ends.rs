@@ -200,3 +200,26 @@ fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
         String::from_utf8_lossy(&logs.stderr)
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let beat = Beat::new();
+    for _ in 0..3 {
+        let id = beat.submit("print x", &[]);
+        beat.wait(&id);
+    }
+    for args in [&["list", "--json"][..], &["list"][..]] {
+        let mut child = beat
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before beat writes (as `| head -0` would).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "beat {args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "beat {args:?}: {stderr}");
+    }
+}
