@@ -177,9 +177,11 @@ fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("both commands connected", std::time::Duration::from_secs(10), || {
-        has_socket(wait.id()) && has_socket(logs.id())
-    });
+    wait_until(
+        "both commands connected",
+        std::time::Duration::from_secs(10),
+        || has_socket(wait.id()) && has_socket(logs.id()),
+    );
     // A restart: stopped, and started again by the commands that wait.
     beat.ok(&["daemon", "stop"]);
     let wait = wait.wait_with_output().unwrap();
@@ -222,4 +224,33 @@ fn a_closed_pipe_ends_the_cli_quietly() {
         assert!(!stderr.contains("panicked"), "beat {args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "beat {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn run_foreground_json_prints_one_json_document_and_the_output_on_stderr() {
+    let beat = Beat::new();
+    let out = beat.output(&["run", "-f", "--json", "--", "print hello-from-agent"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let record: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}"));
+    assert_eq!(record["status"], "completed");
+    assert!(!stdout.contains("hello-from-agent\n"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hello-from-agent"),
+        "the agent's output goes to stderr"
+    );
+}
+
+#[test]
+fn a_failed_foreground_run_says_why_on_stderr() {
+    let beat = Beat::new();
+    let out = beat.output(&["run", "-f", "--timeout", "1s", "--", "sleep 10000"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+    let exit = beat.output(&["run", "-f", "--", "eprint oops; exit 4"]);
+    assert_eq!(exit.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(stderr.contains("exited with code 4"), "{stderr}");
 }
