@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backbeat_actors::engine::{Engine, EngineConfig, Recover};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::CliError;
@@ -177,26 +177,108 @@ async fn serve(home: Home, socket_path: PathBuf, exe: PathBuf) -> Result<(), Cli
 
 async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHandle, home: Home) {
     use rmcp::ServiceExt;
-    let (read, write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut first = String::new();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
     // The first line is our hello (the client's working directory). A client that
     // speaks MCP straight away is served too, with the daemon's directory.
-    if reader.read_line(&mut first).await.unwrap_or(0) == 0 {
+    let Ok(Some(first)) = lines.next_line().await else {
         return;
-    }
-    let (hello, replay) = match serde_json::from_str::<Hello>(&first) {
-        Ok(h) if h.backbeat == "hello" => (h, String::new()),
-        _ => (Hello::default(), first),
     };
-    let input = AsyncReadExt::chain(std::io::Cursor::new(replay.into_bytes()), reader);
+    let (hello, replay) = match serde_json::from_str::<Hello>(&first) {
+        Ok(h) if h.backbeat == "hello" => (h, None),
+        _ => (Hello::default(), Some(first)),
+    };
+    // rmcp gets the lines that are JSON-RPC it can answer; the others are answered
+    // here (it would drop a line that is not JSON, and call non-object arguments an
+    // unknown method). Its replies and ours share one writer, a line at a time.
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (from_rmcp, mut to_rmcp) = tokio::io::split(ours);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    actix_rt::spawn(async move {
+        let mut replies = BufReader::new(from_rmcp).lines();
+        loop {
+            let line = tokio::select! {
+                l = replies.next_line() => match l {
+                    Ok(Some(l)) => l,
+                    _ => break,
+                },
+                Some(l) = rx.recv() => l,
+            };
+            if write
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    actix_rt::spawn(async move {
+        let mut next = replay;
+        loop {
+            let line = match next.take() {
+                Some(l) => l,
+                None => match lines.next_line().await {
+                    Ok(Some(l)) => l,
+                    _ => break,
+                },
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match protocol_error(&line) {
+                Some(reply) => {
+                    let _ = tx.send(reply.to_string());
+                }
+                None => {
+                    if to_rmcp
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_rmcp.shutdown().await;
+    });
     let server = BackbeatMcp::new(handle, home, hello.cwd.map(PathBuf::from));
-    match server.serve((input, write)).await {
+    match server.serve(theirs).await {
         Ok(running) => {
             let _ = running.waiting().await;
         }
         Err(e) => tracing::debug!(error = %e, "MCP session ended during initialization"),
     }
+}
+
+/// The JSON-RPC error for a line the MCP library cannot answer rightly: -32700 for one
+/// that is not JSON, -32602 for `tools/call` without a tool name or whose `arguments`
+/// is not an object.
+fn protocol_error(line: &str) -> Option<serde_json::Value> {
+    use serde_json::{Value, json};
+    let v: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(json!({ "jsonrpc": "2.0", "id": null, "error": {
+                "code": -32700,
+                "message": format!("Parse error: the line is not JSON ({e}); send one JSON-RPC message per line")
+            }}));
+        }
+    };
+    let arguments = &v["params"]["arguments"];
+    if v["method"] == "tools/call"
+        && (!v["params"]["name"].is_string() || !(arguments.is_null() || arguments.is_object()))
+    {
+        return Some(
+            json!({ "jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null), "error": {
+                "code": -32602,
+                "message": "Invalid params: tools/call takes the tool's name as a string and its arguments as an object of the tool's fields (see tools/list)"
+            }}),
+        );
+    }
+    None
 }
 
 /// Starts a daemon for `home` unless one answers, and waits until it does. Two front
@@ -255,7 +337,7 @@ pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
             _ => {}
         }
         if Instant::now() > deadline {
-            return Err(CliError::Disconnected(format!(
+            return Err(CliError::Daemon(format!(
                 "the daemon did not answer on {} within 15 s; see {}",
                 socket.display(),
                 home.log().display()
@@ -288,7 +370,9 @@ pub fn stop(home: &Home) -> Result<bool, CliError> {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while running_pid(home).is_some() {
+    // The daemon we signalled: another may take the lock right after it (a client
+    // starting one on demand), and is not ours to wait for.
+    while running_pid(home) == Some(pid) {
         if Instant::now() > deadline {
             return Err(CliError::Daemon(format!(
                 "the daemon (pid {pid}) did not stop within 20 s"

@@ -11,8 +11,9 @@ mod mcp;
 mod paths;
 mod shim;
 
-/// The version `beat --version` and the MCP `serverInfo` report.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version `beat --version` and the MCP `serverInfo` report: the package version
+/// and the commit it was built from (build.rs).
+pub const VERSION: &str = env!("BACKBEAT_VERSION");
 
 fn main() {
     let code = cli::main();

@@ -155,13 +155,16 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
             assert_eq!(v["success"], false);
         }
     }
-    // A line that is not JSON-RPC at all: the server answers or ignores it, and goes on.
+    // A line that is not JSON: -32700; a tools/call whose params are wrong: -32602.
     mcp.send_raw("this is not json");
     mcp.send_raw(r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":42}}"#);
     let reply = mcp.read_message();
-    assert!(
-        reply.get("error").is_some(),
-        "a malformed request gets a JSON-RPC error: {reply}"
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    let reply = mcp.read_message();
+    assert_eq!(
+        (&reply["id"], &reply["error"]["code"]),
+        (&json!("x"), &json!(-32602)),
+        "{reply}"
     );
     let d = mcp.ok("DelegateTask", json!({ "prompt": "print ok" }));
     let w = mcp.ok("WaitTask", json!({ "taskId": d["taskId"] }));

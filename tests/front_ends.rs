@@ -194,7 +194,12 @@ fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
     let record: serde_json::Value = serde_json::from_slice(&wait.stdout).unwrap();
     assert_eq!(record["status"], "completed");
     let logs = logs.wait_with_output().unwrap();
-    assert_eq!(logs.status.code(), Some(0));
+    assert_eq!(
+        logs.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&logs.stdout),
         "before\nafter-restart\n",
@@ -253,4 +258,83 @@ fn a_failed_foreground_run_says_why_on_stderr() {
     assert_eq!(exit.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&exit.stderr);
     assert!(stderr.contains("exited with code 4"), "{stderr}");
+}
+
+#[test]
+fn initialize_carries_a_usage_guide_naming_every_tool_and_the_real_version() {
+    use std::io::{BufRead, BufReader, Write};
+    let beat = Beat::new();
+    let mut child = beat
+        .cmd(&["mcp", "start"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |msg: serde_json::Value| {
+        writeln!(stdin, "{msg}").unwrap();
+        if msg["id"] == 1 {
+            // The handshake's end, right after its reply.
+            let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+            writeln!(stdin, "{note}").unwrap();
+        }
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let init = ask(
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "t", "version": "0" } } }),
+    );
+    let guide = init["result"]["instructions"].as_str().unwrap().to_string();
+    let version = init["result"]["serverInfo"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tools = ask(json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }));
+    for t in tools["result"]["tools"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        assert!(
+            guide.contains(&format!("- {name}: ")),
+            "{name} missing from:\n{guide}"
+        );
+    }
+    for words in [
+        "dependsOn",
+        "continueFrom",
+        "returns a taskId at once",
+        "WaitTask",
+    ] {
+        assert!(guide.contains(words), "{words} missing from:\n{guide}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let cli = beat.ok(&["--version"]);
+    assert_eq!(cli.trim(), format!("beat {version}"));
+    assert_eq!(beat.ok(&["-v"]), cli, "-v prints the version too");
+    assert!(version.starts_with(env!("CARGO_PKG_VERSION")), "{version}");
+}
+
+#[test]
+fn malformed_json_rpc_gets_the_right_error_codes() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    mcp.send_raw("this is not json");
+    let parse = mcp.read_message();
+    assert_eq!(parse["error"]["code"], -32700, "{parse}");
+    assert_eq!(parse["id"], serde_json::Value::Null);
+    for arguments in [json!(5), json!("text"), json!([1])] {
+        mcp.send_raw(
+            &json!({ "jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                     "params": { "name": "TaskStatus", "arguments": arguments } })
+            .to_string(),
+        );
+        let reply = mcp.read_message();
+        assert_eq!(reply["id"], 77, "{reply}");
+        assert_eq!(reply["error"]["code"], -32602, "{arguments}: {reply}");
+    }
+    // The session goes on.
+    mcp.ok("TaskStatus", json!({}));
 }

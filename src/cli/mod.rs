@@ -16,7 +16,7 @@ mod tasks;
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::error::CliError;
@@ -26,13 +26,16 @@ use crate::paths::Home;
 #[derive(Parser)]
 #[command(
     name = "beat",
-    version,
+    version = crate::VERSION,
     about = "Run AI coding agents as durable background workers",
-    propagate_version = true
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -83,8 +86,13 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    let Some(command) = cli.command else {
+        // A bare `beat`: the help, on stdout, as a request for it (the original did so).
+        write_stdout(format!("{}\n", Cli::command().render_help()).as_bytes());
+        return 0;
+    };
     let home = Home::from_env();
-    let result = match cli.command {
+    let result = match command {
         Command::Shim { run_dir } => return crate::shim::run(&run_dir),
         Command::Daemon(cmd) => daemon::run(cmd, &home),
         Command::Config(cmd) => config::run(cmd, &home),

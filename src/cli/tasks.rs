@@ -127,9 +127,9 @@ fn list_table(tasks: &[Value]) {
 }
 
 pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {
-    let client = DaemonClient::connect(home).await?;
+    let mut client = DaemonClient::connect(home).await?;
     let v = client
-        .call(&TaskStatusArgs {
+        .read(&TaskStatusArgs {
             task_id: None,
             status: args.status.map(StatusField::from),
             limit: Some(args.limit),
@@ -225,9 +225,9 @@ pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
         )
         .await;
     };
-    let client = DaemonClient::connect(home).await?;
+    let mut client = DaemonClient::connect(home).await?;
     let v = client
-        .call(&TaskStatusArgs {
+        .read(&TaskStatusArgs {
             task_id: Some(id),
             ..Default::default()
         })

@@ -50,7 +50,10 @@ pub fn arguments_of<A: ToolArgs>(args: &A) -> serde_json::Map<String, Value> {
 
 async fn open(home: &Home) -> Result<RunningService<RoleClient, ()>, CliError> {
     let mut stream = connect_or_start(home).await?;
-    stream.write_all(hello_line().as_bytes()).await?;
+    stream
+        .write_all(hello_line().as_bytes())
+        .await
+        .map_err(|e| CliError::Disconnected(format!("the daemon closed the connection: {e}")))?;
     ().serve(stream).await.map_err(|e| {
         CliError::Disconnected(format!(
             "the daemon did not complete the MCP handshake: {e}"
@@ -58,10 +61,25 @@ async fn open(home: &Home) -> Result<RunningService<RoleClient, ()>, CliError> {
     })
 }
 
+/// `open`, again while the daemon is going away or coming back.
+async fn open_patiently(home: &Home) -> Result<RunningService<RoleClient, ()>, CliError> {
+    let deadline = Instant::now() + RECONNECT_LIMIT;
+    loop {
+        match open(home).await {
+            Err(CliError::Disconnected(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl DaemonClient {
+    /// Connects, starting the daemon when none runs. A daemon that is stopping or
+    /// restarting meanwhile is waited for (at most a minute).
     pub async fn connect(home: &Home) -> Result<DaemonClient, CliError> {
         Ok(DaemonClient {
-            service: open(home).await?,
+            service: open_patiently(home).await?,
             home: home.clone(),
         })
     }
@@ -69,21 +87,10 @@ impl DaemonClient {
     /// Connects again after the daemon went away (stopped, crashed or restarting),
     /// starting one when none comes back, for at most a minute.
     pub async fn reconnect(&mut self) -> Result<(), CliError> {
-        let deadline = Instant::now() + RECONNECT_LIMIT;
-        loop {
-            match open(&self.home).await {
-                Ok(service) => {
-                    let old = std::mem::replace(&mut self.service, service);
-                    let _ = old.cancel().await;
-                    return Ok(());
-                }
-                Err(e @ CliError::Disconnected(_)) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "reconnecting");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let service = open_patiently(&self.home).await?;
+        let old = std::mem::replace(&mut self.service, service);
+        let _ = old.cancel().await;
+        Ok(())
     }
 
     /// Calls the tool whose arguments `args` are; a tool error becomes
@@ -112,10 +119,21 @@ impl DaemonClient {
         Ok(value)
     }
 
+    /// `call` for calls that change nothing (status, lists, waits): when the daemon
+    /// went away, connect again and repeat the call.
+    pub async fn read<A: ToolArgs>(&mut self, args: &A) -> Result<Value, CliError> {
+        loop {
+            match self.call(args).await {
+                Err(CliError::Disconnected(_)) => self.reconnect().await?,
+                other => return other,
+            }
+        }
+    }
+
     /// A task's full record.
-    pub async fn task(&self, id: &str) -> Result<TaskRecord, CliError> {
+    pub async fn task(&mut self, id: &str) -> Result<TaskRecord, CliError> {
         let v = self
-            .call(&TaskStatusArgs {
+            .read(&TaskStatusArgs {
                 task_id: Some(id.to_string()),
                 ..Default::default()
             })
