@@ -150,8 +150,14 @@ pub fn read_file(path: &Path) -> Result<Map<String, Value>, String> {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(format!("{} is not a JSON object", path.display())),
-            Err(e) => Err(format!("{} is not valid JSON: {e}", path.display())),
+            Ok(_) => Err(format!(
+                "{} is not a JSON object: fix it, or remove it to use the defaults",
+                path.display()
+            )),
+            Err(e) => Err(format!(
+                "{} is not valid JSON ({e}): fix it, or remove it to use the defaults",
+                path.display()
+            )),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -355,7 +361,12 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
         settings: Arc<Settings>,
     }
     let mtime_of = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let load = |p: &Path| {
+    // A file that became unreadable keeps the settings read before, and says so.
+    let load = |p: &Path, before: Option<&Arc<Settings>>| {
+        if let (Err(e), Some(before)) = (read_file(p), before) {
+            tracing::error!("{e}; the settings read before stay in use");
+            return before.clone();
+        }
         let mut warnings = Vec::new();
         let s = load_settings(p, &mut warnings);
         for w in warnings {
@@ -365,7 +376,7 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
     };
     let cache = Mutex::new(Cached {
         mtime: mtime_of(&path),
-        settings: load(&path),
+        settings: load(&path, None),
     });
     Arc::new(move || {
         let Ok(mut c) = cache.lock() else {
@@ -374,7 +385,7 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
         let now = mtime_of(&path);
         if now != c.mtime {
             c.mtime = now;
-            c.settings = load(&path);
+            c.settings = load(&path, Some(&c.settings));
         }
         c.settings.clone()
     })

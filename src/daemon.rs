@@ -125,6 +125,8 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
     init_logging(home, foreground);
+    // A configuration that cannot be read is refused, never replaced by the defaults.
+    crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
     let socket_path = home.prepare_socket_dir()?;
     let _ = std::fs::remove_file(&socket_path);
 

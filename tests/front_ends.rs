@@ -338,3 +338,81 @@ fn malformed_json_rpc_gets_the_right_error_codes() {
     // The session goes on.
     mcp.ok("TaskStatus", json!({}));
 }
+
+#[test]
+fn a_daemon_that_cannot_start_logs_why_and_the_cli_says_it() {
+    let beat = Beat::new();
+    // A folder where the database file should be: SQLite cannot open it.
+    std::fs::create_dir(beat.path().join("beat.db")).unwrap();
+    let out = beat.output(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the daemon failed to start") && stderr.contains("unable to open database"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(beat.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("daemon failed to start:") && log.contains("unable to open database"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_corrupt_config_is_refused_by_the_daemon_and_the_cli_with_line_and_column() {
+    let beat = Beat::new();
+    let config = beat.path().join("config.json");
+    std::fs::write(&config, "{\n  \"timeout\": 5000,,\n}\n").unwrap();
+    for args in [&["list"][..], &["config", "show"][..]] {
+        let out = beat.output(args);
+        assert_eq!(out.status.code(), Some(1), "beat {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("config.json") && stderr.contains("line 2 column"),
+            "beat {args:?}: {stderr}"
+        );
+    }
+    assert_eq!(beat.daemon_pid(), None, "the daemon refused to start");
+
+    // Corrupted while a daemon runs: the tools that read it refuse it too.
+    std::fs::write(
+        &config,
+        json!({ "defaultAgent": "fake", "memoryReserve": 0,
+                "agents": { "fake": { "command": [FAKE, "{prompt}"] } } })
+        .to_string(),
+    )
+    .unwrap();
+    beat.ok(&["daemon", "start"]);
+    std::fs::write(&config, "{ \"timeout\": }").unwrap();
+    let out = beat.output(&["agents", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1 column"));
+    // Tasks keep the settings read before (the fake agent stays the default).
+    let id = beat.submit("print still-configured", &[]);
+    assert_eq!(beat.wait(&id)["status"], "completed");
+}
+
+#[test]
+fn config_show_reports_what_the_daemon_uses_and_where_the_shell_differs() {
+    let beat = Beat::with_config_and_env(json!({}), &[("RATE_LIMIT_RETRIES", "7")]);
+    beat.ok(&["daemon", "start"]);
+    let out = beat
+        .cmd(&["config", "show", "--json"])
+        .env("RATE_LIMIT_RETRIES", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let retries = &shown["settings"]["rateLimitRetries"];
+    assert_eq!(retries["value"], 7, "{shown}");
+    assert_eq!(retries["source"], "environment (RATE_LIMIT_RETRIES)");
+    let differs = shown["environmentDiffers"].to_string();
+    assert!(
+        differs.contains("RATE_LIMIT_RETRIES is '2' in this shell but '7' for the daemon"),
+        "{differs}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Restart it"));
+    // The same shell as the daemon's: nothing differs.
+    let same = beat.json(&["config", "show", "--json"]);
+    assert_eq!(same["environmentDiffers"], json!([]), "{same}");
+}

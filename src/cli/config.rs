@@ -2,12 +2,13 @@
 //! over defaults. `set` takes effect for new work without restarting the daemon.
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{outln, print_json};
-use crate::config::{self, KEYS, Source, read_file, resolve, write_file};
+use crate::config::{self, KEYS, read_file, write_file};
 use crate::error::CliError;
-use crate::mcp::tools::agents::mask;
+use crate::mcp::client::DaemonClient;
+use crate::mcp::tools::config::ShowConfigArgs;
 use crate::paths::Home;
 
 #[derive(Subcommand)]
@@ -25,67 +26,13 @@ pub enum ConfigCommand {
     Path,
 }
 
-/// The `agents` section with API keys masked.
-fn masked_agents(file: &Map<String, Value>) -> Value {
-    let mut agents = file.get("agents").cloned().unwrap_or(json!({}));
-    if let Value::Object(map) = &mut agents {
-        for agent in map.values_mut() {
-            if let Some(Value::String(k)) = agent.get("apiKey").cloned() {
-                agent["apiKey"] = Value::from(mask(&k));
-            }
-        }
-    }
-    agents
-}
-
 pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
     let path = home.config();
     match cmd {
         ConfigCommand::Path => {
             outln!("{}", path.display());
         }
-        ConfigCommand::Show { json } => {
-            let file = read_file(&path).map_err(CliError::Refused)?;
-            let mut warnings = Vec::new();
-            let settings = config::load_settings(&path, &mut warnings);
-            let mut out = Map::new();
-            let mut rows = Vec::new();
-            for key in KEYS {
-                let (value, source) = resolve(key, &file, &mut Vec::new());
-                let value = value.unwrap_or_else(|| match key.name {
-                    "timeout" => Value::from(settings.timeout),
-                    "maxOutputBuffer" => Value::from(settings.max_output_buffer),
-                    "maxWorkers" => Value::from(settings.max_workers),
-                    "cpuCoresReserved" => Value::from(settings.cpu_cores_reserved),
-                    "memoryReserve" => Value::from(settings.memory_reserve),
-                    "killGracePeriodMs" => Value::from(settings.kill_grace_period_ms),
-                    "rateLimitRetries" => Value::from(settings.rate_limit_retries),
-                    "rateLimitBackoffMs" => Value::from(settings.rate_limit_backoff_ms),
-                    "logLevel" => Value::from("info"),
-                    _ => Value::Null,
-                });
-                let source = match source {
-                    Source::Environment => format!("environment ({})", key.env),
-                    Source::File => "config.json".into(),
-                    Source::Default => "default".into(),
-                };
-                rows.push((key.name, value.clone(), source.clone(), key.help));
-                out.insert(key.name.into(), json!({ "value": value, "source": source }));
-            }
-            out.insert("agents".into(), masked_agents(&file));
-            if json {
-                print_json(&json!({ "path": path.display().to_string(), "settings": out }));
-            } else {
-                for (name, value, source, help) in rows {
-                    outln!("{name:<18} {:<14} {source:<32} {help}", value.to_string());
-                }
-                outln!("{:<18} {}", "agents", masked_agents(&file));
-                eprintln!("File: {}", path.display());
-            }
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-        }
+        ConfigCommand::Show { json } => return super::block_on(show(home, json)),
         ConfigCommand::Set { key, value } => {
             home.ensure()?;
             if let Some(rest) = key.strip_prefix("agents.") {
@@ -151,4 +98,59 @@ pub fn set_value(home: &Home, key: &str, value: Value) -> Result<(), CliError> {
     let mut file = read_file(&path).map_err(CliError::Refused)?;
     file.insert(key.into(), value);
     write_file(&path, &file).map_err(CliError::Refused)
+}
+
+/// `beat config show`: what the daemon uses (asked of it, since its environment is the
+/// one tasks get), and where the calling shell's environment differs.
+async fn show(home: &Home, json: bool) -> Result<i32, CliError> {
+    let mut client = DaemonClient::connect(home).await?;
+    let v = client.read(&ShowConfigArgs {}).await?;
+    client.close().await;
+    let differences: Vec<String> = v["environment"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(var, daemon)| {
+            let shell = std::env::var(var).ok().filter(|s| !s.is_empty());
+            (shell.as_deref() != daemon.as_str()).then(|| {
+                format!(
+                    "{var} is {} in this shell but {} for the daemon",
+                    shell.map(|s| format!("'{s}'")).unwrap_or("unset".into()),
+                    daemon
+                        .as_str()
+                        .map(|s| format!("'{s}'"))
+                        .unwrap_or("unset".into())
+                )
+            })
+        })
+        .collect();
+    if json {
+        print_json(&json!({
+            "path": v["path"],
+            "settings": v["settings"],
+            "environmentDiffers": differences,
+        }));
+    } else {
+        for key in KEYS {
+            let (name, s) = (key.name, &v["settings"][key.name]);
+            outln!(
+                "{name:<18} {:<14} {:<32} {}",
+                s["value"].to_string(),
+                s["source"].as_str().unwrap_or(""),
+                s["help"].as_str().unwrap_or("")
+            );
+        }
+        outln!("{:<18} {}", "agents", v["settings"]["agents"]);
+        eprintln!("File: {}", v["path"].as_str().unwrap_or(""));
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or(""));
+    }
+    if !differences.is_empty() {
+        eprintln!(
+            "note: the daemon uses its own environment, from when it started: {}. Restart it (`beat daemon stop`; the next command starts it) to use this shell's.",
+            differences.join("; ")
+        );
+    }
+    Ok(0)
 }

@@ -113,12 +113,15 @@ pub fn agent_status(name: &str, settings: &Settings) -> Value {
     v
 }
 
-fn current_settings(server: &ToolContext) -> Settings {
-    load_settings(&server.home.config(), &mut Vec::new())
+/// The settings of `config.json` now; a file that cannot be read is refused.
+fn current_settings(server: &ToolContext) -> Result<Settings, String> {
+    let path = server.home.config();
+    crate::config::read_file(&path)?;
+    Ok(load_settings(&path, &mut Vec::new()))
 }
 
 pub async fn list(server: &ToolContext, _args: ListAgentsArgs) -> ToolOutcome {
-    let settings = current_settings(server);
+    let settings = current_settings(server)?;
     let agents: Vec<Value> = agent_names(&settings)
         .iter()
         .map(|n| agent_status(n, &settings))
@@ -127,7 +130,7 @@ pub async fn list(server: &ToolContext, _args: ListAgentsArgs) -> ToolOutcome {
 }
 
 pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOutcome {
-    let settings = current_settings(server);
+    let settings = current_settings(server)?;
     adapter_for(&args.agent, &settings).map_err(|e| e.to_string())?;
     let path = server.home.config();
     match args.action.unwrap_or_default() {

@@ -9,6 +9,7 @@
 //! Must never: import the MCP server (the server reads this table, not the reverse).
 
 pub mod agents;
+pub mod config;
 pub mod pipelines;
 pub mod tasks;
 
@@ -110,6 +111,8 @@ tools! {
         "List the agents Backbeat can run, whether each is ready, and the default agent.";
     "ConfigureAgent" => agents::ConfigureAgentArgs, agents::configure,
         "Check an agent's readiness, or set or reset its API key, model, base URL and system prompt.";
+    "ShowConfig" => config::ShowConfigArgs, config::show,
+        "The settings the daemon uses (its environment over config.json over defaults), each with where it comes from.";
 }
 
 /// The tool named `name`.
