@@ -288,6 +288,7 @@ fn protocol_error(line: &str) -> Option<serde_json::Value> {
 /// daemon that still holds the lock while it stops makes ours exit at once too: then
 /// another is started, until one answers or 15 s pass.
 pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
+    home.check_database()?;
     let socket = home.socket();
     if let Ok(s) = UnixStream::connect(&socket).await {
         return Ok(s);
@@ -300,10 +301,14 @@ pub async fn connect_or_start(home: &Home) -> Result<UnixStream, CliError> {
         command
             .args(["daemon", "start", "--foreground"])
             .env("BACKBEAT_HOME", &home.root)
+            .env_remove("BACKBEAT_DATABASE_PATH")
             .env_remove("BACKBEAT_LOG_STDERR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(db) = &home.database {
+            command.env("BACKBEAT_DATABASE_PATH", db);
+        }
         // SAFETY: setsid is async-signal-safe. A session of its own keeps the daemon out
         // of reach of a client that kills its MCP server's process group.
         unsafe {

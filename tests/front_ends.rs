@@ -416,3 +416,134 @@ fn config_show_reports_what_the_daemon_uses_and_where_the_shell_differs() {
     let same = beat.json(&["config", "show", "--json"]);
     assert_eq!(same["environmentDiffers"], json!([]), "{same}");
 }
+
+#[test]
+fn the_originals_data_dir_and_database_path_variables_are_honoured() {
+    let beat = Beat::new();
+    // The original's own database in the folder: never read, never changed.
+    let original = beat.path().join("backbeat.db");
+    std::fs::write(&original, b"the original's data").unwrap();
+    let via_data_dir = |args: &[&str]| {
+        beat.cmd(args)
+            .env_remove("BACKBEAT_HOME")
+            .env("BACKBEAT_DATA_DIR", beat.path())
+            .output()
+            .unwrap()
+    };
+    let out = via_data_dir(&["run", "--json", "--", "print via-data-dir"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["taskId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The same folder named by BACKBEAT_HOME: the same daemon and database.
+    assert_eq!(beat.wait(&id)["status"], "completed");
+    assert!(beat.path().join("beat.db").exists());
+    assert_eq!(std::fs::read(&original).unwrap(), b"the original's data");
+    // Both set: BACKBEAT_HOME wins.
+    let other = tempfile::tempdir().unwrap();
+    let status = beat
+        .cmd(&["daemon", "status", "--json"])
+        .env("BACKBEAT_DATA_DIR", other.path())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["home"], beat.path().display().to_string());
+
+    // BACKBEAT_DATABASE_PATH: the database file, wherever it is (its folder made).
+    let fresh = Beat::new();
+    let db = fresh.workdir.path().join("data").join("tasks.db");
+    let out = fresh
+        .cmd(&["run", "--json", "--", "print elsewhere"])
+        .env("BACKBEAT_DATABASE_PATH", &db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        db.exists(),
+        "the database is where BACKBEAT_DATABASE_PATH says"
+    );
+    assert!(!fresh.path().join("beat.db").exists());
+
+    // Pointed at the original's database file: refused, with what to do.
+    let refused = beat
+        .cmd(&["list"])
+        .env("BACKBEAT_DATABASE_PATH", &original)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("original Backbeat's database") && stderr.contains("Name another file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&original).unwrap(), b"the original's data");
+}
+
+#[test]
+fn an_unusable_home_gets_an_error_naming_it_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let beat = Beat::new();
+    let file = beat.workdir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = beat
+        .cmd(&["list"])
+        .env("BACKBEAT_HOME", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("is a file, not a folder"),
+        "{stderr}"
+    );
+
+    // A home that cannot be created: under a folder nobody may write (for root, /sys).
+    let locked = beat.workdir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let parent = if unsafe { libc::geteuid() } == 0 {
+        std::path::PathBuf::from("/sys")
+    } else {
+        locked.clone()
+    };
+    let home = parent.join("backbeat-home");
+    let out = beat
+        .cmd(&["list"])
+        .env("BACKBEAT_HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot create the Backbeat home {}",
+            home.display()
+        )) && stderr.contains("set BACKBEAT_HOME to a folder you can write"),
+        "{stderr}"
+    );
+
+    // A home its owner made read-only: left so, and reported.
+    std::fs::set_permissions(beat.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let out = beat.output(&["list"]);
+    let mode = std::fs::metadata(beat.path()).unwrap().permissions().mode() & 0o777;
+    std::fs::set_permissions(beat.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&beat.path().display().to_string())
+            && stderr.contains("cannot be written (mode 0500)"),
+        "{stderr}"
+    );
+    assert_eq!(mode, 0o500, "the home's mode is left as its owner set it");
+}

@@ -55,7 +55,7 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             let socket = home.socket().display().to_string();
             if json {
                 print_json(
-                    &json!({ "running": pid.is_some(), "pid": pid, "socket": socket, "home": home.root.display().to_string() }),
+                    &json!({ "running": pid.is_some(), "pid": pid, "socket": socket, "home": home.root.display().to_string(), "database": home.db().display().to_string() }),
                 );
             } else if let Some(pid) = pid {
                 outln!("running (pid {pid}), socket {socket}");
