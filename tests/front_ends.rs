@@ -547,3 +547,118 @@ fn an_unusable_home_gets_an_error_naming_it_and_what_to_do() {
     );
     assert_eq!(mode, 0o500, "the home's mode is left as its owner set it");
 }
+
+/// Every `...At` time anywhere in a CLI JSON document is an ISO-8601 string.
+fn assert_iso_times(v: &serde_json::Value, path: &str) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, x) in map {
+                if k.ends_with("At") && !x.is_null() {
+                    assert!(x.is_string(), "{path}.{k} is not an ISO time: {x}");
+                }
+                assert_iso_times(x, &format!("{path}.{k}"));
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|x| assert_iso_times(x, path)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_small_things_of_the_command_line() {
+    let beat = Beat::new();
+    // A bare `beat` asks for help: on stdout, exit 0.
+    let bare = beat.output(&[]);
+    assert_eq!(bare.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bare.stdout).contains("Usage: beat"));
+    // Usage errors exit 2.
+    assert_eq!(
+        beat.output(&["run", "--timeout", "10", "x"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(beat.output(&["run", ""]).status.code(), Some(2));
+    // An agent that does not exist cannot become the default.
+    let nope = beat.output(&["config", "set", "defaultAgent", "nope"]);
+    assert_eq!(nope.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nope.stderr).contains("unknown agent 'nope'"));
+    beat.ok(&["config", "set", "defaultAgent", "fake"]);
+    // agents list and check print the same shape.
+    let list = beat.json(&["agents", "list", "--json"]);
+    let check = beat.json(&["agents", "check", "--json"]);
+    assert_eq!(
+        list["agents"].as_array().unwrap().len(),
+        check["agents"].as_array().unwrap().len()
+    );
+    assert_eq!(list["defaultAgent"], check["defaultAgent"]);
+
+    // Cancelled without a reason: said once.
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let running = beat.submit(&format!("pidfile {}; sleep 30000", pidfile.display()), &[]);
+    let blocked = beat.submit("print never", &["--deps", &running]);
+    read_pidfile(&pidfile);
+    beat.ok(&["cancel", &blocked]);
+    beat.ok(&["cancel", &running]);
+    for id in [&running, &blocked] {
+        assert_eq!(beat.wait(id)["reason"], "cancelled by the user", "{id}");
+    }
+
+    // Every time in CLI JSON is ISO-8601, the checkpoint's too.
+    let done = beat.submit("print result", &[]);
+    beat.wait(&done);
+    let status = beat.status(&done);
+    assert!(status["checkpoint"].is_object(), "{status}");
+    assert_iso_times(&status, "status");
+    assert_iso_times(&beat.json(&["list", "--json"]), "list");
+
+    // A shell prompt that starts with `-` is a command, not an option of sh.
+    let dash = beat.output(&[
+        "run",
+        "-f",
+        "--agent",
+        "shell",
+        "--",
+        "-x 2>/dev/null; echo ran",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&dash.stdout), "ran\n");
+    assert!(!String::from_utf8_lossy(&dash.stderr).contains("Illegal option"));
+}
+
+#[test]
+fn small_things_of_the_mcp_tools() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    // Every dependency completed already: the new task is not reported blocked.
+    let first = mcp.ok("DelegateTask", json!({ "prompt": "print one" }));
+    let first = first["taskId"].as_str().unwrap().to_string();
+    mcp.ok("WaitTask", json!({ "taskId": first }));
+    let second = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print two", "dependsOn": [first] }),
+    );
+    assert_ne!(second["status"], "blocked", "{second}");
+
+    let tools = mcp.request("tools/list", json!({}));
+    let tool = |name: &str| {
+        tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (status, cancel) = (tool("PipelineStatus"), tool("CancelPipeline"));
+    assert!(
+        status["inputSchema"]["properties"].get("reason").is_none(),
+        "{status}"
+    );
+    assert!(
+        cancel["inputSchema"]["properties"].get("reason").is_some(),
+        "{cancel}"
+    );
+    assert_ne!(status["description"], cancel["description"]);
+    assert_ne!(
+        status["inputSchema"]["description"],
+        cancel["inputSchema"]["description"]
+    );
+}

@@ -516,16 +516,17 @@ impl Handler<CancelTask> for TaskActor {
 
     fn handle(&mut self, msg: CancelTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let reason = if msg.reason.trim().is_empty() {
-            "cancelled by the user".to_string()
-        } else {
-            msg.reason
-        };
+        // Empty when none was given: the reason then reads "cancelled by the user".
+        let reason = msg.reason.trim().to_string();
         match self.record.status {
             TaskStatus::Queued | TaskStatus::Blocked => {
                 let event = TaskEvent::Cancelled {
                     at: now_ms(),
-                    reason: format!("cancelled by the user: {reason}"),
+                    reason: if reason.is_empty() {
+                        "cancelled by the user".to_string()
+                    } else {
+                        format!("cancelled by the user: {reason}")
+                    },
                 };
                 self.finish(event, ctx, move |act, ctx, res| match res {
                     Ok(()) => {

@@ -55,6 +55,16 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                     ))
                 })?;
                 let parsed = config::parse_value(k, &value).map_err(CliError::Usage)?;
+                if key == "defaultAgent" {
+                    let settings = config::load_settings(&path, &mut Vec::new());
+                    let names = backbeat_actors::agents::adapter::agent_names(&settings);
+                    if !names.iter().any(|n| parsed.as_str() == Some(n.as_str())) {
+                        return Err(CliError::Usage(format!(
+                            "unknown agent '{value}': choose one of {} (or define it first with `beat config set agents.{value}.command '[\"my-cli\", \"{{prompt}}\"]'`)",
+                            names.join(", ")
+                        )));
+                    }
+                }
                 file.insert(key.clone(), parsed);
                 if std::env::var(k.env).is_ok_and(|v| !v.is_empty()) {
                     eprintln!(

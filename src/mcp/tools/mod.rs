@@ -102,7 +102,7 @@ tools! {
     "ResumeTask" => tasks::ResumeTaskArgs, tasks::resume,
         "Continue a finished task as a new task whose prompt carries the previous attempt's checkpoint, in the agent's own session where its CLI allows.";
     "CreatePipeline" => pipelines::CreatePipelineArgs, pipelines::create,
-        "Create a pipeline: 2 to 20 steps that run one after the other, each starting when the one before completed. Returns the pipelineId and each step's taskId at once.";
+        "Create a pipeline: 2 to 20 steps that run one after the other, each starting when the one before completed. Returns the pipelineId and each step's taskId at once. A step's index is its position in steps, from 0; its task's pipelineStep counts from 1.";
     "PipelineStatus" => pipelines::PipelineStatusArgs, pipelines::status,
         "A pipeline's state (running, completed, failed, cancelled) and each step's task and state.";
     "CancelPipeline" => pipelines::CancelPipelineArgs, pipelines::cancel,
