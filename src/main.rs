@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod daemon;
 mod error;
+mod launcher;
 mod mcp;
 mod paths;
 mod shim;

@@ -32,10 +32,10 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
         }
         DaemonCommand::Start { foreground: false } => {
             super::block_on(async {
-                crate::daemon::connect_or_start(home).await?;
+                crate::launcher::connect_or_start(home).await?;
                 Ok(0)
             })?;
-            let pid = crate::daemon::running_pid(home);
+            let pid = crate::launcher::running_pid(home);
             eprintln!(
                 "daemon running (pid {})",
                 pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
@@ -43,7 +43,7 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             Ok(0)
         }
         DaemonCommand::Stop => {
-            if crate::daemon::stop(home)? {
+            if crate::launcher::stop(home)? {
                 eprintln!("daemon stopped");
             } else {
                 eprintln!("no daemon was running");
@@ -51,7 +51,7 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             Ok(0)
         }
         DaemonCommand::Status { json } => {
-            let pid = crate::daemon::running_pid(home);
+            let pid = crate::launcher::running_pid(home);
             let socket = home.socket().display().to_string();
             if json {
                 print_json(

@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use super::server::Hello;
 use super::tools::ToolArgs;
 use super::tools::tasks::TaskStatusArgs;
-use crate::daemon::connect_or_start;
 use crate::error::CliError;
+use crate::launcher::connect_or_start;
 use crate::paths::Home;
 
 /// How long a command waits for a daemon that went away to come back.

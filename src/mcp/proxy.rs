@@ -20,8 +20,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::client::hello_line;
-use crate::daemon::connect_or_start;
 use crate::error::CliError;
+use crate::launcher::connect_or_start;
 use crate::paths::Home;
 
 /// The id of the replayed `initialize`, whose reply the client must not see.

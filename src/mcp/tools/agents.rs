@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ToolContext, ToolOutcome};
+use super::context::{ToolContext, ToolOutcome};
 use crate::config::{load_settings, reset_agent_settings, set_agent_settings};
 
 /// List the agents, whether each is ready, and the default.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::agents::mask;
-use super::{ToolContext, ToolOutcome};
+use super::context::{ToolContext, ToolOutcome};
 use crate::config::{KEYS, Source, load_settings, read_file, resolve};
 
 /// The settings the daemon uses, each with its value and where it comes from.

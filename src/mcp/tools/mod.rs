@@ -10,34 +10,15 @@
 
 pub mod agents;
 pub mod config;
+pub mod context;
 pub mod pipelines;
 pub mod tasks;
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
-
-use backbeat_actors::EngineHandle;
 use rmcp::model::Tool;
 use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::paths::Home;
-
-/// What a handler may use: the engine, the home, and the client's directory.
-#[derive(Clone)]
-pub struct ToolContext {
-    pub engine: EngineHandle,
-    pub home: Home,
-    /// Where tasks without a working directory run: the client's directory.
-    pub session_cwd: PathBuf,
-}
-
-/// A tool's answer: `Ok` is a JSON success object, `Err` a message for the caller.
-pub type ToolOutcome = Result<Value, String>;
-
-pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
+pub use context::{ToolContext, ToolFuture, ToolOutcome, parse};
 
 /// One tool, declared once.
 pub struct ToolDef {
@@ -164,13 +145,6 @@ pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
         .entry("properties")
         .or_insert(Value::Object(Default::default()));
     object
-}
-
-/// Parses a tool's arguments; the error names the tool and what was wrong.
-pub fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
-    serde_json::from_value(args).map_err(|e| {
-        format!("Invalid arguments for {tool}: {e}. See the tool's input schema in tools/list")
-    })
 }
 
 #[cfg(test)]

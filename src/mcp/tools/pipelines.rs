@@ -12,8 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::context::{ToolContext, ToolOutcome};
 use super::tasks::{PriorityField, preview, read};
-use super::{ToolContext, ToolOutcome};
 use crate::paths::absolute;
 
 /// One step of a pipeline.

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ToolContext, ToolOutcome};
+use super::context::{ToolContext, ToolOutcome};
 use crate::paths::absolute;
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
