@@ -903,6 +903,34 @@ impl ProcessCpu {
 
 /// `utime + stime` and `cutime + cstime` from `/proc/<pid>/stat`.
 fn process_cpu(pid: u32) -> Result<ProcessCpu> {
+    let mut cpu = one_process_cpu(pid)?;
+    // The daemon's live children (its shim spawner) reap the shims: count what they
+    // have reaped, and their own time, as the daemon's children's.
+    for child in live_children(pid) {
+        if let Ok(c) = one_process_cpu(child) {
+            cpu.children += c.own + c.children;
+        }
+    }
+    Ok(cpu)
+}
+
+/// Direct children of a process that are still alive (from every thread's list).
+fn live_children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn one_process_cpu(pid: u32) -> Result<ProcessCpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
     // The fields after the command name, which may itself hold spaces: state is the

@@ -11,6 +11,7 @@ use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use backbeat_actors::agents::spawner::Spawner;
 use backbeat_actors::engine::{Engine, EngineConfig, Recover};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -81,6 +82,14 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     lock.rewind()?;
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
+    // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
+    let spawner = match unsafe { Spawner::start(crate::shim::run) } {
+        Ok(s) => Some(std::sync::Arc::new(s)),
+        Err(e) => {
+            eprintln!("beat: the shim spawner could not start ({e}); shims will be exec'd");
+            None
+        }
+    };
     init_logging(home, foreground);
     // A configuration that cannot be read is refused, never replaced by the defaults.
     crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
@@ -89,19 +98,25 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
 
     let exe = std::env::current_exe()?;
     let system = actix_rt::System::new();
-    let result = system.block_on(serve(home.clone(), socket_path.clone(), exe));
+    let result = system.block_on(serve(home.clone(), socket_path.clone(), exe, spawner));
     let _ = std::fs::remove_file(&socket_path);
     drop(lock);
     result
 }
 
-async fn serve(home: Home, socket_path: PathBuf, exe: PathBuf) -> Result<(), CliError> {
+async fn serve(
+    home: Home,
+    socket_path: PathBuf,
+    exe: PathBuf,
+    spawner: Option<std::sync::Arc<Spawner>>,
+) -> Result<(), CliError> {
     let listener = tokio::net::UnixListener::bind(&socket_path)?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
     let handle = Engine::start(EngineConfig {
         db_path: home.db(),
         runs_root: home.runs(),
         shim_command: vec![exe.into_os_string(), "shim".into()],
+        spawner,
         settings: crate::config::settings_source(home.config()),
     })?;
     tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");

@@ -17,7 +17,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backbeat_actors::agents::parse::{AgentEvent, OutputFormat, RunSummary, StreamParser, render};
+use backbeat_actors::agents::parse::{
+    AgentEvent, OutputFormat, RunSummary, StreamParser, render, retry_reason,
+};
 use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
     write_atomically,
@@ -30,6 +32,8 @@ enum ShimEvent {
         max_rss_kb: u64,
     },
     Terminate,
+    /// The agent is retrying an error that retrying cannot fix: stop it.
+    Unrecoverable,
 }
 
 /// Output accounting shared by the two stream readers: one budget for both streams.
@@ -77,6 +81,10 @@ struct Transcript {
     limit: u64,
     /// The last text written did not end its line (Gemini deltas).
     mid_line: bool,
+    /// Where the agent's retries are reported (`progress.txt`).
+    progress: std::path::PathBuf,
+    /// Told once when the agent retries what retrying cannot fix.
+    stop: Option<mpsc::Sender<ShimEvent>>,
 }
 
 /// A line longer than this is parsed as it is rather than buffered further.
@@ -117,6 +125,16 @@ impl Transcript {
         let text = String::from_utf8_lossy(bytes);
         let deltas = self.parser.summary.format == OutputFormat::GeminiStreamJson;
         for event in self.parser.line(text.trim_end_matches(['\n', '\r'])) {
+            if let Some(reason) = retry_reason(&event) {
+                // Not durable: a lost update only leaves an older reason shown.
+                let _ = write_atomically(&self.progress, reason.as_bytes(), false);
+            }
+            if self.parser.summary.unrecoverable.is_some()
+                && !self.parser.summary.result_seen
+                && let Some(stop) = self.stop.take()
+            {
+                let _ = stop.send(ShimEvent::Unrecoverable);
+            }
             match (&event, deltas) {
                 // Gemini streams its text in pieces: they join into one line.
                 (AgentEvent::Text(piece), true) => {
@@ -298,6 +316,7 @@ fn supervise(
     mut signals: signal_hook::iterator::Signals,
 ) -> ExitRecord {
     let started_at = now_ms();
+    let (tx, rx) = mpsc::channel();
     // Created before stdout.log: whoever sees stdout.log can tell from output.txt
     // whether the agent has a readable transcript.
     let transcript = if spec.output_format.is_structured() {
@@ -309,6 +328,8 @@ fn supervise(
                 written: 0,
                 limit: spec.max_output_bytes,
                 mid_line: false,
+                progress: run.progress(),
+                stop: Some(tx.clone()),
             }))),
             Err(e) => {
                 eprintln!("beat shim: cannot create {}: {e}", run.readable().display());
@@ -381,7 +402,6 @@ fn supervise(
         })
         .collect();
 
-    let (tx, rx) = mpsc::channel();
     let exit_tx = tx.clone();
     std::thread::spawn(move || {
         let (status, max_rss_kb) = wait_agent(pid);
@@ -425,6 +445,9 @@ fn supervise(
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(ShimEvent::Exited { status, max_rss_kb }) => break (status, max_rss_kb),
             Ok(ShimEvent::Terminate) => stop(KillCause::Cancel, &mut killed_for, &mut kill_at),
+            Ok(ShimEvent::Unrecoverable) => {
+                stop(KillCause::Unrecoverable, &mut killed_for, &mut kill_at)
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break (std::process::ExitStatus::from_raw(0), 0);
             }

@@ -10,8 +10,17 @@ use serde_json::json;
 #[test]
 fn never_more_agents_at_once_than_max_workers() {
     let beat = Beat::with_config(json!({ "maxWorkers": 2 }));
+    // Each agent waits until two agents have run at once: the first two can only
+    // finish if both slots were granted together.
+    let meeting = beat.workdir.path().join("meeting");
+    std::fs::create_dir(&meeting).unwrap();
     let ids: Vec<String> = (0..8)
-        .map(|n| beat.submit(&format!("sleep 100; print {n}"), &[]))
+        .map(|n| {
+            beat.submit(
+                &format!("rendezvous {} 2; print {n}", meeting.display()),
+                &[],
+            )
+        })
         .collect();
     for id in &ids {
         assert_eq!(beat.wait(id)["status"], "completed");
@@ -43,4 +52,17 @@ fn a_memory_reserve_holds_starts_back_until_the_configuration_allows_them() {
     beat.config_set("memoryReserve", "0");
     assert_eq!(beat.wait(&id)["status"], "completed");
     assert_eq!(beat.daemon_pid(), daemon);
+}
+
+#[test]
+fn a_reserve_the_machine_covers_lets_work_start() {
+    // 1 MiB must stay free: every machine that runs these tests has it, so the starts
+    // wait only for the governor to measure the machine (off its actor's thread).
+    let beat = Beat::with_config(json!({ "memoryReserve": 1u64 << 20 }));
+    let ids: Vec<String> = (0..3)
+        .map(|n| beat.submit(&format!("print {n}"), &[]))
+        .collect();
+    for id in &ids {
+        assert_eq!(beat.wait(id)["status"], "completed");
+    }
 }

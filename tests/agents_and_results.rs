@@ -226,15 +226,10 @@ fn every_finished_task_keeps_a_checkpoint_and_resume_carries_it() {
 
 #[test]
 fn agents_are_listed_checked_and_configured_with_keys_masked() {
-    let beat = Beat::with_config_and_env(
-        json!({}),
-        &[
-            ("PATH", "/usr/bin:/bin"),
-            ("ANTHROPIC_API_KEY", ""),
-            ("OPENAI_API_KEY", ""),
-            ("GEMINI_API_KEY", ""),
-        ],
-    );
+    // A folder on PATH, empty at first: no `claude` is installed.
+    let bin = tempfile::tempdir().unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let beat = Beat::with_config_and_env(json!({}), &[("PATH", &path)]);
     let list = beat.json(&["agents", "list", "--json"]);
     let names: Vec<&str> = list["agents"]
         .as_array()
@@ -283,8 +278,29 @@ fn agents_are_listed_checked_and_configured_with_keys_masked() {
     );
     let show = beat.ok(&["config", "show"]);
     assert!(!show.contains(key) && show.contains("sk-...789"), "{show}");
-    let log = std::fs::read_to_string(beat.path().join("daemon.log")).unwrap_or_default();
+    // A task runs with the key: a stand-in `claude` says whether its environment has it.
+    let claude = bin.path().join("claude");
+    let script = r#"#!/bin/sh
+if [ "$ANTHROPIC_API_KEY" = '@KEY@' ]; then r=key-received; else r=no-key; fi
+echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"$r\"}"
+"#;
+    std::fs::write(&claude, script.replace("@KEY@", key)).unwrap();
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = beat.submit("say hi", &["--agent", "claude"]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"], "key-received", "the task ran with the key");
+    let log = std::fs::read_to_string(beat.path().join("daemon.log")).expect("daemon.log");
+    assert!(!log.is_empty(), "the daemon logged something");
     assert!(!log.contains(key), "the key never reaches the log");
+    for entry in std::fs::read_dir(beat.run_dir(&id)).unwrap().flatten() {
+        let content = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+        assert!(
+            !content.contains(key),
+            "the key never reaches the run folder ({})",
+            entry.path().display()
+        );
+    }
     let events: String = beat
         .store()
         .events()

@@ -166,6 +166,18 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
         (&json!("x"), &json!(-32602)),
         "{reply}"
     );
+    // A method that does not exist: "method not found", for that request's id.
+    mcp.send_raw(r#"{"jsonrpc":"2.0","id":"m","method":"no/such/method"}"#);
+    let reply = mcp.read_message();
+    assert_eq!(reply["id"], "m", "{reply}");
+    assert_eq!(reply["error"]["code"], -32601, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no/such/method"),
+        "{reply}"
+    );
     let d = mcp.ok("DelegateTask", json!({ "prompt": "print ok" }));
     let w = mcp.ok("WaitTask", json!({ "taskId": d["taskId"] }));
     assert_eq!(w["status"], "completed");
@@ -173,6 +185,44 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
         beat.json(&["list", "--json"]).as_array().unwrap().len(),
         1,
         "only the valid task exists"
+    );
+}
+
+/// Each malformed input gets the JSON-RPC error that names what is wrong with it, and the
+/// server goes on serving.
+#[test]
+#[ignore = "needs the front ends' fix of issue 11 item 13 (-32700 for a non-JSON line, -32602 for bad tools/call params); remove this line once merged"]
+fn each_malformed_request_gets_its_own_json_rpc_error() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    let cases = [
+        ("this is not json", json!(null), -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":"n","method":"tools/call","params":{"name":42}}"#,
+            json!("n"),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"TaskStatus","arguments":[1]}}"#,
+            json!("a"),
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"u","method":"no/such"}"#,
+            json!("u"),
+            -32601,
+        ),
+    ];
+    for (line, id, code) in cases {
+        mcp.send_raw(line);
+        let reply = mcp.read_any_message();
+        assert_eq!(reply["id"], id, "{line}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{line}: {reply}");
+    }
+    let d = mcp.ok("DelegateTask", json!({ "prompt": "print ok" }));
+    assert_eq!(
+        mcp.ok("WaitTask", json!({ "taskId": d["taskId"] }))["status"],
+        "completed"
     );
 }
 

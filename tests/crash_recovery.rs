@@ -20,13 +20,16 @@ fn kill9(pid: u32) {
 fn running_and_queued_tasks_survive_a_daemon_killed_by_sigkill() {
     let beat = Beat::with_config(json!({ "maxWorkers": 2 }));
     let dir = beat.workdir.path();
-    // Two agents that outlive the daemon: they print, sleep, print more, exit 3.
+    // Two agents that outlive the daemon: they print, wait for `go` (created once the
+    // daemon is dead), print more, exit 3.
+    let go = dir.join("go");
     let mut running = Vec::new();
     for n in 0..2 {
         let pidfile = dir.join(format!("agent{n}.pid"));
         let script = format!(
-            "pidfile {}; print before-{n}; sleep 1500; lines 3 after-{n}; exit 3",
-            pidfile.display()
+            "pidfile {}; print before-{n}; await {}; lines 3 after-{n}; exit 3",
+            pidfile.display(),
+            go.display()
         );
         running.push((beat.submit(&script, &[]), pidfile));
     }
@@ -44,6 +47,7 @@ fn running_and_queued_tasks_survive_a_daemon_killed_by_sigkill() {
         !pid_exists(daemon as i32)
     });
     // The agents finish while no daemon runs.
+    std::fs::write(&go, "").unwrap();
     for (pid, _) in &agents {
         wait_until("an agent to finish", Duration::from_secs(30), || {
             !pid_exists(*pid)
@@ -78,22 +82,57 @@ fn running_and_queued_tasks_survive_a_daemon_killed_by_sigkill() {
     beat.assert_fold_matches_state();
 }
 
+/// The start time of process `pid` (clock ticks since boot): with the PID, the identity
+/// of one process, which a recycled PID does not share.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Waits until the current daemon has taken over task `id` while its agent (`agent`,
+/// started at `started`) is still the same live process, then lets the agent finish by
+/// creating `release`.
+fn adopted_alive_then_release(
+    beat: &Beat,
+    id: &str,
+    agent: i32,
+    started: u64,
+    release: &std::path::Path,
+) {
+    let t = beat.status(id);
+    assert_eq!(t["status"], "running", "{t}");
+    assert_eq!(
+        start_time(agent),
+        Some(started),
+        "the agent is the same live process after the new daemon took the task over"
+    );
+    std::fs::write(release, "").unwrap();
+}
+
 #[test]
 fn an_agent_still_running_is_adopted_by_the_next_daemon() {
     let beat = Beat::new();
     let pidfile = beat.workdir.path().join("agent.pid");
+    let release = beat.workdir.path().join("release");
     let id = beat.submit(
-        &format!("pidfile {}; sleep 1000; print adopted", pidfile.display()),
+        &format!(
+            "pidfile {}; await {}; print adopted",
+            pidfile.display(),
+            release.display()
+        ),
         &[],
     );
     let (agent, _) = read_pidfile(&pidfile);
+    let started = start_time(agent).unwrap();
     let daemon = beat.daemon_pid().unwrap();
     kill9(daemon);
     wait_until("the daemon to die", Duration::from_secs(10), || {
         !pid_exists(daemon as i32)
     });
-    assert!(pid_exists(agent), "the agent outlives the daemon");
-    // The new daemon adopts the live shim and waits for its result.
+    // The new daemon adopts the live shim (the agent cannot end before `release`).
+    assert_ne!(beat.daemon_pid(), Some(daemon));
+    adopted_alive_then_release(&beat, &id, agent, started, &release);
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(beat.ok(&["logs", &id]), "adopted\n");
@@ -104,17 +143,24 @@ fn an_agent_still_running_is_adopted_by_the_next_daemon() {
 fn graceful_stop_leaves_agents_running_for_the_next_daemon() {
     let beat = Beat::new();
     let pidfile = beat.workdir.path().join("agent.pid");
+    let release = beat.workdir.path().join("release");
     let id = beat.submit(
-        &format!("pidfile {}; sleep 1000; print survived", pidfile.display()),
+        &format!(
+            "pidfile {}; await {}; print survived",
+            pidfile.display(),
+            release.display()
+        ),
         &[],
     );
     let (agent, _) = read_pidfile(&pidfile);
+    let started = start_time(agent).unwrap();
     beat.ok(&["daemon", "stop"]);
     assert_eq!(beat.json(&["daemon", "status", "--json"])["running"], false);
     assert!(
         pid_exists(agent),
         "SIGTERM to the daemon must not reach the agent"
     );
+    adopted_alive_then_release(&beat, &id, agent, started, &release);
     assert_eq!(beat.wait(&id)["status"], "completed");
     assert_eq!(beat.ok(&["logs", &id]), "survived\n");
 }
@@ -166,7 +212,8 @@ fn a_shim_spawned_just_before_a_crash_is_adopted_not_launched_again() {
         "killGraceMs": 1000
     });
     std::fs::write(run.join("spec.json"), spec.to_string()).unwrap();
-    let mut shim = std::process::Command::new(common::BEAT)
+    let mut shim = beat
+        .command(common::BEAT)
         .args(["shim", run.to_str().unwrap()])
         .spawn()
         .expect("spawning the shim");

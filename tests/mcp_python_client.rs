@@ -23,21 +23,17 @@ fn python_with_mcp() -> Option<String> {
 #[test]
 fn the_official_python_mcp_client_delegates_and_follows_a_task() {
     let Some(python) = python_with_mcp() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but no Python with the `mcp` package was found (BACKBEAT_TEST_PYTHON)"
-        );
-        eprintln!(
-            "SKIPPED: no Python with the `mcp` package; set BACKBEAT_TEST_PYTHON to run this test"
+        common::skip(
+            "the_official_python_mcp_client_delegates_and_follows_a_task",
+            "no Python with the `mcp` package; set BACKBEAT_TEST_PYTHON (.ci/run does)",
         );
         return;
     };
     let beat = Beat::new();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_client.py");
-    let out = Command::new(python)
+    let out = beat
+        .command(python)
         .args([script, "--beat", BEAT])
-        .env("BACKBEAT_HOME", beat.path())
-        .current_dir(beat.workdir.path())
         .output()
         .expect("running the Python MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout);

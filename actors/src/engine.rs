@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::agents::{Launcher, resolve_agent};
+use crate::agents::programs::ProgramCache;
+use crate::agents::{AgentPool, Launcher, resolve_agent};
 use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
 use crate::journal::{Append, Journal, JournalWriter, Store};
@@ -38,7 +39,9 @@ pub struct EngineDeps {
     pub journal: Addr<Journal>,
     pub governor: Addr<ResourceGovernor>,
     pub engine: Recipient<TaskEnded>,
-    pub launcher: Arc<Launcher>,
+    pub pool: Addr<AgentPool>,
+    /// Where run folders live (`RunDir::new(runs_root, task_id)`).
+    pub runs_root: Arc<Path>,
     pub settings: SettingsSource,
     pub store: Store,
 }
@@ -103,7 +106,8 @@ pub struct Recover;
 pub struct Engine {
     journal: Addr<Journal>,
     governor: Addr<ResourceGovernor>,
-    launcher: Arc<Launcher>,
+    pool: Addr<AgentPool>,
+    runs_root: Arc<Path>,
     settings: SettingsSource,
     store: Store,
     live: HashMap<String, Addr<TaskActor>>,
@@ -126,6 +130,8 @@ pub struct EngineConfig {
     pub db_path: PathBuf,
     pub runs_root: PathBuf,
     pub shim_command: Vec<std::ffi::OsString>,
+    /// Forks shims without exec when the host started one (before its first thread).
+    pub spawner: Option<Arc<crate::agents::spawner::Spawner>>,
     pub settings: SettingsSource,
 }
 
@@ -144,15 +150,20 @@ impl Engine {
         let journal = Journal::new(writer.clone()).start();
         let governor = ResourceGovernor::new(config.settings.clone()).start();
         let store = Store::new(&config.db_path);
-        let launcher = Arc::new(Launcher {
+        let runs_root: Arc<Path> = config.runs_root.clone().into();
+        let launcher = Launcher {
             runs_root: config.runs_root,
             shim_command: config.shim_command,
+            spawner: config.spawner,
             base_env: std::env::vars_os().collect(),
-        });
+        };
+        let pool =
+            AgentPool::new(launcher, ProgramCache::from_env(), config.settings.clone()).start();
         let engine = Engine {
             journal,
             governor: governor.clone(),
-            launcher,
+            pool,
+            runs_root,
             settings: config.settings,
             store: store.clone(),
             live: HashMap::new(),
@@ -173,7 +184,8 @@ impl Engine {
             journal: self.journal.clone(),
             governor: self.governor.clone(),
             engine: ctx.address().recipient(),
-            launcher: self.launcher.clone(),
+            pool: self.pool.clone(),
+            runs_root: self.runs_root.clone(),
             settings: self.settings.clone(),
             store: self.store.clone(),
         }
@@ -374,7 +386,7 @@ impl Engine {
         };
         let failed = TaskEvent::DependencyFailed {
             at: now_ms(),
-            reason: cascade_reason(&dependency, &root, status),
+            reason: crate::model::reasons::dependency_failed(&dependency, &root, status),
             dependency,
             root,
         };
@@ -467,21 +479,6 @@ fn again(t: &TaskRecord, prompt: String) -> NewTask {
 fn doom_of(dep: &TaskRecord) -> (String, String, TaskStatus) {
     let root = dep.cascade_root.clone().unwrap_or_else(|| dep.id.clone());
     (dep.id.clone(), root, dep.status)
-}
-
-/// "cancelled because its dependency task-B cancelled (the cascade began at task-A)".
-pub fn cascade_reason(dependency: &str, root: &str, status: TaskStatus) -> String {
-    let what = match status {
-        TaskStatus::Failed => "failed",
-        _ => "was cancelled",
-    };
-    if dependency == root {
-        format!("cancelled because its dependency {dependency} {what}")
-    } else {
-        format!(
-            "cancelled because its dependency {dependency} {what} (the cascade began at {root})"
-        )
-    }
 }
 
 fn validate_dependencies(deps: &[String]) -> Result<(), EngineError> {

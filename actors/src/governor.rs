@@ -2,8 +2,10 @@
 //!
 //! Owns: the queue of tasks waiting for a slot (by priority, first come first served
 //! within one), the set of granted slots, live CPU and memory measurements, and the
-//! learned memory footprint of each agent kind.
-//! Must never: sleep between starts. A start is granted the moment a slot is free and
+//! learned memory footprint of each agent kind. The decision itself is the pure
+//! `model::admission::decide`, fed the figures measured here.
+//! Must never: read the machine's figures on the actix thread (they are measured on the
+//! blocking pool), or sleep between starts. A start is granted the moment a slot is free and
 //! the measured headroom, less what agents still starting are expected to take, stays
 //! above the reserves (the original waited 10 s between spawns, spec W16).
 
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::model::Priority;
+use crate::model::admission::{self, Decision, Limits, Load, Measured};
 use crate::settings::SettingsSource;
 
 /// A task may start its agent now. The task answers with `Release` if it cannot use it.
@@ -66,14 +69,12 @@ struct Slot {
     granted_at: Instant,
 }
 
-/// Memory an agent kind is assumed to take before one has been measured.
-const DEFAULT_FOOTPRINT: u64 = 64 << 20;
 /// An agent counts as "still starting" (its memory not yet visible) this long.
 const STARTING_WINDOW: Duration = Duration::from_secs(2);
-/// CPU an agent that is still starting is assumed to take, in cores.
-const STARTING_CPU: f64 = 0.25;
 /// When resources block a start, look again this soon.
 const RESOURCE_RECHECK: Duration = Duration::from_millis(250);
+/// A measurement younger than this is used as it is.
+const MEASUREMENT_FRESH: Duration = Duration::from_millis(100);
 
 pub struct ResourceGovernor {
     settings: SettingsSource,
@@ -82,9 +83,11 @@ pub struct ResourceGovernor {
     running: HashMap<String, Slot>,
     next_seq: u64,
     footprint: HashMap<String, u64>,
-    sys: sysinfo::System,
+    /// The machine's probe; `None` while it is measuring on the blocking pool.
+    sys: Option<sysinfo::System>,
     cores: f64,
-    sampled_at: Option<Instant>,
+    measured: Measured,
+    measured_at: Option<Instant>,
     recheck_scheduled: bool,
     blocked_by_resources: Option<String>,
 }
@@ -98,102 +101,122 @@ impl ResourceGovernor {
             running: HashMap::new(),
             next_seq: 0,
             footprint: HashMap::new(),
-            sys: sysinfo::System::new(),
+            sys: Some(sysinfo::System::new()),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1) as f64,
-            sampled_at: None,
+            measured: Measured::default(),
+            measured_at: None,
             recheck_scheduled: false,
             blocked_by_resources: None,
         }
     }
 
-    fn sample(&mut self) {
-        let fresh = self
-            .sampled_at
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
-        if !fresh {
-            self.sys.refresh_memory();
-            self.sys.refresh_cpu_usage();
-            self.sampled_at = Some(Instant::now());
-        }
+    fn measurement_is_fresh(&self) -> bool {
+        self.measured_at
+            .is_some_and(|t| t.elapsed() < MEASUREMENT_FRESH)
     }
 
-    fn available_memory(&self) -> u64 {
-        match self.sys.cgroup_limits() {
-            Some(c) if c.total_memory > 0 => c.free_memory.min(self.sys.available_memory()),
-            _ => self.sys.available_memory(),
-        }
+    /// Measures the machine on the blocking pool (it reads `/proc` and the cgroup's
+    /// files), then pumps again. At most one measurement runs at a time.
+    fn measure(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut sys) = self.sys.take() else {
+            return; // one is under way; it pumps when done
+        };
+        let cores = self.cores;
+        let work = tokio::task::spawn_blocking(move || {
+            sys.refresh_memory();
+            sys.refresh_cpu_usage();
+            let available_memory = match sys.cgroup_limits() {
+                Some(c) if c.total_memory > 0 => c.free_memory.min(sys.available_memory()),
+                _ => sys.available_memory(),
+            };
+            let measured = Measured {
+                available_memory,
+                cores,
+                cpu_busy: f64::from(sys.global_cpu_usage()) / 100.0,
+            };
+            (sys, measured)
+        });
+        ctx.spawn(work.into_actor(self).map(|joined, act, ctx| {
+            match joined {
+                Ok((sys, measured)) => {
+                    act.sys = Some(sys);
+                    act.measured = measured;
+                }
+                Err(e) => {
+                    // The figures stay as they were; a new probe starts from scratch.
+                    tracing::error!(error = %e, "measuring the machine failed");
+                    act.sys = Some(sysinfo::System::new());
+                }
+            }
+            act.measured_at = Some(Instant::now());
+            act.pump(ctx);
+        }));
     }
 
-    /// Why `agent` may not start now, or `None` when it may.
-    fn lacks_headroom(
-        &mut self,
-        agent: &str,
-        memory_reserve: u64,
-        cpu_reserved: f64,
-    ) -> Option<String> {
-        if memory_reserve == 0 && cpu_reserved <= 0.0 {
-            return None;
-        }
-        self.sample();
-        let starting: Vec<&Slot> = self
+    /// The admission decision for `agent`, from the last figures measured.
+    fn decide(&self, agent: &str, limits: &Limits) -> Decision {
+        let expected = |a: &str| {
+            *self
+                .footprint
+                .get(a)
+                .unwrap_or(&admission::DEFAULT_FOOTPRINT)
+        };
+        let starting: Vec<u64> = self
             .running
             .values()
             .filter(|s| s.granted_at.elapsed() < STARTING_WINDOW)
+            .map(|s| expected(&s.agent))
             .collect();
-        let expected = |a: &str| *self.footprint.get(a).unwrap_or(&DEFAULT_FOOTPRINT);
-        if memory_reserve > 0 {
-            let pending: u64 = starting.iter().map(|s| expected(&s.agent)).sum();
-            let free = self.available_memory().saturating_sub(pending);
-            let need = memory_reserve + expected(agent);
-            if free < need {
-                return Some(format!(
-                    "memory: {} MiB available, {} MiB needed (memoryReserve plus the agent)",
-                    free >> 20,
-                    need >> 20
-                ));
-            }
-        }
-        if cpu_reserved > 0.0 {
-            let usage = f64::from(self.sys.global_cpu_usage()) / 100.0;
-            let idle = self.cores * (1.0 - usage) - starting.len() as f64 * STARTING_CPU;
-            if idle < cpu_reserved {
-                return Some(format!(
-                    "cpu: {idle:.2} cores idle, {cpu_reserved} reserved (cpuCoresReserved)"
-                ));
-            }
-        }
-        None
+        let footprint = expected(agent);
+        let load = Load {
+            running: self.running.len(),
+            starting_footprints: &starting,
+        };
+        admission::decide(limits, &load, footprint, &self.measured)
     }
 
     /// Grants as many starts as slots and headroom allow, best first.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let settings = (self.settings)();
-        while self.running.len() < settings.max_workers {
-            let Some(Reverse((_, _, id))) = self.order.peek() else {
-                break;
-            };
+        let limits = Limits {
+            max_workers: settings.max_workers,
+            memory_reserve: settings.memory_reserve,
+            cpu_cores_reserved: settings.cpu_cores_reserved,
+        };
+        while let Some(Reverse((_, _, id))) = self.order.peek() {
             let id = id.clone();
             let Some(agent) = self.waiting.get(&id).map(|w| w.agent.clone()) else {
                 self.order.pop(); // withdrawn
                 continue;
             };
-            if let Some(why) =
-                self.lacks_headroom(&agent, settings.memory_reserve, settings.cpu_cores_reserved)
+            let decision = self.decide(&agent, &limits);
+            // A slot is free and the headroom matters: judge it on fresh figures.
+            if decision != Decision::NoSlot
+                && limits.needs_measurement()
+                && !self.measurement_is_fresh()
             {
-                if self.blocked_by_resources.as_deref() != Some(&why) {
-                    tracing::info!(task = %id, %why, "start deferred for lack of headroom");
+                return self.measure(ctx);
+            }
+            match decision {
+                Decision::NoSlot => break,
+                Decision::Defer(shortage) => {
+                    let why = shortage.to_string();
+                    if self.blocked_by_resources.as_deref() != Some(&why) {
+                        tracing::info!(task = %id, %why, "start deferred for lack of headroom");
+                    }
+                    self.blocked_by_resources = Some(why);
+                    if !self.recheck_scheduled {
+                        self.recheck_scheduled = true;
+                        ctx.run_later(RESOURCE_RECHECK, |act, ctx| {
+                            act.recheck_scheduled = false;
+                            act.pump(ctx);
+                        });
+                    }
+                    return;
                 }
-                self.blocked_by_resources = Some(why);
-                if !self.recheck_scheduled {
-                    self.recheck_scheduled = true;
-                    ctx.run_later(RESOURCE_RECHECK, |act, ctx| {
-                        act.recheck_scheduled = false;
-                        act.pump(ctx);
-                    });
-                }
-                return;
+                Decision::Admit => {}
             }
             self.blocked_by_resources = None;
             self.order.pop();
@@ -217,9 +240,7 @@ impl Actor for ResourceGovernor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // CPU usage is a difference of two readings: keep one recent.
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
-            act.sys.refresh_cpu_usage();
-        });
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.measure(ctx));
     }
 }
 
@@ -278,12 +299,12 @@ impl Handler<Release> for ResourceGovernor {
 
     fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
         if let Some(slot) = self.running.remove(&msg.task_id)
-            && let Some(kb) = msg.max_rss_kb.filter(|&kb| kb > 0)
+            && let Some(learned) = admission::learn_footprint(
+                self.footprint.get(&slot.agent).copied(),
+                msg.max_rss_kb.unwrap_or(0),
+            )
         {
-            // Learn the agent's size: a moving average that follows recent runs.
-            let seen = kb * 1024;
-            let entry = self.footprint.entry(slot.agent).or_insert(seen);
-            *entry = (*entry * 3 + seen) / 4;
+            self.footprint.insert(slot.agent, learned);
         }
         self.pump(ctx);
     }

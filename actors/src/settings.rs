@@ -26,13 +26,13 @@ pub struct AgentSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     /// Extra environment for this agent, applied after inherited variables are
-    /// filtered (e.g. `CLAUDE_CODE_MAX_RETRIES`, which the nesting filter removes).
+    /// filtered (it wins over the daemon's own environment).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// How a command agent writes its output (`plain`, `claude-stream-json`,
     /// `codex-json`, `gemini-stream-json`): a wrapper around a real CLI keeps its parsing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<crate::agents::parse::OutputFormat>,
+    pub output_format: Option<crate::model::run::OutputFormat>,
     /// Extra arguments for a built-in CLI, placed before the prompt (e.g. Codex `-c`
     /// overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,7 +1,8 @@
 //! `TaskActor`: one live task.
 //!
-//! Owns: the task's record while it is live, its slot request with the governor, its
-//! `AgentProcess`, and the callers waiting for a cancel to take effect.
+//! Owns: the task's record while it is live, its slot request with the governor, the
+//! address of its run's `AgentProcess` (launched and owned by the `AgentPool`), and the
+//! callers waiting for a cancel to take effect.
 //! Must never: change its record before the journal committed the transition, or panic
 //! in a handler (actix restarts stopped actors, not panicked ones). A finished task
 //! tells the engine, which drops its address: memory follows live work only.
@@ -11,13 +12,16 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::agents::pool::{Adopt, FindShim, ForgetShim, Launch};
 use crate::agents::process::RunResult;
-use crate::agents::{AgentExited, AgentProcess, Terminate, resolve_agent};
+use crate::agents::run_dir::RunDir;
+use crate::agents::{AgentExited, AgentProcess, AgentProgress, RunHandle, Terminate};
 use crate::engine::EngineDeps;
 use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Release, Withdraw};
 use crate::journal::Append;
 use crate::model::{TaskEvent, TaskRecord, TaskStatus, apply, now_ms, outcome_of_exit};
+use crate::model::{rate_limit, reasons};
 
 /// Cancel this task; the answer comes once the cancel took effect.
 #[derive(Message)]
@@ -137,7 +141,7 @@ impl TaskActor {
             Ok(after) => after,
             Err(e) => return then(self, ctx, Err(e.into())),
         };
-        let run = self.deps.launcher.run_dir(&self.record.id);
+        let run = RunDir::new(&self.deps.runs_root, &self.record.id);
         let error = after
             .reason
             .clone()
@@ -190,15 +194,23 @@ impl TaskActor {
     fn enqueue_or_adopt_orphan(&mut self, ctx: &mut Context<Self>) {
         // A shim may exist for a queued task if the last daemon died between spawning it
         // and journaling the start: adopt it rather than run the agent twice.
-        let run = self.deps.launcher.run_dir(&self.record.id);
-        if let Some(shim) = run.read_shim() {
-            let event = TaskEvent::Started {
-                at: now_ms(),
-                shim_pid: shim.pid,
-                shim_start_time: shim.start_time,
-            };
-            return self.commit_until_done(vec![event], ctx, |act, ctx| act.adopt(ctx));
-        }
+        let find = self.deps.pool.send(FindShim {
+            task_id: self.record.id.clone(),
+        });
+        ctx.wait(find.into_actor(self).map(|shim, act, ctx| match shim {
+            Ok(Some(shim)) => {
+                let event = TaskEvent::Started {
+                    at: now_ms(),
+                    shim_pid: shim.pid,
+                    shim_start_time: shim.start_time,
+                };
+                act.commit_until_done(vec![event], ctx, |act, ctx| act.adopt(ctx));
+            }
+            _ => act.enqueue_when_due(ctx),
+        }));
+    }
+
+    fn enqueue_when_due(&mut self, ctx: &mut Context<Self>) {
         // Waiting for a time (a rate limit's reset): enqueue when it comes.
         if let Some(not_before) = self.record.not_before {
             let wait = not_before - now_ms();
@@ -226,13 +238,24 @@ impl TaskActor {
     fn adopt(&mut self, ctx: &mut Context<Self>) {
         let (Some(pid), Some(start)) = (self.record.shim_pid, self.record.shim_start_time) else {
             let event = TaskEvent::Requeued {
-                reason: "requeued: its agent had not been launched".into(),
+                reason: reasons::REQUEUED_NOT_LAUNCHED.into(),
             };
             return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
         };
-        let run = self.deps.launcher.run_dir(&self.record.id);
-        let process = AgentProcess::adopted(run, pid, start, ctx.address().recipient());
-        self.process = Some(process.start());
+        let adopt = self.deps.pool.send(Adopt {
+            task_id: self.record.id.clone(),
+            shim_pid: pid,
+            shim_start_time: start,
+            report_to: ctx.address().recipient(),
+            progress_to: ctx.address().recipient(),
+        });
+        ctx.wait(adopt.into_actor(self).map(|process, act, ctx| match process {
+            Ok(process) => act.process = Some(process),
+            Err(e) => {
+                tracing::error!(task = %act.record.id, error = %e, "the agent pool did not adopt the run; reloading the task");
+                ctx.stop();
+            }
+        }));
         // An adopted agent holds a slot too.
         self.deps.governor.do_send(crate::governor::Adopted {
             task_id: self.record.id.clone(),
@@ -240,24 +263,25 @@ impl TaskActor {
         });
     }
 
+    /// Asks the pool to launch the agent; nothing else is handled until it answers.
     fn start_agent(&mut self, ctx: &mut Context<Self>) {
-        let settings = (self.deps.settings)();
-        let launched = resolve_agent(Some(&self.record.agent), &settings)
-            .map_err(|e| e.to_string())
-            .and_then(|adapter| {
-                let agent_settings = settings
-                    .agents
-                    .get(&self.record.agent)
-                    .cloned()
-                    .unwrap_or_default();
-                let cmd = adapter.command(&self.record, &agent_settings);
-                self.deps
-                    .launcher
-                    .launch(&self.record, &cmd, &settings)
-                    .map_err(|e| {
-                        format!("the agent could not be started: spawning its shim failed: {e}")
-                    })
-            });
+        let launch = self.deps.pool.send(Launch {
+            task: self.record.clone(),
+            report_to: ctx.address().recipient(),
+            progress_to: ctx.address().recipient(),
+        });
+        ctx.wait(launch.into_actor(self).map(|res, act, ctx| {
+            let launched = match res {
+                Ok(launched) => launched.map_err(|e| e.to_string()),
+                Err(e) => Err(reasons::start_failed(&format!(
+                    "the agent pool is gone: {e}"
+                ))),
+            };
+            act.agent_launched(launched, ctx);
+        }));
+    }
+
+    fn agent_launched(&mut self, launched: Result<RunHandle, String>, ctx: &mut Context<Self>) {
         match launched {
             Err(reason) => {
                 let event = TaskEvent::StartFailed {
@@ -269,20 +293,12 @@ impl TaskActor {
                     act.end(ctx)
                 });
             }
-            Ok(l) => {
-                let run = self.deps.launcher.run_dir(&self.record.id);
-                let process = AgentProcess::spawned(
-                    run,
-                    l.child,
-                    l.pid,
-                    l.start_time,
-                    ctx.address().recipient(),
-                );
-                self.process = Some(process.start());
+            Ok(run) => {
+                self.process = Some(run.process);
                 let event = TaskEvent::Started {
                     at: now_ms(),
-                    shim_pid: l.pid,
-                    shim_start_time: l.start_time,
+                    shim_pid: run.shim_pid,
+                    shim_start_time: run.shim_start_time,
                 };
                 self.commit_until_done(vec![event], ctx, |act, _| {
                     // A cancel that arrived while the start was being journaled.
@@ -387,14 +403,16 @@ impl Handler<AgentExited> for TaskActor {
             }
         };
         let settings = (self.deps.settings)();
-        if outcome.rate_limited && self.record.rate_limit_retries < settings.rate_limit_retries {
-            return self.wait_for_rate_limit(
-                outcome,
-                rss,
+        if outcome.rate_limited
+            && let Some(plan) = rate_limit::plan_retry(
+                now_ms(),
+                self.record.rate_limit_retries,
                 settings.rate_limit_retries,
                 settings.rate_limit_backoff_ms,
-                ctx,
-            );
+                outcome.rate_limit_reset,
+            )
+        {
+            return self.wait_for_rate_limit(outcome, rss, plan, settings.rate_limit_retries, ctx);
         }
         let event = TaskEvent::Finished {
             at: now_ms(),
@@ -407,6 +425,25 @@ impl Handler<AgentExited> for TaskActor {
     }
 }
 
+impl Handler<AgentProgress> for TaskActor {
+    type Result = ();
+
+    /// The agent's retries become the task's reason while it runs.
+    fn handle(&mut self, msg: AgentProgress, ctx: &mut Context<Self>) {
+        if self.record.status != TaskStatus::Running
+            || self.record.reason.as_deref() == Some(msg.0.as_str())
+        {
+            return;
+        }
+        let event = TaskEvent::Progress { reason: msg.0 };
+        self.commit(vec![event], ctx, |act, _, res| {
+            if let Err(e) = res {
+                tracing::warn!(task = %act.record.id, error = %e, "progress not journaled");
+            }
+        });
+    }
+}
+
 impl TaskActor {
     /// A run that ended on a rate limit: queue the task again for after the provider's
     /// reset time, or after a back-off that doubles with each attempt.
@@ -414,37 +451,29 @@ impl TaskActor {
         &mut self,
         mut outcome: crate::model::ExitOutcome,
         rss: Option<u64>,
+        plan: rate_limit::RetryPlan,
         max_retries: u32,
-        backoff_ms: u64,
         ctx: &mut Context<Self>,
     ) {
-        let now = now_ms();
-        let attempt = self.record.rate_limit_retries + 1;
-        let backoff = backoff_ms.saturating_mul(1u64 << (attempt - 1).min(16)) as i64;
-        let not_before = outcome
-            .rate_limit_reset
-            .filter(|&t| t > now)
-            .unwrap_or(now + backoff);
-        let until = chrono::DateTime::from_timestamp_millis(not_before)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default();
-        outcome.reason = format!(
-            "{}; waiting until {until} to run again (rate-limit retry {attempt} of {max_retries})",
-            outcome.reason
-        );
+        let not_before = plan.not_before;
+        outcome.reason =
+            reasons::rate_limit_wait(&outcome.reason, not_before, plan.attempt, max_retries);
         // The old run's identity goes first: a crash after this leaves the task running
         // with a dead shim and its exit.json, which recovery reads again.
-        let run = self.deps.launcher.run_dir(&self.record.id);
-        let _ = std::fs::remove_file(run.shim());
-        let event = TaskEvent::RateLimited {
-            at: now,
-            not_before,
-            outcome,
-        };
-        self.commit_until_done(vec![event], ctx, move |act, ctx| {
-            act.release(rss);
-            act.resume(ctx);
+        let forget = self.deps.pool.send(ForgetShim {
+            task_id: self.record.id.clone(),
         });
+        ctx.wait(forget.into_actor(self).map(move |_, act, ctx| {
+            let event = TaskEvent::RateLimited {
+                at: now_ms(),
+                not_before,
+                outcome,
+            };
+            act.commit_until_done(vec![event], ctx, move |act, ctx| {
+                act.release(rss);
+                act.resume(ctx);
+            });
+        }));
     }
 }
 
@@ -465,7 +494,7 @@ impl Handler<Resolved> for TaskActor {
             } if matches!(self.record.status, TaskStatus::Blocked | TaskStatus::Queued) => {
                 let event = TaskEvent::DependencyFailed {
                     at: now_ms(),
-                    reason: crate::engine::cascade_reason(&dependency, &root, status),
+                    reason: reasons::dependency_failed(&dependency, &root, status),
                     dependency,
                     root,
                 };
@@ -516,17 +545,12 @@ impl Handler<CancelTask> for TaskActor {
 
     fn handle(&mut self, msg: CancelTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        // Empty when none was given: the reason then reads "cancelled by the user".
         let reason = msg.reason.trim().to_string();
         match self.record.status {
             TaskStatus::Queued | TaskStatus::Blocked => {
                 let event = TaskEvent::Cancelled {
                     at: now_ms(),
-                    reason: if reason.is_empty() {
-                        "cancelled by the user".to_string()
-                    } else {
-                        format!("cancelled by the user: {reason}")
-                    },
+                    reason: reasons::cancelled_by_user(&reason),
                 };
                 self.finish(event, ctx, move |act, ctx, res| match res {
                     Ok(()) => {

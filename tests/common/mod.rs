@@ -22,8 +22,26 @@ pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-agent");
 pub struct Beat {
     pub home: tempfile::TempDir,
     pub workdir: tempfile::TempDir,
-    /// Environment for every command (and so for the daemon they start).
+    /// `HOME` for every command: an empty folder, never the developer's.
+    pub user_home: tempfile::TempDir,
+    /// Environment for every command (and so for the daemon they start), on top of
+    /// `base_env`.
     pub env: Vec<(String, String)>,
+}
+
+/// The `PATH` of every command: the system's, never the developer's shell's.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment a test's `beat` (and so its daemon and agents) starts from: a
+/// system `PATH`, an empty `HOME` and the test's `BACKBEAT_HOME`. Nothing of the shell
+/// that runs `cargo test` leaks in (`BACKBEAT_DEFAULT_AGENT`, `TASK_TIMEOUT`, API keys).
+pub fn base_env(backbeat_home: &Path, user_home: &Path) -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), SYSTEM_PATH.into()),
+        ("HOME".into(), user_home.display().to_string()),
+        ("BACKBEAT_HOME".into(), backbeat_home.display().to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
 }
 
 impl Beat {
@@ -38,6 +56,7 @@ impl Beat {
             .tempdir()
             .expect("temp home");
         let workdir = tempfile::tempdir().expect("temp workdir");
+        let user_home = tempfile::tempdir().expect("temp HOME");
         let mut config = json!({
             "defaultAgent": "fake",
             "memoryReserve": 0,
@@ -50,6 +69,7 @@ impl Beat {
         Beat {
             home,
             workdir,
+            user_home,
             env: Vec::new(),
         }
     }
@@ -69,16 +89,20 @@ impl Beat {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BEAT);
-        c.args(args)
-            .env("BACKBEAT_HOME", self.home.path())
-            .env_remove("TASK_TIMEOUT")
-            .env_remove("MAX_WORKERS")
+        let mut c = self.command(BEAT);
+        c.args(args);
+        c
+    }
+
+    /// `program` in the workdir, from this test's clean environment (`base_env` plus
+    /// `env`) and with stdin from `/dev/null`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .envs(base_env(self.home.path(), self.user_home.path()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.workdir.path())
             .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
         c
     }
 
@@ -189,9 +213,26 @@ impl Drop for Beat {
     }
 }
 
-/// Kills every process whose command line mentions `needle` (shims of a test's home).
+/// Whether this is a CI run (`CI` set to anything but empty, `0` or `false`), where a
+/// test must never skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Says that `test` skips and why, where `cargo test` shows it: straight to the stderr
+/// file descriptor, which the test harness does not capture (it captures `eprintln!`,
+/// which would hide the skip behind an `ok`). Under CI a skip is a failure.
+pub fn skip(test: &str, why: &str) {
+    assert!(!in_ci(), "CI is set, so {test} must not skip: {why}");
+    let _ = std::io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
+}
+
+/// Kills every process whose command line or environment mentions `needle` (the
+/// shims of a test's home: a shim forked by the spawner has the daemon's command line
+/// and environment, which names the home).
 pub fn kill_processes_mentioning(needle: &Path) {
     let needle = needle.display().to_string();
+    let env_needle = format!("BACKBEAT_HOME={needle}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -200,7 +241,12 @@ pub fn kill_processes_mentioning(needle: &Path) {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let mentions = String::from_utf8_lossy(&cmdline).contains(&needle)
+            || environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == env_needle.as_bytes());
+        if mentions && pid != std::process::id() as i32 {
             // The shim leads its own session; its agent's group is its child's PID.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -338,18 +384,22 @@ impl McpSession {
     /// Reads the next JSON-RPC message (skipping server notifications).
     pub fn read_message(&mut self) -> Value {
         loop {
-            let mut line = String::new();
-            let n = self
-                .stdout
-                .read_line(&mut line)
-                .expect("reading from beat mcp start");
-            assert!(n > 0, "beat mcp start closed its output");
-            let v: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let v = self.read_any_message();
             if v.get("id").is_some() {
                 return v;
             }
         }
+    }
+
+    /// Reads the next line the server writes, whatever it is.
+    pub fn read_any_message(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .expect("reading from beat mcp start");
+        assert!(n > 0, "beat mcp start closed its output");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
     pub fn request(&mut self, method: &str, params: Value) -> Value {

@@ -7,7 +7,9 @@
 //!
 //! `print TEXT`, `eprint TEXT`, `lines N TEXT`, `sleep MS`, `write PATH TEXT`,
 //! `pidfile PATH`, `ignore-term`, `grandchild PATH MS`, `flood BYTES`,
-//! `hold MB`, `exit N`, `signal NAME`, `echo-stdin`, `env NAME`, `cwd`.
+//! `hold MB`, `exit N`, `signal NAME`, `echo-stdin`, `env NAME`, `cwd`,
+//! `await PATH` (wait until PATH exists), `rendezvous DIR N` (leave a file in DIR, then
+//! wait until DIR holds N files: N agents running at once). Waits fail after 120 s.
 //!
 //! `first-run PATH` splits the script: when PATH does not exist, it is created and
 //! the steps up to `else` run; when it exists, the steps after `else` run. Tests use it
@@ -62,6 +64,17 @@ fn write_pidfile(path: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Waits for `cond`, checking every 5 ms; fails the agent after 120 s.
+fn wait_for(step: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        if Instant::now() > deadline {
+            fail(&format!("{step}: still waiting after 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn run_step(step: &str, held: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
     let (word, rest) = split_word(step);
     let mut out = std::io::stdout().lock();
@@ -91,6 +104,12 @@ fn run_step(step: &str, held: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
             std::fs::write(path, text)?;
         }
         "pidfile" => write_pidfile(rest)?,
+        // Blocks until the file exists: the test, not a guessed time, says when to go on.
+        "waitfile" => {
+            while !Path::new(rest).exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         // SAFETY: setting a signal disposition to SIG_IGN is always sound.
         "ignore-term" => unsafe {
             libc::signal(libc::SIGTERM, libc::SIG_IGN);
@@ -158,6 +177,15 @@ fn run_step(step: &str, held: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
             let value = std::env::var(rest).unwrap_or_else(|_| "<unset>".to_string());
             writeln!(out, "{rest}={value}")?;
             out.flush()?;
+        }
+        "await" => wait_for(step, || Path::new(rest).exists()),
+        "rendezvous" => {
+            let (dir, n) = split_word(rest);
+            let n: usize = num(n, step);
+            std::fs::write(Path::new(dir).join(std::process::id().to_string()), b"")?;
+            wait_for(step, || {
+                std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) >= n
+            });
         }
         "cwd" => {
             writeln!(out, "{}", std::env::current_dir()?.display())?;

@@ -21,7 +21,8 @@ SCRIPT (JSON, re-read on every request; the error counter resets whenever its co
     "writeFile": {"path": "hello.txt", "content": "hi"},
                              # tool-call turn: make the CLI write this file (relative to its cwd)
     "codexTool": "exec_command",   # or "apply_patch" (Codex only)
-    "text": "Created hello.txt containing hi."   # the final answer
+    "text": "Created hello.txt containing hi.",  # the final answer
+    "requireBearer": "TOKEN"  # answer 401 to a generation request without `Authorization: Bearer TOKEN`
   }
 The turn is decided statelessly: if the last message of the conversation is a tool result, or
 writeFile is not set, or the request offers no tools, the answer is `text`; otherwise it is the
@@ -904,6 +905,12 @@ class Handler(BaseHTTPRequestHandler):
         self.fill(entry, parsed)
         script = st.load_script()
         delay = int(script.get("delayMs") or 0)
+        bearer = script.get("requireBearer")
+        if bearer is not None and self.headers.get("Authorization", "") != f"Bearer {bearer}":
+            entry["reply"] = "error"
+            entry["authRejected"] = True
+            maker = {"anthropic": anthropic_error, "openai": openai_error, "gemini": gemini_error}[api]
+            return maker({"status": 401, "message": "mock provider: expected Authorization: Bearer <the token>"}), 0
         err = st.take_error(script)
         if err is not None:
             entry["reply"] = "error"

@@ -25,7 +25,7 @@ pub struct LaunchCommand {
     /// configuration: a key in the environment wins over one in `config.json`).
     pub env_default: Vec<(String, String)>,
     /// Variables removed from the daemon's environment: exact names, or prefixes
-    /// ending in `*` (`CLAUDE_CODE_*`).
+    /// ending in `*`.
     pub env_remove: Vec<String>,
     /// Give the prompt on stdin followed by end-of-file (else stdin is `/dev/null`).
     pub prompt_on_stdin: bool,
@@ -120,6 +120,23 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// What a Claude Code session sets in its children's environment to mark them as part
+/// of itself (read from the pinned CLI, 2.1.197: its shell and MCP children get
+/// `CLAUDECODE`, `CLAUDE_CODE_SESSION_ID`, `CLAUDE_CODE_CHILD_SESSION` and
+/// `CLAUDE_CODE_EXECPATH`; `CLAUDE_CODE_ENTRYPOINT` and `CLAUDE_CODE_SSE_PORT` tie it to
+/// the parent's front end and IDE). A Claude Code that delegated to Backbeat must not make
+/// its agents run as its "nested sessions". Every other `CLAUDE_CODE_*` variable is the
+/// user's configuration (`CLAUDE_CODE_OAUTH_TOKEN`, `CLAUDE_CODE_USE_BEDROCK`, ...) and is
+/// kept.
+pub const CLAUDE_NESTING_MARKERS: [&str; 6] = [
+    "CLAUDECODE",
+    "CLAUDE_CODE_ENTRYPOINT",
+    "CLAUDE_CODE_SSE_PORT",
+    "CLAUDE_CODE_SESSION_ID",
+    "CLAUDE_CODE_CHILD_SESSION",
+    "CLAUDE_CODE_EXECPATH",
+];
+
 /// Claude Code: `claude -p --output-format stream-json --verbose`, permissions skipped so
 /// that an unattended agent can write files.
 pub struct ClaudeAgent;
@@ -174,9 +191,7 @@ impl AgentAdapter for ClaudeAgent {
         }
         let mut cmd = LaunchCommand {
             argv,
-            // Nesting markers: a Claude Code that delegated to Backbeat must not make
-            // its agents refuse to run as "nested sessions".
-            env_remove: vec!["CLAUDECODE".into(), "CLAUDE_CODE_*".into()],
+            env_remove: CLAUDE_NESTING_MARKERS.map(String::from).to_vec(),
             prompt_on_stdin: !fits,
             output_format: OutputFormat::ClaudeStreamJson,
             ..Default::default()
@@ -504,6 +519,15 @@ pub fn resolve_agent(
     name: Option<&str>,
     settings: &Settings,
 ) -> Result<Box<dyn AgentAdapter>, AgentError> {
+    resolve_agent_with(name, settings, find_program)
+}
+
+/// `resolve_agent` with the program looked up by `find` (the agent pool's cache).
+pub fn resolve_agent_with(
+    name: Option<&str>,
+    settings: &Settings,
+    find: impl FnOnce(&str) -> Option<PathBuf>,
+) -> Result<Box<dyn AgentAdapter>, AgentError> {
     let name = match name.or(settings.default_agent.as_deref()) {
         Some(n) => n,
         None => {
@@ -514,7 +538,7 @@ pub fn resolve_agent(
     };
     let adapter = adapter_for(name, settings)?;
     if let Some(program) = adapter.program()
-        && find_program(program).is_none()
+        && find(program).is_none()
     {
         return Err(AgentError::ProgramNotFound {
             agent: name.to_string(),
@@ -526,22 +550,28 @@ pub fn resolve_agent(
 }
 
 /// The path of `program`: itself when it contains a slash, else the first executable
-/// of that name in `PATH`.
+/// of that name in the daemon's `PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    find_program_in(program, std::env::var_os("PATH").as_deref())
+}
+
+/// The path of `program`, searched in `path` (a `PATH` value) unless it has a slash.
+pub fn find_program_in(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if program.contains('/') {
         let p = PathBuf::from(program);
-        return is_exec(&p).then_some(p);
+        return is_executable(&p).then_some(p);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(path?)
         .map(|dir| dir.join(program))
-        .find(|p| is_exec(p))
+        .find(|p| is_executable(p))
+}
+
+/// A regular file someone may execute (one `stat`).
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -632,7 +662,18 @@ mod tests {
             &task.prompt,
             "the prompt is passed intact"
         );
-        assert!(c.env_remove.contains(&"CLAUDE_CODE_*".to_string()));
+        assert!(c.env_remove.contains(&"CLAUDECODE".to_string()));
+        for kept in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_USE_BEDROCK",
+            "CLAUDE_CODE_USE_VERTEX",
+            "CLAUDE_CODE_MAX_RETRIES",
+        ] {
+            assert!(
+                !c.env_remove.iter().any(|r| r == kept || r.ends_with('*')),
+                "{kept} is the user's setting, not a nesting marker"
+            );
+        }
         assert!(
             c.env_default
                 .contains(&("ANTHROPIC_API_KEY".into(), "sk-x".into()))

@@ -1,4 +1,7 @@
 //! The launcher: prepares a task's run folder and spawns `beat shim` for it.
+//!
+//! Every function here blocks (file writes, fork): only the `AgentPool` calls them, from
+//! tokio's blocking pool, never from the actix thread.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -6,21 +9,32 @@ use std::process::Stdio;
 
 use super::adapter::LaunchCommand;
 use super::run_dir::{RunDir, RunSpec, process_start_time, write_atomically};
+use super::spawner::Spawner;
 use crate::model::TaskRecord;
 use crate::settings::Settings;
 
-/// Spawns shims. One per engine.
+/// Spawns shims. One per engine, owned by the `AgentPool`.
 pub struct Launcher {
     pub runs_root: PathBuf,
     /// The program and leading arguments that run the shim: `[beat, shim]`.
     pub shim_command: Vec<OsString>,
     /// The environment the daemon started with; agents get it plus their settings.
     pub base_env: Vec<(OsString, OsString)>,
+    /// Forks shims without exec (see `spawner`); without one, the shim is exec'd.
+    pub spawner: Option<std::sync::Arc<Spawner>>,
 }
 
-/// A shim that has been spawned by this process.
+/// How the daemon learns that a shim it started has exited.
+pub enum ShimExit {
+    /// An exec'd shim: the daemon's own child.
+    Child(tokio::process::Child),
+    /// A shim forked by the spawner: readable once it has exited.
+    PidFd(std::os::fd::OwnedFd),
+}
+
+/// A shim that has been started for this daemon.
 pub struct Launched {
-    pub child: tokio::process::Child,
+    pub exit: ShimExit,
     pub pid: u32,
     pub start_time: u64,
 }
@@ -117,6 +131,24 @@ impl Launcher {
         run_path: &Path,
         env: Vec<(OsString, OsString)>,
     ) -> std::io::Result<Launched> {
+        if let Some(spawner) = &self.spawner {
+            match spawner.spawn_shim(run_path, &env) {
+                Ok(shim) => {
+                    return Ok(Launched {
+                        exit: ShimExit::PidFd(shim.pidfd),
+                        pid: shim.pid,
+                        start_time: shim.start_time,
+                    });
+                }
+                // The spawner is an optimisation: if it is gone (killed by the OOM
+                // killer, say) before it got the request, the run still starts, by exec.
+                // Any later failure may have forked a shim already: never start twice.
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                    tracing::warn!(error = %e, "exec'ing the shim instead")
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);
         command
@@ -152,7 +184,7 @@ impl Launcher {
         let start_time = process_start_time(pid)
             .ok_or_else(|| std::io::Error::other("the shim vanished right after it was spawned"))?;
         Ok(Launched {
-            child,
+            exit: ShimExit::Child(child),
             pid,
             start_time,
         })

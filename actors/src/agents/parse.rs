@@ -1,33 +1,16 @@
 //! Parsing agent output into typed events while it runs.
 //!
 //! Owns: the readers of Claude Code's `stream-json`, Codex's `exec --json` and Gemini
-//! CLI's `stream-json` lines, the summary of a run (session id, final answer, usage,
-//! error, rate limit), and the readable rendering that `beat run -f` and checkpoints show.
+//! CLI's `stream-json` lines, the filling of a run's summary (`model::run::RunSummary`:
+//! session id, final answer, usage, error, rate limit), and the readable rendering that
+//! `beat run -f` and checkpoints show.
 //! Must never: fail on a line it does not understand (agents add fields and event kinds;
 //! unknown lines are passed over), or treat an exit status alone as success.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::model::run::{OutputFormat, RunSummary};
 use crate::model::task::Usage;
-
-/// How an agent writes its stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutputFormat {
-    /// Plain text: every line is output; the exit status alone decides.
-    #[default]
-    Plain,
-    ClaudeStreamJson,
-    CodexJson,
-    GeminiStreamJson,
-}
-
-impl OutputFormat {
-    pub fn is_structured(self) -> bool {
-        self != OutputFormat::Plain
-    }
-}
 
 /// One thing an agent reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,10 +25,13 @@ pub enum AgentEvent {
         detail: String,
     },
     Usage(Usage),
-    /// The agent is retrying a failed request (HTTP status when it says).
+    /// The agent is retrying a failed request (HTTP status, attempt and the number of
+    /// attempts it will make, and its error, when it says).
     Retry {
         status: Option<u16>,
         attempt: Option<u64>,
+        max_attempts: Option<u64>,
+        error: Option<String>,
     },
     RateLimited {
         reset_at: Option<i64>,
@@ -57,40 +43,6 @@ pub enum AgentEvent {
         http_status: Option<u16>,
     },
     Error(String),
-}
-
-/// What a run amounts to, from its output: written into `exit.json` by the shim.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunSummary {
-    pub format: OutputFormat,
-    pub session_id: Option<String>,
-    pub model: Option<String>,
-    /// The agent's result event arrived (structured agents).
-    pub result_seen: bool,
-    pub success: Option<bool>,
-    pub answer: Option<String>,
-    pub error: Option<String>,
-    pub http_status: Option<u16>,
-    pub rate_limited: bool,
-    pub rate_limit_reset: Option<i64>,
-    pub usage: Option<Usage>,
-}
-
-impl RunSummary {
-    /// What the exit code adds to the output: Gemini exits with the HTTP status & 0xFF
-    /// in its JSON modes (401 -> 145, 429 -> 173, 500 -> 244) and may not name it.
-    pub fn account_for_exit(&mut self, exit_code: Option<i32>) {
-        if self.format == OutputFormat::GeminiStreamJson
-            && self.http_status.is_none()
-            && self.success == Some(false)
-            && let Some(code) = exit_code.filter(|c| (144..=255).contains(c))
-        {
-            let status = code as u16 + 256;
-            self.http_status = Some(status);
-            self.rate_limited |= status == 429;
-        }
-    }
 }
 
 /// Reads one agent's stdout line by line.
@@ -150,9 +102,22 @@ impl StreamParser {
                 self.last_text = Some(t.clone());
             }
             AgentEvent::Usage(u) => s.usage = Some(u.clone()),
-            AgentEvent::Retry { status, .. } => {
+            AgentEvent::Retry {
+                status,
+                attempt,
+                error,
+                ..
+            } => {
                 if *status == Some(429) {
                     s.rate_limited = true;
+                }
+                // One retry is let through (a refreshed login, a proxy's hiccup); a
+                // second refusal in a row is final.
+                if attempt.unwrap_or(1) >= 2
+                    && s.unrecoverable.is_none()
+                    && let Some(cause) = unrecoverable_cause(s.format, *status, error.as_deref())
+                {
+                    s.unrecoverable = Some(cause);
                 }
             }
             AgentEvent::RateLimited { reset_at } => {
@@ -188,6 +153,9 @@ impl StreamParser {
                     s.rate_limited = true;
                     s.rate_limit_reset = Some(crate::model::now_ms() + (secs * 1000.0) as i64);
                 }
+                if !*success && s.unrecoverable.is_none() {
+                    s.unrecoverable = unrecoverable_cause(s.format, status, error.as_deref());
+                }
             }
             AgentEvent::Error(msg) => {
                 if s.error.is_none() {
@@ -205,21 +173,82 @@ pub fn render(event: &AgentEvent) -> Option<String> {
         AgentEvent::Text(t) => Some(t.clone()),
         AgentEvent::ToolUse { name, detail } if detail.is_empty() => Some(format!("→ {name}")),
         AgentEvent::ToolUse { name, detail } => Some(format!("→ {name} {detail}")),
-        AgentEvent::Retry { status, attempt } => Some(format!(
-            "… retrying{}{}",
-            status
-                .map(|s| format!(" after HTTP {s}"))
-                .unwrap_or_default(),
-            attempt
-                .map(|a| format!(" (attempt {a})"))
-                .unwrap_or_default()
-        )),
+        AgentEvent::Retry { .. } => retry_reason(event).map(|r| format!("… {r}")),
         AgentEvent::Result {
             success: false,
             error: Some(e),
             ..
         } => Some(format!("✗ {e}")),
         AgentEvent::Error(e) => Some(format!("! {e}")),
+        _ => None,
+    }
+}
+
+/// "retrying after HTTP 401 (attempt 3 of 10)": what a task's reason says while its
+/// agent retries a request.
+pub fn retry_reason(event: &AgentEvent) -> Option<String> {
+    let AgentEvent::Retry {
+        status,
+        attempt,
+        max_attempts,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let after = status
+        .map(|s| format!(" after HTTP {s}"))
+        .unwrap_or_default();
+    let count = match (attempt, max_attempts) {
+        (Some(a), Some(m)) => format!(" (attempt {a} of {m})"),
+        (Some(a), None) => format!(" (attempt {a})"),
+        _ => String::new(),
+    };
+    Some(format!("retrying{after}{count}"))
+}
+
+/// The cause and the remedy of an error that retrying cannot fix, or `None` when a
+/// retry may help (rate limits, server errors, network trouble).
+pub fn unrecoverable_cause(
+    format: OutputFormat,
+    status: Option<u16>,
+    error: Option<&str>,
+) -> Option<String> {
+    let (key_var, agent, login) = match format {
+        OutputFormat::ClaudeStreamJson => (
+            "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
+            "claude",
+            "`claude login`",
+        ),
+        OutputFormat::CodexJson => ("OPENAI_API_KEY", "codex", "`codex login`"),
+        OutputFormat::GeminiStreamJson => (
+            "GEMINI_API_KEY",
+            "gemini",
+            "`gcloud auth application-default login`",
+        ),
+        OutputFormat::Plain => return None,
+    };
+    let lower = error.unwrap_or("").to_ascii_lowercase();
+    let says_model_missing = (lower.contains("model") || lower.contains("model_not_found"))
+        && (lower.contains("not found")
+            || lower.contains("does not exist")
+            || lower.contains("not_found")
+            || lower.contains("may not exist"));
+    let detail = error
+        .and_then(|e| e.lines().find(|l| !l.trim().is_empty()))
+        .map(|e| format!(": {}", e.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    let status = status.or_else(|| error.and_then(http_status_in));
+    match status {
+        Some(401) => Some(format!(
+            "the provider refused the credentials (HTTP 401{detail}); retrying cannot fix this. Check the key ({key_var}, or `beat config set agents.{agent}.apiKey …`), or log in with {login}"
+        )),
+        Some(403) => Some(format!(
+            "the provider refused access (HTTP 403{detail}); retrying cannot fix this. Check that the key ({key_var}) is allowed to use this model and endpoint, or log in with {login}"
+        )),
+        Some(404) | None if says_model_missing || status == Some(404) => Some(format!(
+            "the provider does not know the model or the endpoint (HTTP 404{detail}); retrying cannot fix this. Choose a model it serves with --model (or agents.{agent}.model), and check agents.{agent}.baseUrl"
+        )),
         _ => None,
     }
 }
@@ -264,6 +293,8 @@ fn claude(v: &Value) -> Vec<AgentEvent> {
         (Some("system"), Some("api_retry")) => out.push(AgentEvent::Retry {
             status: v["error_status"].as_u64().map(|s| s as u16),
             attempt: v["attempt"].as_u64(),
+            max_attempts: v["max_retries"].as_u64(),
+            error: str_of(v, "error"),
         }),
         (Some("assistant"), _) => {
             if v["error"].as_str() == Some("rate_limit") {
@@ -389,10 +420,23 @@ fn codex(v: &Value) -> Vec<AgentEvent> {
         }
         Some("error") => {
             let message = str_of(v, "message").unwrap_or_default();
-            if message.starts_with("Reconnecting") {
+            if let Some(rest) = message.strip_prefix("Reconnecting") {
+                // "Reconnecting... 3/5 (unexpected status 401 Unauthorized: …)"
+                let (attempt, max_attempts) = rest
+                    .trim_start_matches(['.', ' ', '…'])
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.split_once('/'))
+                    .map(|(a, m)| (a.parse().ok(), m.parse().ok()))
+                    .unwrap_or((None, None));
+                let error = rest
+                    .find('(')
+                    .map(|i| rest[i + 1..].trim_end_matches(')').to_string());
                 out.push(AgentEvent::Retry {
-                    status: None,
-                    attempt: None,
+                    status: error.as_deref().and_then(http_status_in),
+                    attempt,
+                    max_attempts,
+                    error,
                 });
             }
             out.push(AgentEvent::Error(message));
@@ -693,6 +737,73 @@ mod tests {
         assert_eq!(suggested_retry_secs("Please retry in 12.5s"), Some(12.5));
         assert_eq!(suggested_retry_secs("retry after 250ms"), Some(0.25));
         assert_eq!(suggested_retry_secs("no hint here"), None);
+    }
+
+    #[test]
+    fn retries_are_read_and_refusals_that_retrying_cannot_fix_are_named() {
+        let retry = |attempt: u64, status: u16| {
+            format!(
+                r#"{{"type":"system","subtype":"api_retry","attempt":{attempt},"max_retries":10,"retry_delay_ms":500,"error_status":{status},"error":"authentication_failed"}}"#
+            )
+        };
+        let mut p = StreamParser::new(OutputFormat::ClaudeStreamJson);
+        let events = p.line(&retry(1, 401));
+        assert_eq!(
+            events.iter().find_map(retry_reason).as_deref(),
+            Some("retrying after HTTP 401 (attempt 1 of 10)")
+        );
+        assert_eq!(p.summary.unrecoverable, None, "one retry is let through");
+        p.line(&retry(2, 401));
+        let cause = p
+            .summary
+            .unrecoverable
+            .clone()
+            .expect("a second 401 is final");
+        assert!(cause.contains("HTTP 401"), "{cause}");
+        assert!(
+            cause.contains("ANTHROPIC_API_KEY") && cause.contains("claude login"),
+            "says what to do: {cause}"
+        );
+        let mut p = StreamParser::new(OutputFormat::ClaudeStreamJson);
+        p.line(&retry(1, 500));
+        p.line(&retry(2, 500));
+        assert_eq!(p.summary.unrecoverable, None, "a server error may pass");
+
+        let mut p = StreamParser::new(OutputFormat::CodexJson);
+        let line = r#"{"type":"error","message":"Reconnecting... 2/5 (unexpected status 403 Forbidden: no access, url: http://x/v1/responses)"}"#;
+        let events = p.line(line);
+        assert_eq!(
+            events.iter().find_map(retry_reason).as_deref(),
+            Some("retrying after HTTP 403 (attempt 2 of 5)")
+        );
+        let cause = p.summary.unrecoverable.clone().expect("403 is final");
+        assert!(
+            cause.contains("HTTP 403") && cause.contains("OPENAI_API_KEY"),
+            "{cause}"
+        );
+
+        let (s, _) = run(
+            OutputFormat::GeminiStreamJson,
+            &fixture("gemini-error401-stream-json.jsonl"),
+        );
+        assert!(
+            s.unrecoverable
+                .as_deref()
+                .is_some_and(|c| c.contains("GEMINI_API_KEY")),
+            "{s:?}"
+        );
+        let (s, _) = run(
+            OutputFormat::ClaudeStreamJson,
+            &fixture("claude-error429-noretry-stream-json.jsonl"),
+        );
+        assert_eq!(s.unrecoverable, None, "a rate limit passes");
+        let model_missing = unrecoverable_cause(
+            OutputFormat::CodexJson,
+            None,
+            Some("The model `nope` does not exist or you do not have access to it."),
+        )
+        .unwrap();
+        assert!(model_missing.contains("--model"), "{model_missing}");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `AgentProcess`: follows one run of an agent through its shim.
 //!
+//! Started and owned by the `AgentPool`; reports the run's end to its task and tells
+//! the pool when it stops. Reads of the run folder and of `/proc` run on the blocking
+//! pool, never on the actix thread.
+//!
 //! A shim this daemon spawned is awaited as a child; a shim adopted after a restart is
 //! checked by PID and start time until its `exit.json` appears. Either way the result is
 //! read from the run folder and sent to the task. Cancelling sends SIGTERM to the shim,
@@ -9,7 +13,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::launch::ShimExit;
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
+use crate::model::reasons;
 
 /// How the run ended, as far as the files tell.
 #[derive(Debug, Clone)]
@@ -23,108 +29,202 @@ pub enum RunResult {
 #[rtype(result = "()")]
 pub struct AgentExited(pub RunResult);
 
+/// What the agent is doing now, from the shim's `progress.txt` (its retries).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentProgress(pub String);
+
 /// Ask the shim to stop the agent (a user's cancel).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Terminate;
 
+/// Told to the pool when a follower stops, so that it drops it from its registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunOver {
+    pub task_id: String,
+    pub process: Addr<AgentProcess>,
+}
+
 pub struct AgentProcess {
+    task_id: String,
     run: RunDir,
     shim_pid: u32,
     shim_start_time: u64,
-    child: Option<tokio::process::Child>,
+    exit: Option<ShimExit>,
     task: Recipient<AgentExited>,
+    pool: Recipient<RunOver>,
+    /// A look at the run folder is under way (off the actix thread).
+    checking: bool,
     reported: bool,
+    progress: Option<Recipient<AgentProgress>>,
+    last_progress: Option<String>,
 }
 
 /// How often an adopted shim (not our child) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
+/// How often the shim's `progress.txt` is read.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
 impl AgentProcess {
     /// Follows a shim spawned by this daemon.
     pub fn spawned(
+        task_id: String,
         run: RunDir,
-        child: tokio::process::Child,
+        exit: ShimExit,
         shim_pid: u32,
         shim_start_time: u64,
         task: Recipient<AgentExited>,
+        pool: Recipient<RunOver>,
     ) -> AgentProcess {
         AgentProcess {
+            task_id,
             run,
             shim_pid,
             shim_start_time,
-            child: Some(child),
+            exit: Some(exit),
             task,
+            pool,
+            checking: false,
             reported: false,
+            progress: None,
+            last_progress: None,
         }
     }
 
     /// Follows a shim left running by an earlier daemon.
     pub fn adopted(
+        task_id: String,
         run: RunDir,
         shim_pid: u32,
         shim_start_time: u64,
         task: Recipient<AgentExited>,
+        pool: Recipient<RunOver>,
     ) -> AgentProcess {
         AgentProcess {
+            task_id,
             run,
             shim_pid,
             shim_start_time,
-            child: None,
+            exit: None,
             task,
+            pool,
+            checking: false,
             reported: false,
+            progress: None,
+            last_progress: None,
         }
     }
 
-    /// Reports the result if there is one; returns whether the run is over.
-    fn collect(&mut self, ctx: &mut Context<Self>, shim_exited: bool) -> bool {
-        // Liveness first, then the file: the shim writes exit.json before it exits, so
-        // a dead shim seen before the read means the read is final.
-        let alive = !shim_exited && is_same_process_alive(self.shim_pid, self.shim_start_time);
-        let result = match self.run.read_exit() {
-            Ok(Some(exit)) => RunResult::Exited(Box::new(exit)),
-            Ok(None) if alive => return false,
-            Ok(None) => RunResult::Lost(format!(
-                "lost: the shim (pid {}) ended without recording the agent's result",
-                self.shim_pid
-            )),
-            Err(e) if alive => {
-                tracing::debug!(error = %e, "exit.json not readable yet");
-                return false;
-            }
-            Err(e) => RunResult::Lost(format!("lost: the run's exit.json is unreadable: {e}")),
-        };
-        if !self.reported {
-            self.reported = true;
-            self.task.do_send(AgentExited(result));
-        }
-        ctx.stop();
-        true
+    /// Also tells `to` what the agent is doing while it runs (its retries).
+    pub fn with_progress(mut self, to: Recipient<AgentProgress>) -> AgentProcess {
+        self.progress = Some(to);
+        self
     }
+
+    fn report_progress(&mut self) {
+        let Some(to) = &self.progress else { return };
+        let now = self.run.read_progress();
+        if now.is_some() && now != self.last_progress {
+            self.last_progress = now.clone();
+            to.do_send(AgentProgress(now.unwrap_or_default()));
+        }
+    }
+
+    /// Looks at the run (liveness, `exit.json`) on the blocking pool; reports the result
+    /// and stops once there is one.
+    fn check(&mut self, ctx: &mut Context<Self>, shim_exited: bool) {
+        if self.checking || self.reported {
+            return;
+        }
+        self.checking = true;
+        let run = self.run.clone();
+        let (pid, start) = (self.shim_pid, self.shim_start_time);
+        let read = tokio::task::spawn_blocking(move || read_result(&run, pid, start, shim_exited));
+        ctx.spawn(read.into_actor(self).map(|joined, act, ctx| {
+            act.checking = false;
+            let result = match joined {
+                Ok(Some(result)) => result,
+                Ok(None) => return, // still running
+                Err(e) => RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
+            };
+            act.reported = true;
+            act.task.do_send(AgentExited(result));
+            ctx.stop();
+        }));
+    }
+}
+
+/// The run's result if it is over, `None` while the shim still runs. Blocking.
+fn read_result(
+    run: &RunDir,
+    shim_pid: u32,
+    start_time: u64,
+    shim_exited: bool,
+) -> Option<RunResult> {
+    // Liveness first, then the file: the shim writes exit.json before it exits, so a
+    // dead shim seen before the read means the read is final.
+    let alive = !shim_exited && is_same_process_alive(shim_pid, start_time);
+    Some(match run.read_exit() {
+        Ok(Some(exit)) => RunResult::Exited(Box::new(exit)),
+        Ok(None) if alive => return None,
+        Ok(None) => RunResult::Lost(reasons::shim_lost(shim_pid)),
+        Err(e) if alive => {
+            tracing::debug!(error = %e, "exit.json not readable yet");
+            return None;
+        }
+        Err(e) => RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
+    })
 }
 
 impl Actor for AgentProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.child.take() {
-            Some(mut child) => {
+        if self.progress.is_some() {
+            ctx.run_interval(PROGRESS_POLL, |act, _| act.report_progress());
+        }
+        match self.exit.take() {
+            Some(ShimExit::Child(mut child)) => {
                 ctx.spawn(
                     async move { child.wait().await }
                         .into_actor(self)
-                        .map(|_, act, ctx| {
-                            act.collect(ctx, true);
-                        }),
+                        .map(|_, act, ctx| act.check(ctx, true)),
+                );
+            }
+            Some(ShimExit::PidFd(pidfd)) => {
+                ctx.spawn(
+                    async move {
+                        // A pidfd is readable once its process has exited. If it cannot
+                        // be watched, fall back to polling like an adopted shim.
+                        // SAFETY: the pidfd is ours alone; it is dropped with the AsyncFd.
+                        match unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
+                            Ok(fd) => fd.readable().await.map(|_| ()).is_ok(),
+                            Err(_) => false,
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|watched, act, ctx| {
+                        act.check(ctx, watched);
+                        if !watched {
+                            ctx.run_interval(ADOPTED_POLL, |act, ctx| act.check(ctx, false));
+                        }
+                    }),
                 );
             }
             None => {
-                if !self.collect(ctx, false) {
-                    ctx.run_interval(ADOPTED_POLL, |act, ctx| {
-                        act.collect(ctx, false);
-                    });
-                }
+                self.check(ctx, false);
+                ctx.run_interval(ADOPTED_POLL, |act, ctx| act.check(ctx, false));
             }
         }
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.pool.do_send(RunOver {
+            task_id: self.task_id.clone(),
+            process: ctx.address(),
+        });
     }
 }
 
@@ -132,11 +232,15 @@ impl Handler<Terminate> for AgentProcess {
     type Result = ();
 
     fn handle(&mut self, _msg: Terminate, _ctx: &mut Context<Self>) {
-        if is_same_process_alive(self.shim_pid, self.shim_start_time) {
-            // SAFETY: kill(2) with a PID we verified by start time.
-            unsafe {
-                libc::kill(self.shim_pid as i32, libc::SIGTERM);
+        let (pid, start) = (self.shim_pid, self.shim_start_time);
+        // The identity check reads /proc: off the actix thread, like every file access.
+        tokio::task::spawn_blocking(move || {
+            if is_same_process_alive(pid, start) {
+                // SAFETY: kill(2) with a PID we verified by start time.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
             }
-        }
+        });
     }
 }

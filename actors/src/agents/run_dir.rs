@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::parse::{OutputFormat, RunSummary};
+use super::parse::OutputFormat;
+pub use crate::model::run::{ExitRecord, KillCause};
 
 pub const SPEC_FILE: &str = "spec.json";
 pub const PROMPT_FILE: &str = "prompt.txt";
@@ -21,6 +22,9 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_FILE: &str = "shim.json";
 /// The readable transcript of a structured agent (text and tool calls, not JSON).
 pub const READABLE_FILE: &str = "output.txt";
+/// What the agent is doing that its task's reason should say while it runs ("retrying
+/// after HTTP 500 (attempt 3 of 10)"), rewritten by the shim as it changes.
+pub const PROGRESS_FILE: &str = "progress.txt";
 
 /// Written by the shim before it starts the agent: who it is, so that a daemon that
 /// died between spawning it and journaling the start can still adopt it.
@@ -58,43 +62,6 @@ pub struct RunSpec {
     pub output_format: OutputFormat,
 }
 
-/// Why the shim stopped the agent, when it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cause", rename_all = "camelCase")]
-pub enum KillCause {
-    /// The daemon asked (SIGTERM to the shim): a user's cancel.
-    Cancel,
-    Timeout {
-        #[serde(rename = "afterMs")]
-        after_ms: u64,
-    },
-    Idle {
-        #[serde(rename = "afterMs")]
-        after_ms: u64,
-    },
-}
-
-/// The result of one run, written atomically by the shim (write, fsync, rename).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitRecord {
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub killed_for: Option<KillCause>,
-    pub started_at: i64,
-    pub ended_at: i64,
-    /// Peak resident memory of the agent and its reaped descendants, in KiB.
-    pub max_rss_kb: u64,
-    /// Bytes of output the agent produced (kept or not).
-    pub output_bytes: u64,
-    pub truncated: bool,
-    /// The agent could not be executed at all.
-    pub spawn_error: Option<String>,
-    /// What the agent's structured output said (session, answer, usage, error).
-    #[serde(default)]
-    pub summary: Option<RunSummary>,
-}
-
 /// Paths inside one task's run folder.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -124,6 +91,15 @@ impl RunDir {
     }
     pub fn readable(&self) -> PathBuf {
         self.path.join(READABLE_FILE)
+    }
+    pub fn progress(&self) -> PathBuf {
+        self.path.join(PROGRESS_FILE)
+    }
+    /// The shim's latest word on what the agent is doing, if any.
+    pub fn read_progress(&self) -> Option<String> {
+        std::fs::read_to_string(self.progress())
+            .ok()
+            .filter(|s| !s.is_empty())
     }
     pub fn shim(&self) -> PathBuf {
         self.path.join(SHIM_FILE)

@@ -5,7 +5,11 @@
 //! Must never: touch the database, the clock, processes or actors. Everything here is
 //! deterministic so that the journal can be replayed and property-tested.
 
+pub mod admission;
 pub mod dag;
+pub mod rate_limit;
+pub mod reasons;
+pub mod run;
 pub mod task;
 
 pub use task::{

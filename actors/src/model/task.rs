@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use crate::agents::run_dir::{ExitRecord, KillCause};
+use super::reasons;
+use super::run::{ExitRecord, KillCause};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -243,6 +244,9 @@ pub enum TaskEvent {
         prompt: Option<String>,
         not_before: Option<Millis>,
     },
+    /// What the running agent is doing, for the task's reason ("retrying after HTTP 500
+    /// (attempt 3 of 10)").
+    Progress { reason: String },
     /// A dependency failed or was cancelled: so is this task, naming the cascade's root.
     DependencyFailed {
         at: Millis,
@@ -268,6 +272,7 @@ impl TaskEvent {
             TaskEvent::Checkpointed { .. } => "checkpointed",
             TaskEvent::Unblocked { .. } => "unblocked",
             TaskEvent::DependencyFailed { .. } => "dependency_failed",
+            TaskEvent::Progress { .. } => "progress",
         }
     }
 }
@@ -343,6 +348,9 @@ pub fn apply(
             next.shim_pid = Some(*shim_pid);
             next.shim_start_time = Some(*shim_start_time);
             next.reason = None;
+        }
+        (Running, TaskEvent::Progress { reason }) => {
+            next.reason = Some(reason.clone());
         }
         (Running, TaskEvent::CancelRequested { reason }) => {
             next.cancel_reason = Some(reason.clone());
@@ -452,60 +460,51 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
     let structured = summary.format.is_structured();
     summary.account_for_exit(exit.exit_code);
     let (status, reason) = if let Some(error) = &exit.spawn_error {
-        (
-            TaskStatus::Failed,
-            format!("the agent could not be started: {error}"),
-        )
+        (TaskStatus::Failed, reasons::start_failed(error))
     } else {
         match &exit.killed_for {
             Some(KillCause::Cancel) => (
                 TaskStatus::Cancelled,
-                match cancel_reason {
-                    Some(r) if !r.is_empty() => format!("cancelled by the user: {r}"),
-                    _ => "cancelled by the user".to_string(),
-                },
+                reasons::cancelled_by_user(cancel_reason.unwrap_or("")),
             ),
-            Some(KillCause::Timeout { after_ms }) => (
+            Some(KillCause::Unrecoverable) => (
                 TaskStatus::Failed,
-                format!("timed out after {}", human_duration(*after_ms)),
+                reasons::unrecoverable(summary.unrecoverable.as_deref()),
             ),
-            Some(KillCause::Idle { after_ms }) => (
-                TaskStatus::Failed,
-                format!("no output for {}", human_duration(*after_ms)),
-            ),
+            Some(KillCause::Timeout { after_ms }) => {
+                (TaskStatus::Failed, reasons::timed_out(*after_ms))
+            }
+            Some(KillCause::Idle { after_ms }) => (TaskStatus::Failed, reasons::idle(*after_ms)),
             None => match (exit.exit_code, exit.signal) {
                 // Success needs the exit status *and* the agent's own result: Gemini
                 // exits 0 with no result line after a kill.
                 (Some(0), _) if !structured || summary.success == Some(true) => {
-                    (TaskStatus::Completed, "exited with code 0".to_string())
+                    (TaskStatus::Completed, reasons::exited_with(0))
                 }
-                (Some(0), _) if !summary.result_seen => (
-                    TaskStatus::Failed,
-                    "the agent exited with code 0 but never reported a result".to_string(),
-                ),
+                (Some(0), _) if !summary.result_seen => {
+                    (TaskStatus::Failed, reasons::NO_RESULT.to_string())
+                }
                 (Some(code), _) => (
                     TaskStatus::Failed,
-                    failure_reason(&format!("exited with code {code}"), &summary),
+                    reasons::failure(&reasons::exited_with(code), &summary),
                 ),
                 (None, Some(sig)) => (
                     TaskStatus::Failed,
-                    failure_reason(&format!("killed by signal {}", signal_name(sig)), &summary),
+                    reasons::failure(&reasons::killed_by(sig), &summary),
                 ),
-                (None, None) => (
-                    TaskStatus::Failed,
-                    "ended without an exit status".to_string(),
-                ),
+                (None, None) => (TaskStatus::Failed, reasons::NO_EXIT_STATUS.to_string()),
             },
         }
     };
     let rate_limited = status == TaskStatus::Failed
         && exit.killed_for.is_none()
         && exit.spawn_error.is_none()
+        && summary.unrecoverable.is_none()
         && summary.rate_limited;
     ExitOutcome {
         status,
         exit_code: exit.exit_code,
-        signal: exit.signal.map(signal_name),
+        signal: exit.signal.map(reasons::signal_name),
         reason,
         output_bytes: exit.output_bytes,
         output_truncated: exit.truncated,
@@ -517,71 +516,6 @@ pub fn outcome_of_exit(exit: &ExitRecord, cancel_reason: Option<&str>) -> ExitOu
         usage: summary.usage.clone(),
         rate_limited,
         rate_limit_reset: summary.rate_limit_reset,
-    }
-}
-
-/// "exited with code 1: the provider refused the credentials (HTTP 401): API Error: …"
-fn failure_reason(how: &str, summary: &crate::agents::parse::RunSummary) -> String {
-    let cause = match summary.http_status {
-        Some(401) | Some(403) => Some(format!(
-            "the provider refused the credentials (HTTP {})",
-            summary.http_status.unwrap_or(401)
-        )),
-        Some(429) => Some("rate limited by the provider (HTTP 429)".to_string()),
-        Some(s) if s >= 500 => Some(format!("the provider failed (HTTP {s})")),
-        Some(s) => Some(format!("the provider answered HTTP {s}")),
-        None if summary.rate_limited => Some("rate limited by the provider".to_string()),
-        None => None,
-    };
-    let error = summary.error.as_deref().map(|e| {
-        e.lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(300)
-            .collect::<String>()
-    });
-    match (cause, error) {
-        (Some(c), Some(e)) => format!("{how}: {c}: {e}"),
-        (Some(c), None) => format!("{how}: {c}"),
-        (None, Some(e)) if !e.is_empty() => format!("{how}: {e}"),
-        _ => how.to_string(),
-    }
-}
-
-/// `SIGKILL` for 9, and so on; `SIG<n>` for numbers this table does not know.
-pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => return format!("SIG{signal}"),
-    };
-    name.to_string()
-}
-
-/// `90 s`, `1500 ms`, `2 min`: durations as people write them.
-pub fn human_duration(ms: u64) -> String {
-    if ms.is_multiple_of(60_000) && ms >= 60_000 {
-        format!("{} min", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{} s", ms / 1000)
-    } else {
-        format!("{ms} ms")
     }
 }
 
@@ -631,7 +565,7 @@ pub mod tests_support {
 mod tests {
     use super::tests_support::queued;
     use super::*;
-    use crate::agents::parse::{OutputFormat, RunSummary};
+    use crate::model::run::{OutputFormat, RunSummary};
 
     fn exit(code: Option<i32>, signal: Option<i32>, killed_for: Option<KillCause>) -> ExitRecord {
         ExitRecord {

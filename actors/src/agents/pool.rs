@@ -1,0 +1,364 @@
+//! `AgentPool`: launches agent runs and owns the `AgentProcess` actors that follow them.
+//!
+//! Owns: the launcher (run folder, prompt file, `spec.json`, the spawn of `beat shim` in
+//! a session of its own), the cache of where each agent CLI is installed, the run-folder
+//! files a task reads or clears between runs (`shim.json`), and the registry of live
+//! `AgentProcess` actors by task id.
+//! Must never: do blocking work on the actix thread, which also carries every other
+//! actor and every MCP connection: program lookups, run-folder reads and writes and the
+//! fork of the shim all run on tokio's blocking pool, and the pool's handlers only
+//! start that work and act on its result. Nor hold a pipe to an agent: each run's shim
+//! outlives the daemon, writes the output to files, and is adopted again by PID and
+//! start time after a restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::adapter::{AgentError, resolve_agent_with};
+use super::launch::{Launched, Launcher};
+use super::process::{AgentExited, AgentProcess, AgentProgress, RunOver};
+use super::programs::ProgramCache;
+use super::run_dir::{RunDir, ShimIdentity};
+use crate::model::{TaskRecord, reasons};
+use crate::settings::SettingsSource;
+
+/// Start `task`'s agent; its result will come to `report_to` as `AgentExited`.
+#[derive(Message)]
+#[rtype(result = "Result<RunHandle, LaunchError>")]
+pub struct Launch {
+    pub task: TaskRecord,
+    pub report_to: Recipient<AgentExited>,
+    /// Told what the agent is doing while it runs (its retries).
+    pub progress_to: Recipient<AgentProgress>,
+}
+
+/// A run the pool launched or adopted.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    /// The actor that follows the run (send it `Terminate` to cancel).
+    pub process: Addr<AgentProcess>,
+    pub shim_pid: u32,
+    pub shim_start_time: u64,
+}
+
+/// Why a launch failed; its text is the task's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    /// The agent is unknown or its CLI is not installed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The run folder could not be written or the shim not spawned.
+    #[error("{}", reasons::shim_spawn_failed(.0))]
+    Spawn(String),
+}
+
+/// Follow a shim left running by an earlier daemon (or by this one, before a restart
+/// of the task's actor). Answers the actor that follows it.
+#[derive(Message)]
+#[rtype(result = "Addr<AgentProcess>")]
+pub struct Adopt {
+    pub task_id: String,
+    pub shim_pid: u32,
+    pub shim_start_time: u64,
+    pub report_to: Recipient<AgentExited>,
+    pub progress_to: Recipient<AgentProgress>,
+}
+
+/// The identity of a shim the task's run folder records (`shim.json`), if any: a shim
+/// spawned by a daemon that died before it journaled the start.
+#[derive(Message)]
+#[rtype(result = "Option<ShimIdentity>")]
+pub struct FindShim {
+    pub task_id: String,
+}
+
+/// Clear the identity of the task's last shim (`shim.json`) before the task runs again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetShim {
+    pub task_id: String,
+}
+
+pub struct AgentPool {
+    launcher: Arc<Launcher>,
+    programs: Arc<ProgramCache>,
+    settings: SettingsSource,
+    runs: HashMap<String, Addr<AgentProcess>>,
+}
+
+impl AgentPool {
+    pub fn new(launcher: Launcher, programs: ProgramCache, settings: SettingsSource) -> AgentPool {
+        AgentPool {
+            launcher: Arc::new(launcher),
+            programs: Arc::new(programs),
+            settings,
+            runs: HashMap::new(),
+        }
+    }
+
+    fn run_dir(&self, task_id: &str) -> RunDir {
+        self.launcher.run_dir(task_id)
+    }
+}
+
+impl Actor for AgentPool {
+    type Context = Context<Self>;
+}
+
+/// The blocking part of a launch: resolve the agent (its CLI looked up through the
+/// cache), build its command line, write the run folder, spawn the shim.
+fn launch_blocking(
+    task: &TaskRecord,
+    launcher: &Launcher,
+    programs: &ProgramCache,
+    settings: &SettingsSource,
+) -> Result<Launched, LaunchError> {
+    let settings = settings();
+    let adapter = resolve_agent_with(Some(&task.agent), &settings, |p| programs.find(p))?;
+    let agent_settings = settings
+        .agents
+        .get(&task.agent)
+        .cloned()
+        .unwrap_or_default();
+    let cmd = adapter.command(task, &agent_settings);
+    launcher
+        .launch(task, &cmd, &settings)
+        .map_err(|e| LaunchError::Spawn(e.to_string()))
+}
+
+impl Handler<Launch> for AgentPool {
+    type Result = ResponseActFuture<Self, Result<RunHandle, LaunchError>>;
+
+    fn handle(&mut self, msg: Launch, _ctx: &mut Context<Self>) -> Self::Result {
+        let Launch {
+            task,
+            report_to,
+            progress_to,
+        } = msg;
+        let task_id = task.id.clone();
+        let (launcher, programs) = (self.launcher.clone(), self.programs.clone());
+        let settings = self.settings.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            launch_blocking(&task, &launcher, &programs, &settings)
+        });
+        Box::pin(work.into_actor(self).map(move |joined, act, ctx| {
+            let launched = joined.map_err(|e| LaunchError::Spawn(e.to_string()))??;
+            let process = AgentProcess::spawned(
+                task_id.clone(),
+                act.run_dir(&task_id),
+                launched.exit,
+                launched.pid,
+                launched.start_time,
+                report_to,
+                ctx.address().recipient(),
+            )
+            .with_progress(progress_to)
+            .start();
+            act.runs.insert(task_id, process.clone());
+            Ok(RunHandle {
+                process,
+                shim_pid: launched.pid,
+                shim_start_time: launched.start_time,
+            })
+        }))
+    }
+}
+
+impl Handler<Adopt> for AgentPool {
+    type Result = MessageResult<Adopt>;
+
+    fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) -> Self::Result {
+        // A task's actor restarted by its supervisor keeps its address, so the run's
+        // existing follower already reports to it: one follower per run.
+        if let Some(process) = self.runs.get(&msg.task_id)
+            && process.connected()
+        {
+            return MessageResult(process.clone());
+        }
+        let process = AgentProcess::adopted(
+            msg.task_id.clone(),
+            self.run_dir(&msg.task_id),
+            msg.shim_pid,
+            msg.shim_start_time,
+            msg.report_to,
+            ctx.address().recipient(),
+        )
+        .with_progress(msg.progress_to)
+        .start();
+        self.runs.insert(msg.task_id, process.clone());
+        MessageResult(process)
+    }
+}
+
+impl Handler<FindShim> for AgentPool {
+    type Result = ResponseFuture<Option<ShimIdentity>>;
+
+    fn handle(&mut self, msg: FindShim, _ctx: &mut Context<Self>) -> Self::Result {
+        let run = self.run_dir(&msg.task_id);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || run.read_shim())
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+impl Handler<ForgetShim> for AgentPool {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: ForgetShim, _ctx: &mut Context<Self>) -> Self::Result {
+        let run = self.run_dir(&msg.task_id);
+        Box::pin(async move {
+            let removed =
+                tokio::task::spawn_blocking(move || std::fs::remove_file(run.shim())).await;
+            match removed {
+                Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(task = %msg.task_id, error = %e, "could not remove shim.json");
+                }
+                Err(e) => {
+                    tracing::warn!(task = %msg.task_id, error = %e, "could not remove shim.json")
+                }
+                _ => {}
+            }
+        })
+    }
+}
+
+impl Handler<RunOver> for AgentPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunOver, _ctx: &mut Context<Self>) {
+        // Only the follower that ended: the task may have a newer run already.
+        if self.runs.get(&msg.task_id) == Some(&msg.process) {
+            self.runs.remove(&msg.task_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::agents::run_dir::write_atomically;
+    use crate::model::task::tests_support::queued;
+    use crate::settings::{AgentSettings, Settings, fixed_settings};
+
+    /// Receives a run's end; the launches under test never get that far.
+    struct Unreached;
+    impl Actor for Unreached {
+        type Context = Context<Self>;
+    }
+    impl Handler<AgentExited> for Unreached {
+        type Result = ();
+        fn handle(&mut self, _: AgentExited, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<AgentProgress> for Unreached {
+        type Result = ();
+        fn handle(&mut self, _: AgentProgress, _: &mut Context<Self>) {}
+    }
+
+    fn pool(runs_root: &Path, settings: Settings) -> Addr<AgentPool> {
+        let launcher = Launcher {
+            runs_root: runs_root.to_path_buf(),
+            shim_command: vec!["/nonexistent/beat".into(), "shim".into()],
+            base_env: Vec::new(),
+            spawner: None,
+        };
+        AgentPool::new(launcher, ProgramCache::new(None), fixed_settings(settings)).start()
+    }
+
+    #[actix_rt::test]
+    async fn a_recorded_shim_is_found_until_it_is_forgotten() {
+        let runs = tempfile::tempdir().unwrap();
+        let pool = pool(runs.path(), Settings::default());
+        let find = || FindShim {
+            task_id: "task-a".into(),
+        };
+        assert_eq!(pool.send(find()).await.unwrap(), None);
+        let run = RunDir::new(runs.path(), "task-a");
+        std::fs::create_dir_all(&run.path).unwrap();
+        let shim = ShimIdentity {
+            pid: 4242,
+            start_time: 77,
+        };
+        write_atomically(&run.shim(), &serde_json::to_vec(&shim).unwrap(), false).unwrap();
+        assert_eq!(pool.send(find()).await.unwrap(), Some(shim));
+        pool.send(ForgetShim {
+            task_id: "task-a".into(),
+        })
+        .await
+        .unwrap();
+        assert!(!run.shim().exists());
+        assert_eq!(pool.send(find()).await.unwrap(), None);
+        // Forgetting what is not there is no error.
+        pool.send(ForgetShim {
+            task_id: "task-a".into(),
+        })
+        .await
+        .unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_missing_cli_fails_the_launch_before_any_file_is_written() {
+        let runs = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.agents.insert(
+            "ghost".into(),
+            AgentSettings {
+                command: Some(vec!["ghost-cli".into(), "{prompt}".into()]),
+                ..Default::default()
+            },
+        );
+        let pool = pool(runs.path(), settings);
+        let task = TaskRecord {
+            agent: "ghost".into(),
+            ..queued("task-g")
+        };
+        let err = pool
+            .send(Launch {
+                task,
+                report_to: Unreached.start().recipient(),
+                progress_to: Unreached.start().recipient(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::Agent(AgentError::ProgramNotFound { program, .. }) if program == "ghost-cli"),
+            "{err}"
+        );
+        assert!(!RunDir::new(runs.path(), "task-g").path.exists());
+    }
+
+    #[actix_rt::test]
+    async fn a_shim_that_cannot_be_spawned_fails_the_launch_saying_so() {
+        let runs = tempfile::tempdir().unwrap();
+        let pool = pool(runs.path(), Settings::default());
+        let task = TaskRecord {
+            agent: "shell".into(),
+            ..queued("task-s")
+        };
+        let err = pool
+            .send(Launch {
+                task,
+                report_to: Unreached.start().recipient(),
+                progress_to: Unreached.start().recipient(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, LaunchError::Spawn(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the agent could not be started: spawning its shim failed:"),
+            "{err}"
+        );
+        // The run folder was prepared before the spawn failed.
+        assert!(RunDir::new(runs.path(), "task-s").spec().exists());
+    }
+}

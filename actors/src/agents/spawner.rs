@@ -1,0 +1,406 @@
+//! The shim spawner: a small process, forked from the daemon before it starts any
+//! thread, that forks one shim per run *without exec*.
+//!
+//! Why: starting a shim by exec of the `beat` binary cost about 2 ms of CPU per task
+//! (page faults, execve, the dynamic loader), and a fork of the multi-threaded daemon
+//! another half millisecond; a trivial task needs neither. The spawner is
+//! single-threaded and small, so its fork is cheap, and its child runs the shim's code
+//! at once (it is the same program). Every guarantee of the exec'd shim stays: the shim
+//! runs in a session of its own, outlives the daemon and the spawner, and starts with
+//! TERM and INT blocked until its handler is in place.
+//!
+//! Owns: one `SOCK_SEQPACKET` socket pair between the daemon and the spawner; the
+//! spawner's children until they exit (it reaps them). The daemon gets, for each shim,
+//! its PID, its start time and a pidfd (over `SCM_RIGHTS`), so it learns of the shim's
+//! exit without being its parent.
+//! Must never: run in a process that has more than one thread when it forks (only
+//! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
+//! descriptor of the daemon's open in a shim (the daemon's lock above all), or exec.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+
+use super::run_dir::process_start_time;
+
+/// The entry point of a shim: runs it for a run folder and returns its exit code.
+pub type ShimMain = fn(&Path) -> i32;
+
+/// A shim forked by the spawner.
+#[derive(Debug)]
+pub struct SpawnedShim {
+    pub pid: u32,
+    pub start_time: u64,
+    /// Becomes readable when the shim exits (the daemon is not its parent).
+    pub pidfd: OwnedFd,
+}
+
+/// The daemon's end of the spawner. Cheap to share: requests are serialized by a lock
+/// (each takes a few syscalls on both sides).
+#[derive(Debug)]
+pub struct Spawner {
+    socket: Mutex<OwnedFd>,
+}
+
+/// Largest request: a run path and the agent's environment. Environments are far
+/// smaller; a larger one is refused with a clear error rather than cut.
+const MAX_REQUEST: usize = 1 << 20;
+
+impl Spawner {
+    /// Forks the spawner process.
+    ///
+    /// # Safety
+    /// The calling process must have exactly one thread: the spawner child continues
+    /// with a copy of this process, and any lock another thread held would stay held.
+    pub unsafe fn start(shim_main: ShimMain) -> std::io::Result<Spawner> {
+        let (daemon_end, spawner_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for fd in [&daemon_end, &spawner_end] {
+            let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
+            // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+        // SAFETY: the caller guarantees one thread; the child only runs `serve`.
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => {
+                drop(daemon_end);
+                let code = serve(spawner_end, shim_main);
+                // SAFETY: leaving the spawner without running the daemon's exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            _pid => {
+                drop(spawner_end);
+                Ok(Spawner {
+                    socket: Mutex::new(daemon_end),
+                })
+            }
+        }
+    }
+
+    /// Forks a shim for `run_path` whose environment is exactly `env`; its stderr goes
+    /// to `shim.log` in the run folder. An error of kind `NotConnected` means that the
+    /// request never reached the spawner, so no shim was forked.
+    pub fn spawn_shim(
+        &self,
+        run_path: &Path,
+        env: &[(OsString, OsString)],
+    ) -> std::io::Result<SpawnedShim> {
+        let request = encode_request(run_path, env);
+        if request.len() > MAX_REQUEST {
+            return Err(std::io::Error::other(format!(
+                "the agent's environment is {} bytes, more than the {MAX_REQUEST} a run may have: remove large variables from the daemon's environment",
+                request.len()
+            )));
+        }
+        let socket = self
+            .socket
+            .lock()
+            .map_err(|_| std::io::Error::other("the spawner's lock was poisoned"))?;
+        let fd = socket.as_raw_fd();
+        sendmsg::<()>(fd, &[IoSlice::new(&request)], &[], MsgFlags::empty(), None).map_err(
+            |e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!("the shim spawner is gone: {e}"),
+                )
+            },
+        )?;
+        let mut reply = [0u8; 16];
+        let mut iov = [IoSliceMut::new(&mut reply)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        let mut pidfd = None;
+        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel just gave us this descriptor; we own it now.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    pidfd.get_or_insert(owned);
+                }
+            }
+        }
+        let bytes = msg.bytes;
+        drop(socket);
+        if bytes == 0 {
+            return Err(std::io::Error::other(
+                "the shim spawner has exited: restart the daemon (beat daemon stop)",
+            ));
+        }
+        let pid = i32::from_ne_bytes(reply[0..4].try_into().unwrap_or_default());
+        let errno = i32::from_ne_bytes(reply[4..8].try_into().unwrap_or_default());
+        let start_time = u64::from_ne_bytes(reply[8..16].try_into().unwrap_or_default());
+        if errno != 0 || pid <= 0 {
+            return Err(std::io::Error::from_raw_os_error(errno.max(1)));
+        }
+        let pidfd = pidfd.ok_or_else(|| std::io::Error::other("the spawner sent no pidfd"))?;
+        Ok(SpawnedShim {
+            pid: pid as u32,
+            start_time,
+            pidfd,
+        })
+    }
+}
+
+/// `run_path NUL (key=value NUL)*`
+fn encode_request(run_path: &Path, env: &[(OsString, OsString)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + env.len() * 64);
+    out.extend_from_slice(run_path.as_os_str().as_bytes());
+    out.push(0);
+    for (k, v) in env {
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn decode_request(bytes: &[u8]) -> Option<(PathBuf, Vec<(OsString, OsString)>)> {
+    let mut parts = bytes.split(|b| *b == 0);
+    let run = PathBuf::from(OsStr::from_bytes(parts.next()?));
+    let env = parts
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let eq = p.iter().position(|b| *b == b'=')?;
+            Some((
+                OsString::from_vec(p[..eq].to_vec()),
+                OsString::from_vec(p[eq + 1..].to_vec()),
+            ))
+        })
+        .collect();
+    Some((run, env))
+}
+
+extern "C" fn on_sigchld(_: libc::c_int) {}
+
+/// The spawner's loop: one request, one fork, one reply; reaps exited shims.
+fn serve(socket: OwnedFd, shim_main: ShimMain) -> i32 {
+    let fd = socket.as_raw_fd();
+    // SAFETY: single-threaded; we close what the daemon had open (its lock above all, so
+    // that neither the spawner nor a shim keeps the daemon's flock), and take a SIGCHLD
+    // handler that does nothing but interrupt `poll`, so exited shims are reaped at once.
+    unsafe {
+        close_all_but(&[0, 1, 2, fd]);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigchld as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut());
+        // The daemon's Ctrl-C or TERM is the daemon's to handle; the spawner ends when
+        // the daemon's end of the socket closes. Blocked, not ignored: a child inherits
+        // the mask, and a signal sent to an ignored signal is discarded even while
+        // blocked, so a cancel sent to a shim that has not yet installed its handler
+        // would be lost.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_NAME, c"beat-spawner".as_ptr(), 0, 0, 0);
+    }
+    let mut buf = vec![0u8; MAX_REQUEST + 1];
+    loop {
+        reap();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let ready = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if ready < 0 {
+            continue; // EINTR from SIGCHLD: reap and wait again
+        }
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n == 0 {
+            return 0; // the daemon is gone
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return 1;
+        }
+        let (pid, mut errno, start_time) = match decode_request(&buf[..n as usize]) {
+            Some((run, env)) => fork_shim(fd, &run, &env, shim_main),
+            None => (-1, libc::EINVAL, 0),
+        };
+        let pidfd = if pid > 0 { pidfd_open(pid) } else { None };
+        if pid > 0 && pidfd.is_none() {
+            errno = libc::ESRCH;
+        }
+        let mut reply = [0u8; 16];
+        reply[0..4].copy_from_slice(&pid.to_ne_bytes());
+        reply[4..8].copy_from_slice(&errno.to_ne_bytes());
+        reply[8..16].copy_from_slice(&start_time.to_ne_bytes());
+        let fds: Vec<RawFd> = pidfd.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            vec![]
+        } else {
+            vec![ControlMessage::ScmRights(&fds)]
+        };
+        if sendmsg::<()>(fd, &[IoSlice::new(&reply)], &cmsgs, MsgFlags::empty(), None).is_err() {
+            return 1;
+        }
+    }
+}
+
+fn reap() {
+    loop {
+        let mut status = 0;
+        // SAFETY: reaping our own children.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return;
+        }
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2); the child is ours and not reaped (at worst a zombie), so
+    // the PID cannot have been reused.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a new descriptor the kernel gave us.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Forks one shim. Returns (pid, errno, start time) for the reply.
+fn fork_shim(
+    socket: RawFd,
+    run: &Path,
+    env: &[(OsString, OsString)],
+    shim_main: ShimMain,
+) -> (i32, i32, u64) {
+    // What the child needs is prepared before the fork, so the child allocates little.
+    let log = run.join("shim.log");
+    let log_c = match std::ffi::CString::new(log.as_os_str().as_bytes()) {
+        Ok(c) => c,
+        Err(_) => return (-1, libc::EINVAL, 0),
+    };
+    // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return (
+            -1,
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(1),
+            0,
+        );
+    }
+    if pid == 0 {
+        // SAFETY: in the new child, single-threaded. A session of its own, so nothing
+        // that signals the daemon's group reaches it; TERM and INT blocked until the
+        // shim's handler is in place (it unblocks them), so an immediate cancel is
+        // delayed, never lost (the spawner keeps them blocked with default dispositions,
+        // so one sent before this point is pending, not discarded).
+        unsafe {
+            libc::close(socket);
+            libc::setsid();
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                if null > 2 {
+                    libc::close(null);
+                }
+            }
+            let err = libc::open(
+                log_c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
+            );
+            if err >= 0 {
+                libc::dup2(err, 2);
+                if err > 2 {
+                    libc::close(err);
+                }
+            }
+            libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0);
+            // The environment is replaced wholesale, as `env_clear().envs(..)` did.
+            libc::clearenv();
+            for (k, v) in env {
+                std::env::set_var(k, v);
+            }
+        }
+        let code = shim_main(run);
+        // SAFETY: the shim is done; leave without the spawner's exit handlers.
+        unsafe { libc::_exit(code) }
+    }
+    // The child cannot be reaped before this read (we reap only in `reap`), so /proc
+    // shows it, at worst as a zombie.
+    let start_time = process_start_time(pid as u32).unwrap_or(0);
+    (pid, 0, start_time)
+}
+
+/// Closes every descriptor but `keep`.
+///
+/// # Safety
+/// Only in a single-threaded process that owns no `OwnedFd` among those closed.
+unsafe fn close_all_but(keep: &[RawFd]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: per the function's contract.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_with_odd_bytes_in_values() {
+        let env = vec![
+            (OsString::from("A"), OsString::from("1=2=3")),
+            (OsString::from("EMPTY"), OsString::from("")),
+            (
+                OsString::from("BYTES"),
+                OsString::from_vec(vec![0xff, b' ', b'x']),
+            ),
+        ];
+        let bytes = encode_request(Path::new("/tmp/run dir"), &env);
+        let (run, back) = decode_request(&bytes).unwrap();
+        assert_eq!(run, PathBuf::from("/tmp/run dir"));
+        assert_eq!(back, env);
+    }
+}

@@ -1,0 +1,86 @@
+//! The shim spawner: shims are forked by a small process of the daemon's, not exec'd.
+//! These tests check what that must not change: a run outlives the daemon and the
+//! spawner, and a spawner that is gone costs speed, never a task.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Beat, pid_exists, read_pidfile, wait_until};
+
+/// PIDs of live processes named `comm` whose environment names this test's home.
+fn processes_named(beat: &Beat, comm: &str) -> Vec<i32> {
+    let wanted = format!("BACKBEAT_HOME={}", beat.home.path().display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if name.trim() == comm
+            && environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes())
+            && pid_exists(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill9(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn a_task_still_runs_when_the_spawner_is_gone() {
+    let beat = Beat::new();
+    let first = beat.submit("print one", &[]);
+    assert_eq!(beat.wait(&first)["status"], "completed");
+    let spawners = processes_named(&beat, "beat-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
+    kill9(spawners[0]);
+    wait_until("the spawner to die", Duration::from_secs(10), || {
+        !pid_exists(spawners[0])
+    });
+    let second = beat.submit("print two", &[]);
+    let t = beat.wait(&second);
+    assert_eq!(t["status"], "completed", "{t}");
+    let log = std::fs::read_to_string(beat.home.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("exec'ing the shim instead"),
+        "the run was started by exec, and the log says why: {log}"
+    );
+}
+
+#[test]
+fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
+    let beat = Beat::new();
+    let pidfile = beat.workdir.path().join("agent.pid");
+    let gate = beat.workdir.path().join("gate");
+    let id = beat.submit(
+        &format!(
+            "pidfile {}; waitfile {}; print done",
+            pidfile.display(),
+            gate.display()
+        ),
+        &[],
+    );
+    let (agent, _) = read_pidfile(&pidfile);
+    let shims = processes_named(&beat, "beat-shim");
+    assert_eq!(shims.len(), 1, "the run's shim: {shims:?}");
+    let spawner = processes_named(&beat, "beat-spawner");
+    let daemon = beat.daemon_pid().expect("daemon running") as i32;
+    kill9(daemon);
+    // The spawner follows the daemon out (its socket closes); the shim and agent stay.
+    wait_until("the spawner to exit", Duration::from_secs(10), || {
+        spawner.iter().all(|p| !pid_exists(*p))
+    });
+    assert!(pid_exists(shims[0]), "the shim survived");
+    assert!(pid_exists(agent), "the agent survived");
+    std::fs::write(&gate, "go").unwrap();
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+}
