@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backbeat_actors::agents::parse::{
-    AgentEvent, OutputFormat, RunSummary, StreamParser, render, retry_reason,
+    AgentEvent, OutputFormat, RunSummary, StreamParser, render, retry_reason, stderr_retry,
 };
 use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
@@ -76,6 +76,8 @@ impl OutputBudget {
 struct Transcript {
     parser: StreamParser,
     partial: Vec<u8>,
+    /// The unfinished last line of stderr.
+    err_partial: Vec<u8>,
     readable: File,
     written: u64,
     limit: u64,
@@ -100,6 +102,28 @@ impl Transcript {
         if self.partial.len() > MAX_LINE {
             let line = std::mem::take(&mut self.partial);
             self.line(&line);
+        }
+    }
+
+    /// Stderr, read only for the retries some agents report there alone (Gemini CLI).
+    fn feed_stderr(&mut self, chunk: &[u8]) {
+        self.err_partial.extend_from_slice(chunk);
+        while let Some(pos) = self.err_partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.err_partial.drain(..=pos).collect();
+            let format = self.parser.summary.format;
+            if let Some(retry) = stderr_retry(format, &String::from_utf8_lossy(&line))
+                && let Some(reason) = retry_reason(&retry)
+            {
+                let _ = write_atomically(&self.progress, reason.as_bytes(), false);
+                if self.mid_line {
+                    self.write("\n");
+                    self.mid_line = false;
+                }
+                self.write(&format!("… {reason}\n"));
+            }
+        }
+        if self.err_partial.len() > MAX_LINE {
+            self.err_partial.clear();
         }
     }
 
@@ -155,11 +179,18 @@ impl Transcript {
     }
 }
 
+/// Which of the agent's streams a pump reads.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 fn pump(
     mut from: impl Read,
     mut to: File,
     budget: Arc<OutputBudget>,
-    transcript: Option<Arc<Mutex<Transcript>>>,
+    transcript: Option<(Arc<Mutex<Transcript>>, Stream)>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -167,10 +198,13 @@ fn pump(
             Ok(0) => break,
             Ok(n) => {
                 budget.write(&mut to, &buf[..n]);
-                if let Some(t) = &transcript
+                if let Some((t, stream)) = &transcript
                     && let Ok(mut t) = t.lock()
                 {
-                    t.feed(&buf[..n]);
+                    match stream {
+                        Stream::Stdout => t.feed(&buf[..n]),
+                        Stream::Stderr => t.feed_stderr(&buf[..n]),
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -324,6 +358,7 @@ fn supervise(
             Ok(readable) => Some(Arc::new(Mutex::new(Transcript {
                 parser: StreamParser::new(spec.output_format),
                 partial: Vec::new(),
+                err_partial: Vec::new(),
                 readable,
                 written: 0,
                 limit: spec.max_output_bytes,
@@ -381,13 +416,16 @@ fn supervise(
             (
                 Box::new(s) as Box<dyn Read + Send>,
                 out_file,
-                transcript.clone(),
+                transcript.clone().map(|t| (t, Stream::Stdout)),
             )
         }),
-        child
-            .stderr
-            .take()
-            .map(|s| (Box::new(s) as Box<dyn Read + Send>, err_file, None)),
+        child.stderr.take().map(|s| {
+            (
+                Box::new(s) as Box<dyn Read + Send>,
+                err_file,
+                transcript.clone().map(|t| (t, Stream::Stderr)),
+            )
+        }),
     ];
     let readers: Vec<_> = streams
         .into_iter()

@@ -41,11 +41,7 @@ fn running_and_queued_tasks_survive_a_daemon_killed_by_sigkill() {
         assert_eq!(beat.status(id)["status"], "queued");
     }
 
-    let daemon = beat.daemon_pid().expect("daemon running");
-    kill9(daemon);
-    wait_until("the daemon to die", Duration::from_secs(10), || {
-        !pid_exists(daemon as i32)
-    });
+    let daemon = beat.kill_daemon();
     // The agents finish while no daemon runs.
     std::fs::write(&go, "").unwrap();
     for (pid, _) in &agents {
@@ -125,11 +121,7 @@ fn an_agent_still_running_is_adopted_by_the_next_daemon() {
     );
     let (agent, _) = read_pidfile(&pidfile);
     let started = start_time(agent).unwrap();
-    let daemon = beat.daemon_pid().unwrap();
-    kill9(daemon);
-    wait_until("the daemon to die", Duration::from_secs(10), || {
-        !pid_exists(daemon as i32)
-    });
+    let daemon = beat.kill_daemon();
     // The new daemon adopts the live shim (the agent cannot end before `release`).
     assert_ne!(beat.daemon_pid(), Some(daemon));
     adopted_alive_then_release(&beat, &id, agent, started, &release);
@@ -175,8 +167,7 @@ fn a_run_whose_shim_and_agent_vanished_is_lost_not_silent() {
         serde_json::from_slice(&std::fs::read(beat.run_dir(&id).join("shim.json")).unwrap())
             .unwrap();
     let shim_pid = shim["pid"].as_u64().unwrap() as u32;
-    let daemon = beat.daemon_pid().unwrap();
-    kill9(daemon);
+    beat.kill_daemon();
     kill9(shim_pid);
     kill9(agent as u32);
     wait_until("the shim and agent to die", Duration::from_secs(10), || {

@@ -440,14 +440,8 @@ fn a_200_task_dag_survives_sigkill_and_runs_every_task_once_in_order() {
             .count()
             >= 30
     });
-    let daemon = beat.daemon_pid().unwrap();
-    unsafe {
-        libc::kill(daemon as i32, libc::SIGKILL);
-    }
     drop(mcp);
-    wait_until("the daemon to die", Duration::from_secs(10), || {
-        !pid_exists(daemon as i32)
-    });
+    beat.kill_daemon();
     beat.ok(&["list"]);
     let mut mcp = beat.mcp();
     for id in &ids {

@@ -7,11 +7,14 @@
 //! commit). See `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod agents;
+pub mod clock_timer;
 pub mod engine;
 pub mod error;
 pub mod governor;
 pub mod journal;
+pub mod loops;
 pub mod model;
+pub mod service_unit;
 pub mod settings;
 pub mod task;
 

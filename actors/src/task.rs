@@ -465,7 +465,7 @@ impl TaskActor {
         });
         ctx.wait(forget.into_actor(self).map(move |_, act, ctx| {
             let event = TaskEvent::RateLimited {
-                at: now_ms(),
+                at: plan.decided_at,
                 not_before,
                 outcome,
             };

@@ -102,6 +102,11 @@ enum Op {
         at: i64,
         reason: String,
     },
+    /// What a running agent is doing (its retries), as the task's reason.
+    Progress {
+        target: Target,
+        reason: String,
+    },
     Requeue {
         target: Target,
         reason: String,
@@ -238,6 +243,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (target(), any::<i64>(), text())
             .prop_map(|(target, at, reason)| Op::FailStart { target, at, reason }),
         1 => (target(), text()).prop_map(|(target, reason)| Op::Requeue { target, reason }),
+        2 => (target(), text()).prop_map(|(target, reason)| Op::Progress { target, reason }),
         2 => (any::<Index>(), 0..WILD_KINDS, any::<i64>())
             .prop_map(|(pick, kind, at)| Op::Wild { pick, kind, at }),
         1 => Just(Op::Restart),
@@ -269,6 +275,7 @@ fn allowed(prev: Option<&TaskRecord>, event: &TaskEvent) -> Option<TaskStatus> {
         }
         (Some(Running), TaskEvent::Lost { .. }) => Some(Failed),
         (Some(Running), TaskEvent::Requeued { .. }) => Some(Queued),
+        (Some(Running), TaskEvent::Progress { .. }) => Some(Running),
         (Some(Queued | Blocked), TaskEvent::Cancelled { .. }) => Some(Cancelled),
         (Some(Queued), TaskEvent::StartFailed { .. }) => Some(Failed),
         _ => None,
@@ -448,6 +455,12 @@ impl Model {
             Op::Requeue { target, reason } => (
                 self.target(target, &[Running]),
                 TaskEvent::Requeued {
+                    reason: reason.clone(),
+                },
+            ),
+            Op::Progress { target, reason } => (
+                self.target(target, &[Running]),
+                TaskEvent::Progress {
                     reason: reason.clone(),
                 },
             ),

@@ -159,6 +159,25 @@ impl Beat {
         v["pid"].as_u64().map(|p| p as u32)
     }
 
+    /// Kills the daemon with SIGKILL and waits until it is gone: its socket refuses
+    /// connections. (A killed daemon's main thread shows as a zombie while its other
+    /// threads still exit holding the socket: a PID check alone lets the next command
+    /// connect to a dying daemon.)
+    pub fn kill_daemon(&self) -> u32 {
+        let pid = self.daemon_pid().expect("a daemon runs");
+        // SAFETY: kill(2) on the PID the daemon reported for itself.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let socket = self.path().join("beat.sock");
+        wait_until(
+            "the killed daemon to be gone",
+            Duration::from_secs(10),
+            || !pid_exists(pid as i32) && std::os::unix::net::UnixStream::connect(&socket).is_err(),
+        );
+        pid
+    }
+
     pub fn run_dir(&self, id: &str) -> PathBuf {
         self.path().join("runs").join(id)
     }

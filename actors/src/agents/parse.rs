@@ -207,6 +207,28 @@ pub fn retry_reason(event: &AgentEvent) -> Option<String> {
     Some(format!("retrying{after}{count}"))
 }
 
+/// A retry that an agent reports on stderr only: Gemini CLI writes "Attempt 2 failed
+/// with status 503. Retrying with backoff... <error>" there, and nothing on stdout.
+pub fn stderr_retry(format: OutputFormat, line: &str) -> Option<AgentEvent> {
+    if format != OutputFormat::GeminiStreamJson {
+        return None;
+    }
+    let rest = line.trim().strip_prefix("Attempt ")?;
+    let (attempt, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("failed with status ")?;
+    let status: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let error = rest
+        .split_once("Retrying with backoff...")
+        .map(|(_, e)| e.trim().to_string())
+        .filter(|e| !e.is_empty());
+    Some(AgentEvent::Retry {
+        status: status.parse().ok(),
+        attempt: attempt.parse().ok(),
+        max_attempts: None,
+        error,
+    })
+}
+
 /// The cause and the remedy of an error that retrying cannot fix, or `None` when a
 /// retry may help (rate limits, server errors, network trouble).
 pub fn unrecoverable_cause(
@@ -804,6 +826,21 @@ mod tests {
         )
         .unwrap();
         assert!(model_missing.contains("--model"), "{model_missing}");
+    }
+
+    #[test]
+    fn gemini_retries_are_read_from_its_stderr() {
+        let line = r#"Attempt 2 failed with status 503. Retrying with backoff... _ApiError: {"error":{"code":503}}"#;
+        let event = stderr_retry(OutputFormat::GeminiStreamJson, line).unwrap();
+        assert_eq!(
+            retry_reason(&event).as_deref(),
+            Some("retrying after HTTP 503 (attempt 2)")
+        );
+        assert_eq!(stderr_retry(OutputFormat::ClaudeStreamJson, line), None);
+        assert_eq!(
+            stderr_retry(OutputFormat::GeminiStreamJson, "YOLO mode is enabled."),
+            None
+        );
     }
 
     #[test]

@@ -123,13 +123,20 @@ impl AgentProcess {
         self
     }
 
-    fn report_progress(&mut self) {
-        let Some(to) = &self.progress else { return };
-        let now = self.run.read_progress();
-        if now.is_some() && now != self.last_progress {
-            self.last_progress = now.clone();
-            to.do_send(AgentProgress(now.unwrap_or_default()));
-        }
+    /// Reads `progress.txt` off the actix thread, then tells the task if it changed.
+    fn poll_progress(&mut self, ctx: &mut Context<Self>) {
+        let run = self.run.clone();
+        let read = tokio::task::spawn_blocking(move || run.read_progress());
+        ctx.spawn(read.into_actor(self).map(|now, act, _| {
+            let now = now.ok().flatten();
+            if let Some(to) = &act.progress
+                && now.is_some()
+                && now != act.last_progress
+            {
+                act.last_progress = now.clone();
+                to.do_send(AgentProgress(now.unwrap_or_default()));
+            }
+        }));
     }
 
     /// Looks at the run (liveness, `exit.json`) on the blocking pool; reports the result
@@ -183,7 +190,7 @@ impl Actor for AgentProcess {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.progress.is_some() {
-            ctx.run_interval(PROGRESS_POLL, |act, _| act.report_progress());
+            ctx.run_interval(PROGRESS_POLL, |act, ctx| act.poll_progress(ctx));
         }
         match self.exit.take() {
             Some(ShimExit::Child(mut child)) => {

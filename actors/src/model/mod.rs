@@ -6,10 +6,13 @@
 //! deterministic so that the journal can be replayed and property-tested.
 
 pub mod admission;
+pub mod clock;
 pub mod dag;
+pub mod loops;
 pub mod rate_limit;
 pub mod reasons;
 pub mod run;
+pub mod schedule;
 pub mod task;
 
 pub use task::{

@@ -15,6 +15,9 @@ const MAX_DOUBLINGS: u32 = 16;
 pub struct RetryPlan {
     /// Which retry this is, from 1.
     pub attempt: u32,
+    /// When the plan was made: the time of the `RateLimited` transition, so that the
+    /// journal shows exactly the wait that was decided.
+    pub decided_at: Millis,
     /// The task may not start before this time.
     pub not_before: Millis,
 }
@@ -39,6 +42,7 @@ pub fn plan_retry(
         .unwrap_or(now.saturating_add(backoff));
     Some(RetryPlan {
         attempt,
+        decided_at: now,
         not_before,
     })
 }
