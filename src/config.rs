@@ -150,8 +150,14 @@ pub fn read_file(path: &Path) -> Result<Map<String, Value>, String> {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(format!("{} is not a JSON object", path.display())),
-            Err(e) => Err(format!("{} is not valid JSON: {e}", path.display())),
+            Ok(_) => Err(format!(
+                "{} is not a JSON object: fix it, or remove it to use the defaults",
+                path.display()
+            )),
+            Err(e) => Err(format!(
+                "{} is not valid JSON ({e}): fix it, or remove it to use the defaults",
+                path.display()
+            )),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -176,6 +182,101 @@ pub fn write_file(path: &Path, map: &Map<String, Value>) -> Result<(), String> {
         .and_then(|_| f.sync_all())
         .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// The settings an agent entry of `config.json` takes, and what each must be.
+pub const AGENT_FIELDS: &[&str] = &[
+    "command",
+    "model",
+    "systemPrompt",
+    "baseUrl",
+    "apiKey",
+    "outputFormat",
+];
+
+/// Checks one agent setting: `command` is a JSON array of strings, `outputFormat` one
+/// of the known formats, the rest text. The error says what is allowed.
+pub fn parse_agent_field(field: &str, value: &str) -> Result<Value, String> {
+    match field {
+        "command" => {
+            let v: Value = serde_json::from_str(value).map_err(|_| {
+                "agents.<name>.command takes a JSON array of strings, e.g. '[\"my-cli\", \"--print\", \"{prompt}\"]'".to_string()
+            })?;
+            match &v {
+                Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
+                    Ok(v)
+                }
+                _ => Err("agents.<name>.command must be a non-empty JSON array of strings".into()),
+            }
+        }
+        "model" | "systemPrompt" | "baseUrl" | "apiKey" => Ok(Value::from(value)),
+        "outputFormat" => match value {
+            "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
+                Ok(Value::from(value))
+            }
+            _ => Err(
+                "outputFormat is one of plain, claude-stream-json, codex-json, gemini-stream-json"
+                    .into(),
+            ),
+        },
+        other => Err(format!(
+            "unknown agent setting '{other}': use {}",
+            AGENT_FIELDS.join(", ")
+        )),
+    }
+}
+
+/// Sets agent settings in `config.json`: the one writer of `agents.<name>`, used by
+/// `ConfigureAgent` and `beat config set agents.…` alike.
+pub fn set_agent_settings(
+    path: &Path,
+    agent: &str,
+    fields: &[(&str, Value)],
+) -> Result<(), String> {
+    let mut file = read_file(path)?;
+    let agents = file
+        .entry("agents")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !agents.is_object() {
+        *agents = Value::Object(Map::new());
+    }
+    if let Some(agents) = agents.as_object_mut() {
+        let entry = agents
+            .entry(agent.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        if let Some(entry) = entry.as_object_mut() {
+            for (field, value) in fields {
+                entry.insert(field.to_string(), value.clone());
+            }
+        }
+    }
+    write_file(path, &file)
+}
+
+/// Removes an agent's settings (one `field`, or all of them); whether anything was.
+pub fn reset_agent_settings(path: &Path, agent: &str, field: Option<&str>) -> Result<bool, String> {
+    let mut file = read_file(path)?;
+    let Some(agents) = file.get_mut("agents").and_then(Value::as_object_mut) else {
+        return Ok(false);
+    };
+    let removed = match field {
+        None => agents.remove(agent).is_some(),
+        Some(f) => agents
+            .get_mut(agent)
+            .and_then(Value::as_object_mut)
+            .and_then(|a| a.remove(f))
+            .is_some(),
+    };
+    if agents.is_empty() {
+        file.remove("agents");
+    }
+    if removed {
+        write_file(path, &file)?;
+    }
+    Ok(removed)
 }
 
 /// A resolved value and where it came from; `None` when unset everywhere.
@@ -260,7 +361,12 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
         settings: Arc<Settings>,
     }
     let mtime_of = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let load = |p: &Path| {
+    // A file that became unreadable keeps the settings read before, and says so.
+    let load = |p: &Path, before: Option<&Arc<Settings>>| {
+        if let (Err(e), Some(before)) = (read_file(p), before) {
+            tracing::error!("{e}; the settings read before stay in use");
+            return before.clone();
+        }
         let mut warnings = Vec::new();
         let s = load_settings(p, &mut warnings);
         for w in warnings {
@@ -270,7 +376,7 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
     };
     let cache = Mutex::new(Cached {
         mtime: mtime_of(&path),
-        settings: load(&path),
+        settings: load(&path, None),
     });
     Arc::new(move || {
         let Ok(mut c) = cache.lock() else {
@@ -279,7 +385,7 @@ pub fn settings_source(path: PathBuf) -> SettingsSource {
         let now = mtime_of(&path);
         if now != c.mtime {
             c.mtime = now;
-            c.settings = load(&path);
+            c.settings = load(&path, Some(&c.settings));
         }
         c.settings.clone()
     })

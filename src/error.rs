@@ -10,9 +10,13 @@ pub enum CliError {
     /// The daemon said no (unknown task, bad input, ...): exit 1.
     #[error("{0}")]
     Refused(String),
-    /// The daemon could not be reached or started: exit 1.
+    /// The daemon could not be started, or answered something unreadable: exit 1.
     #[error("{0}")]
     Daemon(String),
+    /// The connection to the daemon was lost or could not be made (it stopped, crashed
+    /// or is restarting): exit 1, unless the command reconnects.
+    #[error("{0}")]
+    Disconnected(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]

@@ -7,9 +7,14 @@ mod cli;
 mod config;
 mod daemon;
 mod error;
+mod launcher;
 mod mcp;
 mod paths;
 mod shim;
+
+/// The version `beat --version` and the MCP `serverInfo` report: the package version
+/// and the commit it was built from (build.rs).
+pub const VERSION: &str = env!("BACKBEAT_VERSION");
 
 fn main() {
     let code = cli::main();

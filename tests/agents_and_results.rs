@@ -240,7 +240,7 @@ fn agents_are_listed_checked_and_configured_with_keys_masked() {
     assert_eq!(names, ["claude", "codex", "gemini", "shell", "fake"]);
     assert_eq!(list["defaultAgent"], "fake");
     let check = beat.json(&["agents", "check", "--json"]);
-    let claude = &check[0];
+    let claude = &check["agents"][0];
     assert_eq!(
         (claude["cliFound"].as_bool(), claude["authStatus"].as_str()),
         (Some(false), Some("not-configured"))
@@ -263,8 +263,8 @@ fn agents_are_listed_checked_and_configured_with_keys_masked() {
         "claude-test-1",
     ]);
     let shown = beat.json(&["agents", "config", "show", "claude", "--json"]);
-    assert_eq!(shown[0]["storedKey"], "sk-...789");
-    assert_eq!(shown[0]["model"], "claude-test-1");
+    assert_eq!(shown["agents"][0]["storedKey"], "sk-...789");
+    assert_eq!(shown["agents"][0]["model"], "claude-test-1");
     let config = std::fs::read_to_string(beat.path().join("config.json")).unwrap();
     assert!(config.contains(key), "the key is stored in config.json");
     use std::os::unix::fs::PermissionsExt;

@@ -37,7 +37,11 @@ fn the_cli_refuses_bad_input_with_messages_that_say_what_to_do() {
     assert!(stderr_of(&priority).contains("P9"));
 
     let empty = beat.output(&["run", "--", "  "]);
-    assert_eq!(empty.status.code(), Some(1));
+    assert_eq!(
+        empty.status.code(),
+        Some(2),
+        "an empty prompt is a usage error"
+    );
     assert!(
         stderr_of(&empty).contains("prompt is empty"),
         "{}",
@@ -74,8 +78,16 @@ fn the_cli_refuses_bad_input_with_messages_that_say_what_to_do() {
     );
 
     let timeout = beat.output(&["run", "--timeout", "5", "print x"]);
-    assert_eq!(timeout.status.code(), Some(1));
-    assert!(stderr_of(&timeout).contains("out of range"));
+    assert_eq!(
+        timeout.status.code(),
+        Some(2),
+        "a time limit out of range is a usage error"
+    );
+    assert!(
+        stderr_of(&timeout).contains("from 1s to 24h"),
+        "{}",
+        stderr_of(&timeout)
+    );
 
     let key = beat.output(&["config", "set", "noSuchKey", "1"]);
     assert_eq!(key.status.code(), Some(2));
@@ -143,6 +155,17 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
             assert_eq!(v["success"], false);
         }
     }
+    // A line that is not JSON: -32700; a tools/call whose params are wrong: -32602.
+    mcp.send_raw("this is not json");
+    mcp.send_raw(r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":42}}"#);
+    let reply = mcp.read_message();
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    let reply = mcp.read_message();
+    assert_eq!(
+        (&reply["id"], &reply["error"]["code"]),
+        (&json!("x"), &json!(-32602)),
+        "{reply}"
+    );
     // A method that does not exist: "method not found", for that request's id.
     mcp.send_raw(r#"{"jsonrpc":"2.0","id":"m","method":"no/such/method"}"#);
     let reply = mcp.read_message();

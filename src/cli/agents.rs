@@ -5,9 +5,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::print_json;
+use super::{outln, print_json};
 use crate::error::CliError;
 use crate::mcp::client::DaemonClient;
+use crate::mcp::tools::agents::{AgentAction, ConfigureAgentArgs, ListAgentsArgs};
 use crate::paths::Home;
 
 #[derive(Args)]
@@ -63,7 +64,7 @@ pub struct InitArgs {
 
 async fn agents(home: &Home) -> Result<(Vec<Value>, Option<String>), CliError> {
     let client = DaemonClient::connect(home).await?;
-    let v = client.call("ListAgents", json!({})).await?;
+    let v = client.call(&ListAgentsArgs {}).await?;
     client.close().await;
     Ok((
         v["agents"].as_array().cloned().unwrap_or_default(),
@@ -92,7 +93,7 @@ pub async fn run(args: AgentsArgs, home: &Home) -> Result<i32, CliError> {
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{:<8} {}{mark}",
                         a["provider"].as_str().unwrap_or(""),
                         a["description"].as_str().unwrap_or("")
@@ -104,13 +105,13 @@ pub async fn run(args: AgentsArgs, home: &Home) -> Result<i32, CliError> {
             }
         }
         AgentsCommand::Check { json } => {
-            let (list, _) = agents(home).await?;
+            let (list, default) = agents(home).await?;
             if json {
-                print_json(&Value::Array(list));
+                print_json(&json!({ "agents": list, "defaultAgent": default }));
             } else {
-                println!("{:<8} {:<9} {:<15} STATUS", "AGENT", "CLI", "AUTH");
+                outln!("{:<8} {:<9} {:<15} STATUS", "AGENT", "CLI", "AUTH");
                 for a in &list {
-                    println!(
+                    outln!(
                         "{:<8} {:<9} {:<15} {}",
                         a["provider"].as_str().unwrap_or(""),
                         if a["cliFound"] == true {
@@ -122,7 +123,7 @@ pub async fn run(args: AgentsArgs, home: &Home) -> Result<i32, CliError> {
                         badge(a)
                     );
                     if let Some(h) = a["hint"].as_str() {
-                        println!("         {h}");
+                        outln!("         {h}");
                     }
                 }
             }
@@ -136,48 +137,56 @@ async fn config(cmd: AgentConfigCommand, home: &Home) -> Result<i32, CliError> {
     let client = DaemonClient::connect(home).await?;
     let result = match cmd {
         AgentConfigCommand::Set { agent, key, value } => {
-            let field = match key.as_str() {
-                "apiKey" | "model" | "baseUrl" | "systemPrompt" => key.clone(),
+            let mut request = ConfigureAgentArgs {
+                agent,
+                action: Some(AgentAction::Set),
+                ..Default::default()
+            };
+            let slot = match key.as_str() {
+                "apiKey" => &mut request.api_key,
+                "model" => &mut request.model,
+                "baseUrl" => &mut request.base_url,
+                "systemPrompt" => &mut request.system_prompt,
                 other => {
                     return Err(CliError::Usage(format!(
                         "unknown agent setting '{other}': use apiKey, model, baseUrl or systemPrompt"
                     )));
                 }
             };
-            if field == "apiKey" {
+            *slot = Some(value);
+            if request.api_key.is_some() {
                 eprintln!(
                     "note: a key typed on the command line stays in your shell history; the environment variable is safer"
                 );
             }
-            let v = client
-                .call(
-                    "ConfigureAgent",
-                    json!({ "agent": agent, "action": "set", field: value }),
-                )
-                .await?;
+            let v = client.call(&request).await?;
             eprintln!("{}", v["message"].as_str().unwrap_or("stored"));
             Ok(0)
         }
         AgentConfigCommand::Show { agent, json } => {
             let list = match agent {
-                Some(a) => vec![
+                Some(agent) => vec![
                     client
-                        .call("ConfigureAgent", json!({ "agent": a, "action": "check" }))
+                        .call(&ConfigureAgentArgs {
+                            agent,
+                            action: Some(AgentAction::Check),
+                            ..Default::default()
+                        })
                         .await?,
                 ],
-                None => client.call("ListAgents", json!({})).await?["agents"]
+                None => client.call(&ListAgentsArgs {}).await?["agents"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default(),
             };
             if json {
-                print_json(&Value::Array(list));
+                print_json(&json!({ "agents": list }));
             } else {
                 for a in &list {
-                    println!("{}:", a["provider"].as_str().unwrap_or(""));
+                    outln!("{}:", a["provider"].as_str().unwrap_or(""));
                     for key in ["model", "baseUrl", "systemPrompt", "storedKey", "envVar"] {
                         if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
-                            println!(
+                            outln!(
                                 "  {key}: {}",
                                 v.as_str()
                                     .map(String::from)
@@ -191,10 +200,11 @@ async fn config(cmd: AgentConfigCommand, home: &Home) -> Result<i32, CliError> {
         }
         AgentConfigCommand::Reset { agent } => {
             let v = client
-                .call(
-                    "ConfigureAgent",
-                    json!({ "agent": agent, "action": "reset" }),
-                )
+                .call(&ConfigureAgentArgs {
+                    agent,
+                    action: Some(AgentAction::Reset),
+                    ..Default::default()
+                })
                 .await?;
             eprintln!("{}", v["message"].as_str().unwrap_or("reset"));
             Ok(0)

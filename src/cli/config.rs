@@ -2,12 +2,13 @@
 //! over defaults. `set` takes effect for new work without restarting the daemon.
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::print_json;
-use crate::config::{self, KEYS, Source, read_file, resolve, write_file};
+use super::{outln, print_json};
+use crate::config::{self, KEYS, read_file, write_file};
 use crate::error::CliError;
-use crate::mcp::tools::agents::mask;
+use crate::mcp::client::DaemonClient;
+use crate::mcp::tools::config::ShowConfigArgs;
 use crate::paths::Home;
 
 #[derive(Subcommand)]
@@ -25,78 +26,45 @@ pub enum ConfigCommand {
     Path,
 }
 
-/// The `agents` section with API keys masked.
-fn masked_agents(file: &Map<String, Value>) -> Value {
-    let mut agents = file.get("agents").cloned().unwrap_or(json!({}));
-    if let Value::Object(map) = &mut agents {
-        for agent in map.values_mut() {
-            if let Some(Value::String(k)) = agent.get("apiKey").cloned() {
-                agent["apiKey"] = Value::from(mask(&k));
-            }
-        }
-    }
-    agents
-}
-
 pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
     let path = home.config();
     match cmd {
         ConfigCommand::Path => {
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
-        ConfigCommand::Show { json } => {
-            let file = read_file(&path).map_err(CliError::Refused)?;
-            let mut warnings = Vec::new();
-            let settings = config::load_settings(&path, &mut warnings);
-            let mut out = Map::new();
-            let mut rows = Vec::new();
-            for key in KEYS {
-                let (value, source) = resolve(key, &file, &mut Vec::new());
-                let value = value.unwrap_or_else(|| match key.name {
-                    "timeout" => Value::from(settings.timeout),
-                    "maxOutputBuffer" => Value::from(settings.max_output_buffer),
-                    "maxWorkers" => Value::from(settings.max_workers),
-                    "cpuCoresReserved" => Value::from(settings.cpu_cores_reserved),
-                    "memoryReserve" => Value::from(settings.memory_reserve),
-                    "killGracePeriodMs" => Value::from(settings.kill_grace_period_ms),
-                    "rateLimitRetries" => Value::from(settings.rate_limit_retries),
-                    "rateLimitBackoffMs" => Value::from(settings.rate_limit_backoff_ms),
-                    "logLevel" => Value::from("info"),
-                    _ => Value::Null,
-                });
-                let source = match source {
-                    Source::Environment => format!("environment ({})", key.env),
-                    Source::File => "config.json".into(),
-                    Source::Default => "default".into(),
-                };
-                rows.push((key.name, value.clone(), source.clone(), key.help));
-                out.insert(key.name.into(), json!({ "value": value, "source": source }));
-            }
-            out.insert("agents".into(), masked_agents(&file));
-            if json {
-                print_json(&json!({ "path": path.display().to_string(), "settings": out }));
-            } else {
-                for (name, value, source, help) in rows {
-                    println!("{name:<18} {:<14} {source:<32} {help}", value.to_string());
-                }
-                println!("{:<18} {}", "agents", masked_agents(&file));
-                eprintln!("File: {}", path.display());
-            }
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-        }
+        ConfigCommand::Show { json } => return super::block_on(show(home, json)),
         ConfigCommand::Set { key, value } => {
             home.ensure()?;
-            let mut file = read_file(&path).map_err(CliError::Refused)?;
             if let Some(rest) = key.strip_prefix("agents.") {
-                set_agent_key(&mut file, rest, &value)?;
+                let Some((agent, field)) = rest.split_once('.') else {
+                    return Err(CliError::Usage(
+                        "give agents.<name>.<field>, e.g. agents.fake.command".into(),
+                    ));
+                };
+                let parsed = config::parse_agent_field(field, &value).map_err(CliError::Usage)?;
+                config::set_agent_settings(&path, agent, &[(field, parsed)])
+                    .map_err(CliError::Refused)?;
             } else {
+                let mut file = read_file(&path).map_err(CliError::Refused)?;
                 let k = config::key(&key).ok_or_else(|| {
                     let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-                    CliError::Usage(format!("unknown key '{key}'. Keys: {}, agents.<name>.<command|model|systemPrompt|baseUrl|apiKey>", names.join(", ")))
+                    CliError::Usage(format!(
+                        "unknown key '{key}'. Keys: {}, agents.<name>.<{}>",
+                        names.join(", "),
+                        config::AGENT_FIELDS.join("|")
+                    ))
                 })?;
                 let parsed = config::parse_value(k, &value).map_err(CliError::Usage)?;
+                if key == "defaultAgent" {
+                    let settings = config::load_settings(&path, &mut Vec::new());
+                    let names = backbeat_actors::agents::adapter::agent_names(&settings);
+                    if !names.iter().any(|n| parsed.as_str() == Some(n.as_str())) {
+                        return Err(CliError::Usage(format!(
+                            "unknown agent '{value}': choose one of {} (or define it first with `beat config set agents.{value}.command '[\"my-cli\", \"{{prompt}}\"]'`)",
+                            names.join(", ")
+                        )));
+                    }
+                }
                 file.insert(key.clone(), parsed);
                 if std::env::var(k.env).is_ok_and(|v| !v.is_empty()) {
                     eprintln!(
@@ -104,37 +72,28 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                         k.env
                     );
                 }
+                write_file(&path, &file).map_err(CliError::Refused)?;
             }
-            write_file(&path, &file).map_err(CliError::Refused)?;
             eprintln!("{key} set in {}", path.display());
         }
         ConfigCommand::Reset { key } => {
-            let mut file = read_file(&path).map_err(CliError::Refused)?;
-            let removed = match key.strip_prefix("agents.") {
+            match key.strip_prefix("agents.") {
                 Some(rest) => {
                     let (agent, field) = rest
                         .split_once('.')
                         .map(|(a, f)| (a, Some(f)))
                         .unwrap_or((rest, None));
-                    match (file.get_mut("agents").and_then(Value::as_object_mut), field) {
-                        (Some(agents), None) => agents.remove(agent).is_some(),
-                        (Some(agents), Some(f)) => agents
-                            .get_mut(agent)
-                            .and_then(Value::as_object_mut)
-                            .and_then(|a| a.remove(f))
-                            .is_some(),
-                        _ => false,
-                    }
+                    config::reset_agent_settings(&path, agent, field).map_err(CliError::Refused)?;
                 }
                 None => {
                     if config::key(&key).is_none() {
                         return Err(CliError::Usage(format!("unknown key '{key}'")));
                     }
-                    file.remove(&key).is_some()
+                    let mut file = read_file(&path).map_err(CliError::Refused)?;
+                    if file.remove(&key).is_some() {
+                        write_file(&path, &file).map_err(CliError::Refused)?;
+                    }
                 }
-            };
-            if removed {
-                write_file(&path, &file).map_err(CliError::Refused)?;
             }
             eprintln!("{key} reset to its default");
         }
@@ -151,51 +110,57 @@ pub fn set_value(home: &Home, key: &str, value: Value) -> Result<(), CliError> {
     write_file(&path, &file).map_err(CliError::Refused)
 }
 
-fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Result<(), CliError> {
-    let Some((agent, field)) = rest.split_once('.') else {
-        return Err(CliError::Usage(
-            "give agents.<name>.<field>, e.g. agents.fake.command".into(),
-        ));
-    };
-    let parsed = match field {
-        "command" => {
-            let v: Value = serde_json::from_str(value).map_err(|_| {
-                CliError::Usage("agents.<name>.command takes a JSON array of strings, e.g. '[\"my-cli\", \"--print\", \"{prompt}\"]'".into())
-            })?;
-            match &v {
-                Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => v,
-                _ => {
-                    return Err(CliError::Usage(
-                        "agents.<name>.command must be a non-empty JSON array of strings".into(),
-                    ));
-                }
-            }
+/// `beat config show`: what the daemon uses (asked of it, since its environment is the
+/// one tasks get), and where the calling shell's environment differs.
+async fn show(home: &Home, json: bool) -> Result<i32, CliError> {
+    let mut client = DaemonClient::connect(home).await?;
+    let v = client.read(&ShowConfigArgs {}).await?;
+    client.close().await;
+    let differences: Vec<String> = v["environment"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(var, daemon)| {
+            let shell = std::env::var(var).ok().filter(|s| !s.is_empty());
+            (shell.as_deref() != daemon.as_str()).then(|| {
+                format!(
+                    "{var} is {} in this shell but {} for the daemon",
+                    shell.map(|s| format!("'{s}'")).unwrap_or("unset".into()),
+                    daemon
+                        .as_str()
+                        .map(|s| format!("'{s}'"))
+                        .unwrap_or("unset".into())
+                )
+            })
+        })
+        .collect();
+    if json {
+        print_json(&json!({
+            "path": v["path"],
+            "settings": v["settings"],
+            "environmentDiffers": differences,
+        }));
+    } else {
+        for key in KEYS {
+            let (name, s) = (key.name, &v["settings"][key.name]);
+            outln!(
+                "{name:<18} {:<14} {:<32} {}",
+                s["value"].to_string(),
+                s["source"].as_str().unwrap_or(""),
+                s["help"].as_str().unwrap_or("")
+            );
         }
-        "model" | "systemPrompt" | "baseUrl" | "apiKey" => Value::from(value),
-        "outputFormat" => match value {
-            "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
-                Value::from(value)
-            }
-            _ => return Err(CliError::Usage(
-                "outputFormat is one of plain, claude-stream-json, codex-json, gemini-stream-json"
-                    .into(),
-            )),
-        },
-        other => {
-            return Err(CliError::Usage(format!(
-                "unknown agent setting '{other}': use command, model, systemPrompt, baseUrl or apiKey"
-            )));
-        }
-    };
-    let agents = file.entry("agents").or_insert_with(|| json!({}));
-    if !agents.is_object() {
-        *agents = json!({});
+        outln!("{:<18} {}", "agents", v["settings"]["agents"]);
+        eprintln!("File: {}", v["path"].as_str().unwrap_or(""));
     }
-    let entry = agents
-        .as_object_mut()
-        .map(|a| a.entry(agent.to_string()).or_insert_with(|| json!({})));
-    if let Some(Value::Object(a)) = entry {
-        a.insert(field.into(), parsed);
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or(""));
     }
-    Ok(())
+    if !differences.is_empty() {
+        eprintln!(
+            "note: the daemon uses its own environment, from when it started: {}. Restart it (`beat daemon stop`; the next command starts it) to use this shell's.",
+            differences.join("; ")
+        );
+    }
+    Ok(0)
 }

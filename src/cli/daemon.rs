@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::print_json;
+use super::{outln, print_json};
 use crate::error::CliError;
 use crate::paths::Home;
 
@@ -32,10 +32,10 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
         }
         DaemonCommand::Start { foreground: false } => {
             super::block_on(async {
-                crate::daemon::connect_or_start(home).await?;
+                crate::launcher::connect_or_start(home).await?;
                 Ok(0)
             })?;
-            let pid = crate::daemon::running_pid(home);
+            let pid = crate::launcher::running_pid(home);
             eprintln!(
                 "daemon running (pid {})",
                 pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
@@ -43,7 +43,7 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             Ok(0)
         }
         DaemonCommand::Stop => {
-            if crate::daemon::stop(home)? {
+            if crate::launcher::stop(home)? {
                 eprintln!("daemon stopped");
             } else {
                 eprintln!("no daemon was running");
@@ -51,16 +51,16 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             Ok(0)
         }
         DaemonCommand::Status { json } => {
-            let pid = crate::daemon::running_pid(home);
+            let pid = crate::launcher::running_pid(home);
             let socket = home.socket().display().to_string();
             if json {
                 print_json(
-                    &json!({ "running": pid.is_some(), "pid": pid, "socket": socket, "home": home.root.display().to_string() }),
+                    &json!({ "running": pid.is_some(), "pid": pid, "socket": socket, "home": home.root.display().to_string(), "database": home.db().display().to_string() }),
                 );
             } else if let Some(pid) = pid {
-                println!("running (pid {pid}), socket {socket}");
+                outln!("running (pid {pid}), socket {socket}");
             } else {
-                println!("not running");
+                outln!("not running");
             }
             Ok(0)
         }

@@ -7,29 +7,35 @@
 mod agents;
 mod config;
 mod daemon;
+mod follow;
 mod mcp;
 mod pipeline;
 mod run;
 mod tasks;
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::error::CliError;
+use crate::mcp::tools::tasks::PriorityField;
 use crate::paths::Home;
 
 #[derive(Parser)]
 #[command(
     name = "beat",
-    version,
+    version = crate::VERSION,
     about = "Run AI coding agents as durable background workers",
-    propagate_version = true
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -80,8 +86,13 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    let Some(command) = cli.command else {
+        // A bare `beat`: the help, on stdout, as a request for it (the original did so).
+        write_stdout(format!("{}\n", Cli::command().render_help()).as_bytes());
+        return 0;
+    };
     let home = Home::from_env();
-    let result = match cli.command {
+    let result = match command {
         Command::Shim { run_dir } => return crate::shim::run(&run_dir),
         Command::Daemon(cmd) => daemon::run(cmd, &home),
         Command::Config(cmd) => config::run(cmd, &home),
@@ -116,9 +127,55 @@ pub fn block_on<F: std::future::Future<Output = Result<i32, CliError>>>(
         .block_on(f)
 }
 
-/// Prints one JSON document on stdout.
+/// Writes to stdout. A reader that went away (`beat list | head -1`) ends the command
+/// quietly, as command-line tools do, instead of a panic.
+pub fn write_stdout(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|_| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+/// Writes to stderr; a closed stderr is not worth failing for.
+pub fn write_stderr(bytes: &[u8]) {
+    let _ = std::io::stderr().write_all(bytes);
+}
+
+/// `println!` for command output: see `write_stdout`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+pub(crate) use outln;
+
+/// Prints one JSON document on stdout, its times as ISO-8601 strings.
 pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let mut v = v.clone();
+    iso_times(&mut v);
+    outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// Every time in a JSON document for people: a `...At` or `notBefore` key holding
+/// milliseconds since the epoch becomes an ISO-8601 string, at any depth.
+pub fn iso_times(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if (key.ends_with("At") || key == "notBefore")
+                    && let Some(ms) = value.as_i64()
+                {
+                    *value = Value::from(iso(ms));
+                } else {
+                    iso_times(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(iso_times),
+        _ => {}
+    }
 }
 
 /// Milliseconds since the epoch as an ISO-8601 UTC string.
@@ -126,19 +183,6 @@ pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-/// A task record for `--json`: camelCase keys, ISO-8601 times.
-pub fn record_for_cli(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Value::Object(map) = &mut v {
-        for key in ["createdAt", "startedAt", "completedAt", "notBefore"] {
-            if let Some(ms) = map.get(key).and_then(Value::as_i64) {
-                map.insert(key.into(), Value::from(iso(ms)));
-            }
-        }
-    }
-    v
 }
 
 /// `1500`, `1500ms`, `30s`, `5m`, `2h` as milliseconds.
@@ -159,6 +203,28 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         _ => return Err(format!("'{text}' has an unknown unit: use ms, s, m or h")),
     };
     Ok((n * factor).round() as u64)
+}
+
+/// A task's time limit: a duration from 1 s to 24 h, as the daemon accepts.
+pub fn parse_time_limit(text: &str) -> Result<u64, String> {
+    let ms = parse_duration(text)?;
+    if (1_000..=86_400_000).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "'{text}' is {ms} ms: a time limit is from 1s to 24h (a bare number is milliseconds)"
+        ))
+    }
+}
+
+/// `P0`, `P1` or `P2`.
+pub fn parse_priority(text: &str) -> Result<PriorityField, String> {
+    match text {
+        "P0" | "p0" => Ok(PriorityField::P0),
+        "P1" | "p1" => Ok(PriorityField::P1),
+        "P2" | "p2" => Ok(PriorityField::P2),
+        _ => Err(format!("'{text}' is not a priority: use P0, P1 or P2")),
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{parse_duration, print_json};
+use super::{outln, parse_duration, parse_priority, print_json};
 use crate::error::CliError;
 use crate::mcp::client::DaemonClient;
+use crate::mcp::tools::pipelines::{
+    CancelPipelineArgs, CreatePipelineArgs, PipelineStatusArgs, StepArgs,
+};
+use crate::mcp::tools::tasks::PriorityField;
 use crate::paths::{Home, absolute};
 
 #[derive(Args)]
@@ -27,8 +31,8 @@ pub struct PipelineArgs {
     /// Agent of every step
     #[arg(short, long)]
     agent: Option<String>,
-    #[arg(short, long, value_parser = ["P0", "P1", "P2"])]
-    priority: Option<String>,
+    #[arg(short, long, value_parser = parse_priority)]
+    priority: Option<PriorityField>,
     #[arg(short, long = "working-directory")]
     working_directory: Option<PathBuf>,
     /// Print {"pipelineId": …, "steps": […]}
@@ -75,20 +79,22 @@ pub async fn run(args: PipelineArgs, home: &Home) -> Result<i32, CliError> {
     let code = match &args.command {
         Some(PipelineCommand::Status { id, json }) => {
             let v = client
-                .call("PipelineStatus", json!({ "pipelineId": id }))
+                .call(&PipelineStatusArgs {
+                    pipeline_id: id.clone(),
+                })
                 .await?;
             if *json {
                 print_json(
                     &json!({ "pipelineId": v["pipelineId"], "status": v["status"], "steps": v["steps"] }),
                 );
             } else {
-                println!(
+                outln!(
                     "{}  {}",
                     v["pipelineId"].as_str().unwrap_or(""),
                     v["status"].as_str().unwrap_or("")
                 );
                 for s in v["steps"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  {}. {}  {:<9}  {}",
                         s["index"].as_u64().unwrap_or(0) + 1,
                         s["taskId"].as_str().unwrap_or(""),
@@ -100,11 +106,12 @@ pub async fn run(args: PipelineArgs, home: &Home) -> Result<i32, CliError> {
             0
         }
         Some(PipelineCommand::Cancel { id, reason }) => {
+            let reason = reason.join(" ");
             let v = client
-                .call(
-                    "CancelPipeline",
-                    json!({ "pipelineId": id, "reason": reason.join(" ") }),
-                )
+                .call(&CancelPipelineArgs {
+                    pipeline_id: id.clone(),
+                    reason: (!reason.trim().is_empty()).then_some(reason),
+                })
                 .await?;
             eprintln!("{}", v["message"].as_str().unwrap_or("cancelled"));
             0
@@ -115,27 +122,35 @@ pub async fn run(args: PipelineArgs, home: &Home) -> Result<i32, CliError> {
                 return Err(CliError::Usage("a pipeline needs at least 2 steps: beat pipeline <prompt> <prompt> [--step <prompt>]…".into()));
             }
             let cwd = std::env::current_dir()?;
-            let mut req = json!({
-                "steps": steps.iter().enumerate().map(|(i, p)| {
-                    let mut step = json!({ "prompt": p });
-                    if i > 0 && let Some(d) = args.delay {
-                        step["delayMs"] = Value::from(d);
-                    }
-                    step
-                }).collect::<Vec<_>>(),
-                "workingDirectory": absolute(&args.working_directory.clone().unwrap_or_else(|| cwd.clone()), &cwd).display().to_string(),
-            });
-            if let Some(a) = &args.agent {
-                req["agent"] = Value::from(a.clone());
-            }
-            if let Some(p) = &args.priority {
-                req["priority"] = Value::from(p.clone());
-            }
-            let v = client.call("CreatePipeline", req).await?;
+            let request = CreatePipelineArgs {
+                steps: steps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, prompt)| StepArgs {
+                        prompt,
+                        delay_ms: args.delay.filter(|_| i > 0),
+                        ..Default::default()
+                    })
+                    .collect(),
+                priority: args.priority,
+                working_directory: Some(
+                    absolute(
+                        &args
+                            .working_directory
+                            .clone()
+                            .unwrap_or_else(|| cwd.clone()),
+                        &cwd,
+                    )
+                    .display()
+                    .to_string(),
+                ),
+                agent: args.agent.clone(),
+            };
+            let v = client.call(&request).await?;
             if args.json {
                 print_json(&json!({ "pipelineId": v["pipelineId"], "steps": v["steps"] }));
             } else {
-                println!("Pipeline ID: {}", v["pipelineId"].as_str().unwrap_or(""));
+                outln!("Pipeline ID: {}", v["pipelineId"].as_str().unwrap_or(""));
                 for s in v["steps"].as_array().into_iter().flatten() {
                     eprintln!(
                         "  {}. {}",

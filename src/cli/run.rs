@@ -1,14 +1,16 @@
 //! `beat run`: delegate a task; detached by default, or followed with `-f`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use backbeat_actors::TaskStatus;
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{parse_duration, print_json};
+use super::follow::{Followed, Follower, Sink, exit_code_of, follow_files};
+use super::{outln, parse_priority, parse_time_limit, print_json};
 use crate::error::CliError;
-use crate::mcp::client::DaemonClient;
+use crate::mcp::client::{DaemonClient, record_of};
+use crate::mcp::tools::tasks::{DelegateTaskArgs, PriorityField};
 use crate::paths::{Home, absolute};
 
 #[derive(Args)]
@@ -27,16 +29,16 @@ pub struct RunArgs {
     #[arg(short, long)]
     agent: Option<String>,
     /// P0 (critical), P1 (high), P2 (normal)
-    #[arg(short, long, value_parser = ["P0", "P1", "P2"])]
-    priority: Option<String>,
+    #[arg(short, long, value_parser = parse_priority)]
+    priority: Option<PriorityField>,
     /// Directory the agent works in (default: the current directory)
     #[arg(short, long = "working-directory")]
     working_directory: Option<PathBuf>,
-    /// Wall-clock limit: ms, or 30s, 5m, 2h
-    #[arg(short, long, value_parser = parse_duration)]
+    /// Wall-clock limit: ms, or 30s, 5m, 2h (1s to 24h)
+    #[arg(short, long, value_parser = parse_time_limit)]
     timeout: Option<u64>,
-    /// Stop the agent after this long without output: ms, or 30s, 5m
-    #[arg(long = "idle-timeout", value_parser = parse_duration)]
+    /// Stop the agent after this long without output: ms, or 30s, 5m (1s to 24h)
+    #[arg(long = "idle-timeout", value_parser = parse_time_limit)]
     idle_timeout: Option<u64>,
     /// Bytes of output kept
     #[arg(short = 'b', long = "max-output-buffer", visible_alias = "buffer")]
@@ -77,113 +79,74 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
         })?,
         None => args.prompt.join(" "),
     };
-    let mut request = json!({
-        "prompt": prompt,
-        "workingDirectory": absolute(&args.working_directory.unwrap_or_else(|| cwd.clone()), &cwd).display().to_string(),
-    });
-    let fields = [
-        ("agent", args.agent.map(Value::from)),
-        ("priority", args.priority.map(Value::from)),
-        ("timeout", args.timeout.map(Value::from)),
-        ("idleTimeout", args.idle_timeout.map(Value::from)),
-        ("maxOutputBuffer", args.max_output_buffer.map(Value::from)),
-        ("model", args.model.map(Value::from)),
-        ("systemPrompt", args.system_prompt.map(Value::from)),
-        ("continueFrom", args.continue_from.map(Value::from)),
-        (
-            "dependsOn",
-            (!args.deps.is_empty()).then(|| {
-                Value::from(
-                    args.deps
-                        .iter()
-                        .map(|d| d.trim())
-                        .filter(|d| !d.is_empty())
-                        .collect::<Vec<_>>(),
-                )
-            }),
-        ),
-    ];
-    for (key, value) in fields {
-        if let Some(v) = value {
-            request[key] = v;
-        }
+    if prompt.trim().is_empty() {
+        return Err(CliError::Usage(
+            "the prompt is empty: say what the agent should do".into(),
+        ));
     }
-    let client = DaemonClient::connect(home).await?;
-    let reply = client.call("DelegateTask", request).await?;
+    let deps: Vec<String> = args
+        .deps
+        .iter()
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let request = DelegateTaskArgs {
+        prompt,
+        priority: args.priority,
+        working_directory: Some(
+            absolute(&args.working_directory.unwrap_or_else(|| cwd.clone()), &cwd)
+                .display()
+                .to_string(),
+        ),
+        timeout: args.timeout,
+        idle_timeout: args.idle_timeout,
+        max_output_buffer: args.max_output_buffer,
+        agent: args.agent,
+        model: args.model,
+        system_prompt: args.system_prompt,
+        depends_on: (!deps.is_empty()).then_some(deps),
+        continue_from: args.continue_from,
+    };
+    let mut client = DaemonClient::connect(home).await?;
+    let reply = client.call(&request).await?;
     let id = reply["taskId"].as_str().unwrap_or_default().to_string();
     if !args.foreground {
         if args.json {
             print_json(&json!({ "taskId": id }));
         } else {
-            println!("Task ID: {id}");
+            outln!("Task ID: {id}");
             eprintln!("Follow it with `beat logs {id} -f`; see it with `beat status {id}`.");
         }
         client.close().await;
         return Ok(0);
     }
     eprintln!("Task ID: {id}");
-    let code = follow(&client, home, &id, true).await?;
-    if args.json {
-        let v = client.call("TaskStatus", json!({ "taskId": id })).await?;
-        print_json(&super::record_for_cli(&v["task"]));
-    }
+    // With --json, stdout is the one JSON document: the agent's output goes to stderr.
+    let sink = if args.json {
+        Sink::Stderr
+    } else {
+        Sink::Stdout
+    };
+    let run = home.run(&id);
+    let files = (
+        Follower::readable(home.run(&id), sink),
+        Follower::new(run.stderr(), Sink::Stderr),
+    );
+    let followed = follow_files(&mut client, &id, Some(files), true).await;
     client.close().await;
-    Ok(code)
-}
-
-/// Streams a task's output until it is finished; Ctrl-C cancels it when
-/// `cancel_on_interrupt`. Returns the exit code that the task's end calls for. A
-/// structured agent is shown through its readable transcript, not its JSON.
-pub async fn follow(
-    client: &DaemonClient,
-    home: &Home,
-    id: &str,
-    cancel_on_interrupt: bool,
-) -> Result<i32, CliError> {
-    let run = home.run_dir(id);
-    let out = super::tasks::Follower::readable(&run);
-    let err = super::tasks::Follower::new(run.join("stderr.log"), true);
-    follow_files(client, id, out, err, cancel_on_interrupt).await
-}
-
-/// Copies what the followers' files gain until the task is finished.
-pub async fn follow_files(
-    client: &DaemonClient,
-    id: &str,
-    mut out: super::tasks::Follower,
-    mut err: super::tasks::Follower,
-    cancel_on_interrupt: bool,
-) -> Result<i32, CliError> {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let wait = client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 }));
-    tokio::pin!(wait);
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
-    loop {
-        tokio::select! {
-            done = &mut wait => {
-                out.drain();
-                err.drain();
-                let v = done?;
-                if v["finished"] != Value::Bool(true) {
-                    // An hour passed: wait again.
-                    wait.set(client.call("WaitTask", json!({ "taskId": id, "timeoutMs": 3_600_000 })));
-                    continue;
-                }
-                let record = crate::mcp::client::record_of(&v["task"])?;
-                return Ok(super::tasks::exit_code_of(&record));
-            }
-            _ = &mut interrupt, if cancel_on_interrupt => {
-                eprintln!("\nbeat: interrupted; cancelling {id}");
-                let _ = client.call("CancelTask", json!({ "taskId": id, "reason": "interrupted (Ctrl-C)" })).await;
-                out.drain();
-                err.drain();
-                return Ok(130);
-            }
-            _ = tick.tick() => {
-                out.drain();
-                err.drain();
-            }
-        }
+    let v = match followed? {
+        Followed::Interrupted => return Ok(130),
+        Followed::Finished(v) => v,
+    };
+    let record = record_of(&v["task"])?;
+    if args.json {
+        print_json(&v["task"]);
     }
+    if record.status != TaskStatus::Completed {
+        eprintln!(
+            "beat: {id} {}",
+            record.reason.as_deref().unwrap_or(record.status.as_str())
+        );
+    }
+    Ok(exit_code_of(&record))
 }

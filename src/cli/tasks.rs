@@ -1,22 +1,47 @@
 //! Task commands: list, status, logs, cancel, retry, wait.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
-
-use backbeat_actors::{TaskRecord, TaskStatus};
-use clap::Args;
+use backbeat_actors::TaskRecord;
+use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use super::{iso, print_json, record_for_cli};
+use super::follow::{Follower, Sink, exit_code_of, follow_files, tail_offset, wait_finished};
+use super::{iso, outln, print_json};
 use crate::error::CliError;
 use crate::mcp::client::{DaemonClient, record_of};
+use crate::mcp::tools::tasks::{
+    CancelTaskArgs, ResumeTaskArgs, RetryTaskArgs, StatusField, TaskStatusArgs,
+};
 use crate::paths::Home;
+
+/// The states `--status` takes.
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusChoice {
+    Blocked,
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<StatusChoice> for StatusField {
+    fn from(s: StatusChoice) -> StatusField {
+        match s {
+            StatusChoice::Blocked => StatusField::Blocked,
+            StatusChoice::Queued => StatusField::Queued,
+            StatusChoice::Running => StatusField::Running,
+            StatusChoice::Completed => StatusField::Completed,
+            StatusChoice::Failed => StatusField::Failed,
+            StatusChoice::Cancelled => StatusField::Cancelled,
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct ListArgs {
     /// Only tasks in this state
-    #[arg(long, value_parser = ["blocked", "queued", "running", "completed", "failed", "cancelled"])]
-    status: Option<String>,
+    #[arg(long, value_enum)]
+    status: Option<StatusChoice>,
     /// Most tasks shown
     #[arg(long, default_value_t = 100)]
     limit: u32,
@@ -77,26 +102,20 @@ pub struct WaitArgs {
     json: bool,
 }
 
-/// The exit code a finished task calls for (DESIGN section 10).
-pub fn exit_code_of(task: &TaskRecord) -> i32 {
-    match (task.status, task.exit_code) {
-        (TaskStatus::Completed, _) => 0,
-        (TaskStatus::Failed, Some(code)) if (1..=255).contains(&code) => code,
-        _ => 1,
-    }
-}
-
 fn list_table(tasks: &[Value]) {
     if tasks.is_empty() {
         eprintln!("No tasks.");
         return;
     }
-    println!(
+    outln!(
         "{:<41}  {:<9}  {:<8}  {:<24}  PROMPT",
-        "ID", "STATUS", "AGENT", "CREATED"
+        "ID",
+        "STATUS",
+        "AGENT",
+        "CREATED"
     );
     for t in tasks {
-        println!(
+        outln!(
             "{:<41}  {:<9}  {:<8}  {:<24}  {}",
             t["id"].as_str().unwrap_or(""),
             t["status"].as_str().unwrap_or(""),
@@ -108,12 +127,14 @@ fn list_table(tasks: &[Value]) {
 }
 
 pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {
-    let client = DaemonClient::connect(home).await?;
-    let mut req = json!({ "limit": args.limit });
-    if let Some(s) = args.status {
-        req["status"] = Value::from(s);
-    }
-    let v = client.call("TaskStatus", req).await?;
+    let mut client = DaemonClient::connect(home).await?;
+    let v = client
+        .read(&TaskStatusArgs {
+            task_id: None,
+            status: args.status.map(StatusField::from),
+            limit: Some(args.limit),
+        })
+        .await?;
     client.close().await;
     let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
     if args.json {
@@ -121,7 +142,7 @@ pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {
             tasks
                 .iter()
                 .map(|t| {
-                    let mut r = record_for_cli(t);
+                    let mut r = t.clone();
                     if let Value::Object(m) = &mut r {
                         m.remove("promptPreview");
                     }
@@ -141,51 +162,54 @@ fn print_task(t: &TaskRecord) {
         Some(r) => format!("{} ({r})", t.status),
         None => t.status.to_string(),
     };
-    println!("ID:         {}", t.id);
-    println!("Status:     {status}");
-    println!("Agent:      {}", t.agent);
-    println!("Priority:   {}", t.priority.as_str());
-    println!("Directory:  {}", t.working_directory);
-    println!("Created:    {}", time(Some(t.created_at)));
-    println!("Started:    {}", time(t.started_at));
-    println!("Completed:  {}", time(t.completed_at));
+    outln!("ID:         {}", t.id);
+    outln!("Status:     {status}");
+    outln!("Agent:      {}", t.agent);
+    outln!("Priority:   {}", t.priority.as_str());
+    outln!("Directory:  {}", t.working_directory);
+    outln!("Created:    {}", time(Some(t.created_at)));
+    outln!("Started:    {}", time(t.started_at));
+    outln!("Completed:  {}", time(t.completed_at));
     if let (Some(s), Some(e)) = (t.started_at, t.completed_at) {
-        println!("Duration:   {:.3} s", (e - s) as f64 / 1000.0);
+        outln!("Duration:   {:.3} s", (e - s) as f64 / 1000.0);
     }
-    println!(
+    outln!(
         "Exit code:  {}",
         t.exit_code
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into())
     );
     if let Some(sig) = &t.signal {
-        println!("Signal:     {sig}");
+        outln!("Signal:     {sig}");
     }
     if let Some(m) = &t.model {
-        println!("Model:      {m}");
+        outln!("Model:      {m}");
     }
     if let Some(nb) = t.not_before.filter(|_| !t.status.is_terminal()) {
-        println!("Not before: {}", iso(nb));
+        outln!("Not before: {}", iso(nb));
     }
     if let Some(s) = &t.session_id {
-        println!("Session:    {s}");
+        outln!("Session:    {s}");
     }
     if let Some(u) = &t.usage {
         let cost = u.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default();
-        println!(
+        outln!(
             "Tokens:     {} in, {} out, {} cache read, {} cache write{cost}",
-            u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens
         );
     }
     if let Some(parent) = &t.retry_of {
-        println!(
+        outln!(
             "Retry of:   {parent} (retry #{})",
             t.retry_count.unwrap_or(0)
         );
     }
-    println!("Prompt:     {}", t.prompt);
+    outln!("Prompt:     {}", t.prompt);
     if let Some(r) = &t.result {
-        println!("Result:     {r}");
+        outln!("Result:     {r}");
     }
 }
 
@@ -201,11 +225,16 @@ pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
         )
         .await;
     };
-    let client = DaemonClient::connect(home).await?;
-    let v = client.call("TaskStatus", json!({ "taskId": id })).await?;
+    let mut client = DaemonClient::connect(home).await?;
+    let v = client
+        .read(&TaskStatusArgs {
+            task_id: Some(id),
+            ..Default::default()
+        })
+        .await?;
     client.close().await;
     if args.json {
-        let mut record = record_for_cli(&v["task"]);
+        let mut record = v["task"].clone();
         record["dependsOn"] = v["dependsOn"].clone();
         record["dependents"] = v["dependents"].clone();
         print_json(&record);
@@ -214,7 +243,7 @@ pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
         for (label, key) in [("Depends on:", "dependsOn"), ("Dependents:", "dependents")] {
             for (i, d) in v[key].as_array().into_iter().flatten().enumerate() {
                 let head = if i == 0 { label } else { "" };
-                println!(
+                outln!(
                     "{head:<12}{} ({})",
                     d["taskId"].as_str().unwrap_or(""),
                     d["status"].as_str().unwrap_or("")
@@ -225,110 +254,23 @@ pub async fn status(args: StatusArgs, home: &Home) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Follows one output file from where it was last read.
-pub struct Follower {
-    path: PathBuf,
-    offset: u64,
-    to_stderr: bool,
-    /// Not yet decided between a run's `output.txt` and `stdout.log`: the run folder.
-    undecided: Option<PathBuf>,
-}
-
-impl Follower {
-    pub fn new(path: PathBuf, to_stderr: bool) -> Follower {
-        Follower {
-            path,
-            offset: 0,
-            to_stderr,
-            undecided: None,
-        }
-    }
-
-    /// A run's stdout as people read it: `output.txt` when the shim writes a readable
-    /// transcript (it creates that file before `stdout.log`), else `stdout.log`.
-    pub fn readable(run: &std::path::Path) -> Follower {
-        Follower {
-            undecided: Some(run.to_path_buf()),
-            ..Follower::new(run.join("stdout.log"), false)
-        }
-    }
-
-    pub fn skip_to(&mut self, offset: u64) {
-        self.offset = offset;
-    }
-
-    /// Copies what was appended since the last call.
-    pub fn drain(&mut self) {
-        if let Some(run) = &self.undecided {
-            if !run.join("stdout.log").exists() {
-                return; // the shim has not started writing yet
-            }
-            let readable = run.join("output.txt");
-            if readable.exists() {
-                self.path = readable;
-            }
-            self.undecided = None;
-        }
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return;
-        };
-        if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        if let Ok(n) = file.read_to_end(&mut buf) {
-            self.offset += n as u64;
-            if n > 0 {
-                if self.to_stderr {
-                    let _ = std::io::stderr().write_all(&buf);
-                } else {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&buf);
-                    let _ = out.flush();
-                }
-            }
-        }
-    }
-}
-
-fn tail_offset(path: &PathBuf, lines: usize) -> u64 {
-    let Ok(bytes) = std::fs::read(path) else {
-        return 0;
-    };
-    let mut seen = 0;
-    let end = if bytes.ends_with(b"\n") {
-        bytes.len() - 1
-    } else {
-        bytes.len()
-    };
-    for i in (0..end).rev() {
-        if bytes[i] == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return i as u64 + 1;
-            }
-        }
-    }
-    0
-}
-
 pub async fn logs(args: LogsArgs, home: &Home) -> Result<i32, CliError> {
-    let client = DaemonClient::connect(home).await?;
+    let mut client = DaemonClient::connect(home).await?;
     let task = client.task(&args.id).await?;
-    let run = home.run_dir(&task.id);
-    let mut out = Follower::new(run.join("stdout.log"), false);
-    let mut err = Follower::new(run.join("stderr.log"), true);
+    let run = home.run(&task.id);
+    let mut out = Follower::new(run.stdout(), Sink::Stdout);
+    let mut err = Follower::new(run.stderr(), Sink::Stderr);
     if let Some(n) = args.tail {
-        out.skip_to(tail_offset(&run.join("stdout.log"), n));
-        err.skip_to(tail_offset(&run.join("stderr.log"), n));
+        out.skip_to(tail_offset(&run.stdout(), n));
+        err.skip_to(tail_offset(&run.stderr(), n));
     }
     out.drain();
     err.drain();
     if args.follow && !task.status.is_terminal() {
         // Resume from where the first read stopped.
-        let code = super::run::follow_files(&client, &task.id, out, err, false).await;
+        let followed = follow_files(&mut client, &task.id, Some((out, err)), false).await;
         client.close().await;
-        return code.map(|_| 0);
+        return followed.map(|_| 0);
     }
     client.close().await;
     Ok(0)
@@ -336,11 +278,12 @@ pub async fn logs(args: LogsArgs, home: &Home) -> Result<i32, CliError> {
 
 pub async fn cancel(args: CancelArgs, home: &Home) -> Result<i32, CliError> {
     let client = DaemonClient::connect(home).await?;
+    let reason = args.reason.join(" ");
     let v = client
-        .call(
-            "CancelTask",
-            json!({ "taskId": args.id, "reason": args.reason.join(" ") }),
-        )
+        .call(&CancelTaskArgs {
+            task_id: args.id,
+            reason: (!reason.trim().is_empty()).then_some(reason),
+        })
         .await?;
     client.close().await;
     if args.json {
@@ -353,9 +296,7 @@ pub async fn cancel(args: CancelArgs, home: &Home) -> Result<i32, CliError> {
 
 pub async fn retry(args: RetryArgs, home: &Home) -> Result<i32, CliError> {
     let client = DaemonClient::connect(home).await?;
-    let v = client
-        .call("RetryTask", json!({ "taskId": args.id }))
-        .await?;
+    let v = client.call(&RetryTaskArgs { task_id: args.id }).await?;
     client.close().await;
     let id = v["newTaskId"].as_str().unwrap_or_default();
     if args.json {
@@ -363,7 +304,7 @@ pub async fn retry(args: RetryArgs, home: &Home) -> Result<i32, CliError> {
             &json!({ "taskId": id, "retryCount": v["retryCount"], "parentTaskId": v["parentTaskId"] }),
         );
     } else {
-        println!("Task ID: {id}");
+        outln!("Task ID: {id}");
         eprintln!(
             "Retry #{} of {}",
             v["retryCount"],
@@ -375,11 +316,12 @@ pub async fn retry(args: RetryArgs, home: &Home) -> Result<i32, CliError> {
 
 pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
     let client = DaemonClient::connect(home).await?;
-    let mut req = json!({ "taskId": args.id });
-    if let Some(c) = args.context {
-        req["additionalContext"] = Value::from(c);
-    }
-    let v = client.call("ResumeTask", req).await?;
+    let v = client
+        .call(&ResumeTaskArgs {
+            task_id: args.id,
+            additional_context: args.context,
+        })
+        .await?;
     client.close().await;
     let id = v["newTaskId"].as_str().unwrap_or_default();
     if args.json {
@@ -387,7 +329,7 @@ pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
             &json!({ "taskId": id, "retryCount": v["retryCount"], "parentTaskId": v["parentTaskId"], "resumesSession": v["resumesSession"] }),
         );
     } else {
-        println!("Task ID: {id}");
+        outln!("Task ID: {id}");
         match v["resumesSession"].as_str() {
             Some(s) => eprintln!("Resumes the agent's session {s}"),
             None => eprintln!(
@@ -399,27 +341,19 @@ pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
 }
 
 pub async fn wait(args: WaitArgs, home: &Home) -> Result<i32, CliError> {
-    let client = DaemonClient::connect(home).await?;
-    loop {
-        let v = client
-            .call(
-                "WaitTask",
-                json!({ "taskId": args.id, "timeoutMs": 3_600_000 }),
-            )
-            .await?;
-        if v["finished"] == Value::Bool(true) {
-            client.close().await;
-            let record = record_of(&v["task"])?;
-            if args.json {
-                print_json(&record_for_cli(&v["task"]));
-            } else {
-                eprintln!(
-                    "{} {}",
-                    record.id,
-                    record.reason.as_deref().unwrap_or(record.status.as_str())
-                );
-            }
-            return Ok(exit_code_of(&record));
-        }
+    let mut client = DaemonClient::connect(home).await?;
+    let v = wait_finished(&mut client, &args.id).await;
+    client.close().await;
+    let v = v?;
+    let record = record_of(&v["task"])?;
+    if args.json {
+        print_json(&v["task"]);
+    } else {
+        eprintln!(
+            "{} {}",
+            record.id,
+            record.reason.as_deref().unwrap_or(record.status.as_str())
+        );
     }
+    Ok(exit_code_of(&record))
 }

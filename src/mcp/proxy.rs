@@ -1,39 +1,225 @@
 //! `beat mcp start`: the stdio server that MCP clients configure.
 //!
-//! It copies bytes between stdio and the daemon's socket (after the hello line that
-//! gives the daemon this process's working directory), starting the daemon if needed,
-//! and exits when stdin closes (the original kept running, spec W21).
+//! It forwards newline-delimited JSON-RPC between stdio and the daemon's socket (after
+//! the hello line that gives the daemon this process's working directory), starting
+//! the daemon if needed, and exits when stdin closes (the original kept running, spec
+//! W21). When the daemon goes away (stopped, crashed, restarted) the session survives:
+//! every request still in flight is answered with an error that says to retry, and the
+//! next message connects again (starting a daemon if none runs), replaying the client's
+//! `initialize` and `notifications/initialized` first and dropping that reply, so the
+//! client never sees the switch.
+//!
+//! Must never: leave a request of the client without an answer, or write anything but
+//! protocol messages to stdout.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::client::hello_line;
-use crate::daemon::connect_or_start;
 use crate::error::CliError;
+use crate::launcher::connect_or_start;
 use crate::paths::Home;
 
-pub async fn run(home: &Home) -> Result<(), CliError> {
-    let stream = connect_or_start(home).await?;
-    let (mut from_daemon, mut to_daemon) = stream.into_split();
-    to_daemon.write_all(hello_line().as_bytes()).await?;
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let upstream = async {
-        let _ = tokio::io::copy(&mut stdin, &mut to_daemon).await;
-        let _ = to_daemon.shutdown().await;
-    };
-    let downstream = async {
-        let _ = tokio::io::copy(&mut from_daemon, &mut stdout).await;
-        let _ = stdout.flush().await;
-    };
-    tokio::pin!(downstream);
-    tokio::select! {
-        _ = upstream => {
-            // stdin closed: let answers still in flight through, briefly, then exit.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut downstream).await;
+/// The id of the replayed `initialize`, whose reply the client must not see.
+const REPLAY_ID: &str = "backbeat-proxy-reconnect";
+
+/// What the proxy remembers of the client's session.
+#[derive(Default)]
+struct Session {
+    initialize: Option<Value>,
+    initialized: Option<String>,
+    /// Requests sent to the daemon and not answered yet: id (as JSON text) to method.
+    in_flight: HashMap<String, (Value, String)>,
+}
+
+impl Session {
+    /// Notes a line from the client before it is forwarded.
+    fn outgoing(&mut self, line: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return;
+        };
+        let method = v.get("method").and_then(Value::as_str).unwrap_or_default();
+        match (method, v.get("id")) {
+            ("initialize", Some(_)) => self.initialize = Some(v.clone()),
+            ("notifications/initialized", None) => self.initialized = Some(line.to_string()),
+            _ => {}
         }
-        _ = &mut downstream => {}
+        if let (Some(id), false) = (v.get("id"), method.is_empty()) {
+            self.in_flight
+                .insert(id.to_string(), (id.clone(), method.to_string()));
+        }
+    }
+
+    /// Notes a line from the daemon; false when the client must not see it.
+    fn incoming(&mut self, line: &str) -> bool {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return true;
+        };
+        if v.get("method").is_none()
+            && let Some(id) = v.get("id")
+        {
+            if id == REPLAY_ID {
+                return false;
+            }
+            self.in_flight.remove(&id.to_string());
+        }
+        true
+    }
+
+    /// Answers every request in flight: the daemon that had them is gone.
+    fn lost_replies(&mut self) -> Vec<String> {
+        self.in_flight
+            .drain()
+            .map(|(_, (id, method))| lost_reply(&id, &method).to_string())
+            .collect()
+    }
+}
+
+/// The answer to a request whose daemon went away before answering.
+fn lost_reply(id: &Value, method: &str) -> Value {
+    let message = format!(
+        "The Backbeat daemon stopped before answering this {method} request (it was stopped, \
+         crashed or restarted); nothing is lost, the daemon is started again on the next call: \
+         retry the call"
+    );
+    if method == "tools/call" {
+        json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "content": [{ "type": "text", "text": json!({ "success": false, "error": message, "code": "DAEMON_RESTARTED" }).to_string() }],
+                "isError": true
+            }
+        })
+    } else {
+        json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32603, "message": message } })
+    }
+}
+
+struct Connection {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+}
+
+/// Connects (starting the daemon if none runs) and replays the session's handshake.
+async fn connect(home: &Home, session: &Session) -> Result<Connection, CliError> {
+    let stream = connect_or_start(home).await?;
+    let (read, mut writer) = stream.into_split();
+    writer.write_all(hello_line().as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    if let Some(init) = &session.initialize {
+        let mut replay = init.clone();
+        replay["id"] = Value::from(REPLAY_ID);
+        writer.write_all(format!("{replay}\n").as_bytes()).await?;
+        let answered = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["id"] == REPLAY_ID) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if answered != Ok(true) {
+            return Err(CliError::Disconnected(
+                "the restarted daemon did not answer the MCP handshake".into(),
+            ));
+        }
+        if let Some(note) = &session.initialized {
+            writer.write_all(format!("{note}\n").as_bytes()).await?;
+        }
+    }
+    Ok(Connection { lines, writer })
+}
+
+async fn emit(stdout: &mut tokio::io::Stdout, line: &str) -> std::io::Result<()> {
+    stdout.write_all(line.as_bytes()).await?;
+    stdout.write_all(b"\n").await?;
+    stdout.flush().await
+}
+
+pub async fn run(home: &Home) -> Result<(), CliError> {
+    let mut session = Session::default();
+    let mut conn = Some(connect(home, &session).await?);
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                session.outgoing(&line);
+                // Sent to the daemon we have; when it is gone, to a new one. A daemon
+                // that is dying may still accept a connection and then drop it: try
+                // a few times.
+                let mut sent = false;
+                for attempt in 0..5 {
+                    if conn.is_none() {
+                        if attempt > 1 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        match connect(home, &session).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "reconnecting failed");
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(c) = &mut conn {
+                        if c.writer.write_all(format!("{line}\n").as_bytes()).await.is_ok() {
+                            sent = true;
+                            break;
+                        }
+                        conn = None;
+                    }
+                }
+                if !sent {
+                    for reply in session.lost_replies() {
+                        emit(&mut stdout, &reply).await?;
+                    }
+                }
+            }
+            line = async { conn.as_mut().map(|c| c.lines.next_line()).unwrap().await }, if conn.is_some() => {
+                match line {
+                    Ok(Some(line)) => {
+                        if session.incoming(&line) {
+                            emit(&mut stdout, &line).await?;
+                        }
+                    }
+                    _ => {
+                        // The daemon went away: answer what it had; reconnect on demand.
+                        conn = None;
+                        for reply in session.lost_replies() {
+                            emit(&mut stdout, &reply).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // stdin closed: let answers still in flight through, briefly, then exit.
+    if let Some(mut c) = conn {
+        let _ = c.writer.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !session.in_flight.is_empty() {
+                match c.lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if session.incoming(&line) {
+                            let _ = emit(&mut stdout, &line).await;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .await;
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The daemon's MCP server: one `BackbeatMcp` per connection, all sharing the engine.
 //!
-//! Owns: `initialize`, `tools/list` (answered without touching the engine, so that a
-//! cold start answers at once) and the dispatch of `tools/call` to the tool families.
-//! Errors of a tool are `isError` results whose text says what to do; only a broken
-//! JSON-RPC message is a protocol error.
+//! Owns: `initialize` (with the usage guide generated from the tool table), `tools/list`
+//! (answered without touching the engine, so that a cold start answers at once) and the
+//! dispatch of `tools/call`, both read from `tools::TOOLS`. Errors of a tool are
+//! `isError` results whose text says what to do; only a broken JSON-RPC message is a
+//! protocol error.
 
 use std::path::PathBuf;
 
@@ -17,7 +18,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::tools;
+use super::tools::{self, ToolContext, ToolOutcome};
 use crate::paths::Home;
 
 /// The first line a Backbeat client sends before MCP: who it is and where it works.
@@ -29,10 +30,7 @@ pub struct Hello {
 
 #[derive(Clone)]
 pub struct BackbeatMcp {
-    pub engine: EngineHandle,
-    pub home: Home,
-    /// Where tasks without a working directory run: the client's directory.
-    pub session_cwd: PathBuf,
+    context: ToolContext,
 }
 
 impl BackbeatMcp {
@@ -42,15 +40,14 @@ impl BackbeatMcp {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("/"));
         BackbeatMcp {
-            engine,
-            home,
-            session_cwd,
+            context: ToolContext {
+                engine,
+                home,
+                session_cwd,
+            },
         }
     }
 }
-
-/// A tool's answer: `Ok` is a JSON success object, `Err` a message for the caller.
-pub type ToolOutcome = Result<Value, String>;
 
 pub fn to_result(outcome: ToolOutcome) -> CallToolResult {
     match outcome {
@@ -64,12 +61,8 @@ pub fn to_result(outcome: ToolOutcome) -> CallToolResult {
 impl ServerHandler for BackbeatMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("backbeat", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Backbeat runs coding agents as durable background tasks. DelegateTask starts one \
-                 and returns its taskId; TaskStatus, TaskLogs and WaitTask follow it; CancelTask and \
-                 RetryTask change it.",
-            )
+            .with_server_info(Implementation::new("backbeat", crate::VERSION))
+            .with_instructions(tools::instructions())
     }
 
     async fn list_tools(
@@ -77,7 +70,7 @@ impl ServerHandler for BackbeatMcp {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(tools::all()))
+        Ok(ListToolsResult::with_all_items(tools::listed()))
     }
 
     async fn call_tool(
@@ -86,15 +79,8 @@ impl ServerHandler for BackbeatMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let outcome = match tools::tasks::call(self, &request.name, args.clone()).await {
-            Some(o) => Some(o),
-            None => match tools::agents::call(self, &request.name, args.clone()).await {
-                Some(o) => Some(o),
-                None => tools::pipelines::call(self, &request.name, args).await,
-            },
-        };
-        let result = match outcome {
-            Some(outcome) => to_result(outcome),
+        let result = match tools::find(&request.name) {
+            Some(tool) => to_result((tool.call)(&self.context, args).await),
             None => CallToolResult::error(vec![ContentBlock::text(
                 json!({
                     "success": false,

@@ -396,7 +396,13 @@ impl ShellAgent {
     fn plain(&self, task: &TaskRecord) -> LaunchCommand {
         if task.prompt.len() <= MAX_PROMPT_ARG_BYTES {
             LaunchCommand {
-                argv: vec!["/bin/sh".into(), "-c".into(), task.prompt.clone()],
+                // `--`: a prompt that starts with `-` is a command, not an option of sh.
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "--".into(),
+                    task.prompt.clone(),
+                ],
                 ..Default::default()
             }
         } else {
@@ -577,7 +583,7 @@ mod tests {
     fn shell_runs_short_prompts_inline_and_long_ones_on_stdin() {
         let s = AgentSettings::default();
         let short = ShellAgent.command(&record_with_prompt("echo hi"), &s);
-        assert_eq!(short.argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(short.argv, ["/bin/sh", "-c", "--", "echo hi"]);
         assert!(!short.prompt_on_stdin);
         let long = ShellAgent.command(&record_with_prompt(&"x".repeat(200 * 1024)), &s);
         assert!(long.prompt_on_stdin);

@@ -4,21 +4,19 @@
 
 use backbeat_actors::agents::adapter::{AgentAdapter, adapter_for, agent_names, find_program};
 use backbeat_actors::settings::Settings;
-use rmcp::model::Tool;
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::{parse, tool};
-use crate::config::{load_settings, read_file, write_file};
-use crate::mcp::server::{BackbeatMcp, ToolOutcome};
+use super::context::{ToolContext, ToolOutcome};
+use crate::config::{load_settings, reset_agent_settings, set_agent_settings};
 
 /// List the agents, whether each is ready, and the default.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListAgentsArgs {}
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentAction {
     Set,
@@ -28,7 +26,7 @@ pub enum AgentAction {
 }
 
 /// Check, set or reset an agent's settings (API key, model, base URL, system prompt).
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigureAgentArgs {
     /// claude, codex, gemini, or an agent defined in the configuration.
@@ -40,33 +38,6 @@ pub struct ConfigureAgentArgs {
     pub model: Option<String>,
     pub base_url: Option<String>,
     pub system_prompt: Option<String>,
-}
-
-pub fn tools() -> Vec<Tool> {
-    vec![
-        tool::<ListAgentsArgs>(
-            "ListAgents",
-            "List the agents Backbeat can run, whether each is ready, and the default agent.",
-        ),
-        tool::<ConfigureAgentArgs>(
-            "ConfigureAgent",
-            "Check an agent's readiness, or set or reset its API key, model, base URL and system prompt.",
-        ),
-    ]
-}
-
-pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
-    Some(match name {
-        "ListAgents" => match parse::<ListAgentsArgs>(name, args) {
-            Ok(_) => list(server),
-            Err(e) => Err(e),
-        },
-        "ConfigureAgent" => match parse::<ConfigureAgentArgs>(name, args) {
-            Ok(a) => configure(server, a),
-            Err(e) => Err(e),
-        },
-        _ => return None,
-    })
 }
 
 /// `sk-...xyz`; short keys are all stars.
@@ -142,12 +113,15 @@ pub fn agent_status(name: &str, settings: &Settings) -> Value {
     v
 }
 
-fn current_settings(server: &BackbeatMcp) -> Settings {
-    load_settings(&server.home.config(), &mut Vec::new())
+/// The settings of `config.json` now; a file that cannot be read is refused.
+fn current_settings(server: &ToolContext) -> Result<Settings, String> {
+    let path = server.home.config();
+    crate::config::read_file(&path)?;
+    Ok(load_settings(&path, &mut Vec::new()))
 }
 
-fn list(server: &BackbeatMcp) -> ToolOutcome {
-    let settings = current_settings(server);
+pub async fn list(server: &ToolContext, _args: ListAgentsArgs) -> ToolOutcome {
+    let settings = current_settings(server)?;
     let agents: Vec<Value> = agent_names(&settings)
         .iter()
         .map(|n| agent_status(n, &settings))
@@ -155,8 +129,8 @@ fn list(server: &BackbeatMcp) -> ToolOutcome {
     Ok(json!({ "success": true, "agents": agents, "defaultAgent": settings.default_agent }))
 }
 
-fn configure(server: &BackbeatMcp, args: ConfigureAgentArgs) -> ToolOutcome {
-    let settings = current_settings(server);
+pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOutcome {
+    let settings = current_settings(server)?;
     adapter_for(&args.agent, &settings).map_err(|e| e.to_string())?;
     let path = server.home.config();
     match args.action.unwrap_or_default() {
@@ -172,55 +146,30 @@ fn configure(server: &BackbeatMcp, args: ConfigureAgentArgs) -> ToolOutcome {
                 ("baseUrl", args.base_url),
                 ("systemPrompt", args.system_prompt),
             ];
-            if fields.iter().all(|(_, v)| v.is_none()) {
+            let given: Vec<(&str, Value)> = fields
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, Value::from(v))))
+                .collect();
+            if given.is_empty() {
                 return Err(
                     "action 'set' needs at least one of apiKey, model, baseUrl, systemPrompt"
                         .into(),
                 );
             }
-            let mut file = read_file(&path)?;
-            let agents = file.entry("agents").or_insert_with(|| json!({}));
-            if !agents.is_object() {
-                *agents = json!({});
-            }
-            let mut changed = Vec::new();
-            if let Some(entry) = agents
-                .as_object_mut()
-                .map(|a| a.entry(args.agent.clone()).or_insert_with(|| json!({})))
-            {
-                for (key, value) in fields {
-                    if let (Some(v), Some(obj)) = (value, entry.as_object_mut()) {
-                        changed.push(if key == "apiKey" {
-                            format!("apiKey ({})", mask(&v))
-                        } else {
-                            key.to_string()
-                        });
-                        obj.insert(key.into(), Value::from(v));
-                    }
-                }
-            }
-            write_file(&path, &file)?;
+            set_agent_settings(&path, &args.agent, &given)?;
+            let changed: Vec<String> = given
+                .iter()
+                .map(|(k, v)| match (k, v.as_str()) {
+                    (&"apiKey", Some(key)) => format!("apiKey ({})", mask(key)),
+                    _ => k.to_string(),
+                })
+                .collect();
             Ok(
                 json!({ "success": true, "message": format!("Stored for {}: {}", args.agent, changed.join(", ")) }),
             )
         }
         AgentAction::Reset => {
-            let mut file = read_file(&path)?;
-            let removed = file
-                .get_mut("agents")
-                .and_then(Value::as_object_mut)
-                .map(|a| a.remove(&args.agent).is_some())
-                .unwrap_or(false);
-            if file
-                .get("agents")
-                .and_then(Value::as_object)
-                .is_some_and(Map::is_empty)
-            {
-                file.remove("agents");
-            }
-            if removed {
-                write_file(&path, &file)?;
-            }
+            reset_agent_settings(&path, &args.agent, None)?;
             Ok(json!({ "success": true, "message": format!("Settings of {} reset", args.agent) }))
         }
     }

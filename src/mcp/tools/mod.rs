@@ -1,25 +1,133 @@
-//! The MCP tools, one file per family. Each tool's JSON Schema is generated from the
-//! very struct its arguments are parsed into, so what is advertised is what is accepted.
+//! The MCP tools: one table (`TOOLS`) declares each tool once, with its name, argument
+//! type, description and handler. `tools/list`, the dispatch of `tools/call` and the
+//! usage guide sent in `initialize` are all read from it, so a tool cannot be callable
+//! yet unlisted, nor listed yet described nowhere. Each tool's JSON Schema is generated
+//! from the very struct its arguments are parsed into (and that the CLI serializes), so
+//! what is advertised is what is accepted.
+//!
+//! Owns: the table, the context every handler gets, argument parsing.
+//! Must never: import the MCP server (the server reads this table, not the reverse).
 
 pub mod agents;
+pub mod config;
+pub mod context;
 pub mod pipelines;
 pub mod tasks;
 
 use rmcp::model::Tool;
 use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-/// Every tool this server lists: only tools that work.
-pub fn all() -> Vec<Tool> {
-    let mut all = tasks::tools();
-    all.extend(agents::tools());
-    all.extend(pipelines::tools());
-    all
+pub use context::{ToolContext, ToolFuture, ToolOutcome, parse};
+
+/// One tool, declared once.
+pub struct ToolDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The JSON Schema of the argument type.
+    pub schema: fn() -> Map<String, Value>,
+    /// Parses the arguments into the argument type and runs the handler.
+    pub call: for<'a> fn(&'a ToolContext, Value) -> ToolFuture<'a>,
 }
 
-/// A tool whose input schema is that of `T`.
-pub fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
+/// A tool's argument type: what a client serializes to call it (see `DaemonClient::call`).
+pub trait ToolArgs: serde::Serialize {
+    /// The tool these are the arguments of.
+    const TOOL: &'static str;
+}
+
+/// Declares the tools: `"Name" => ArgsType, handler, "description";` each, in the
+/// order `tools/list` shows them. Makes `TOOLS` and ties each argument type to its tool.
+macro_rules! tools {
+    ($($name:literal => $args:ty, $handler:path, $description:expr;)*) => {
+        $(impl ToolArgs for $args {
+            const TOOL: &'static str = $name;
+        })*
+
+        /// Every tool this server has, in the order `tools/list` shows them.
+        pub static TOOLS: &[ToolDef] = &[$(tool!($name, $args, $handler, $description)),*];
+    };
+}
+
+/// One entry of `TOOLS`: the parser and handler behind a function pointer.
+macro_rules! tool {
+    ($name:literal, $args:ty, $handler:path, $description:expr) => {{
+        fn call(ctx: &ToolContext, args: Value) -> ToolFuture<'_> {
+            Box::pin(async move {
+                let parsed: $args = parse($name, args)?;
+                $handler(ctx, parsed).await
+            })
+        }
+        ToolDef {
+            name: $name,
+            description: $description,
+            schema: schema_of::<$args>,
+            call,
+        }
+    }};
+}
+
+tools! {
+    "DelegateTask" => tasks::DelegateTaskArgs, tasks::delegate,
+        "Delegate a task to a background agent. Returns its taskId at once (it does not wait); the task runs when a slot is free.";
+    "TaskStatus" => tasks::TaskStatusArgs, tasks::status,
+        "Status of one task (taskId), or the newest tasks when taskId is omitted.";
+    "TaskLogs" => tasks::TaskLogsArgs, tasks::logs,
+        "Output of a task: the last lines of its stdout and stderr.";
+    "WaitTask" => tasks::WaitTaskArgs, tasks::wait,
+        "Wait until a task is completed, failed or cancelled (or timeoutMs passes), then return its status.";
+    "CancelTask" => tasks::CancelTaskArgs, tasks::cancel,
+        "Cancel a queued or running task. The agent's whole process group is stopped (TERM, grace period, KILL).";
+    "RetryTask" => tasks::RetryTaskArgs, tasks::retry,
+        "Run a finished task again as a new task with the same prompt and settings.";
+    "ResumeTask" => tasks::ResumeTaskArgs, tasks::resume,
+        "Continue a finished task as a new task whose prompt carries the previous attempt's checkpoint, in the agent's own session where its CLI allows.";
+    "CreatePipeline" => pipelines::CreatePipelineArgs, pipelines::create,
+        "Create a pipeline: 2 to 20 steps that run one after the other, each starting when the one before completed. Returns the pipelineId and each step's taskId at once. A step's index is its position in steps, from 0; its task's pipelineStep counts from 1.";
+    "PipelineStatus" => pipelines::PipelineStatusArgs, pipelines::status,
+        "A pipeline's state (running, completed, failed, cancelled) and each step's task and state.";
+    "CancelPipeline" => pipelines::CancelPipelineArgs, pipelines::cancel,
+        "Cancel a pipeline: stop its running step and cancel the steps after it.";
+    "ListAgents" => agents::ListAgentsArgs, agents::list,
+        "List the agents Backbeat can run, whether each is ready, and the default agent.";
+    "ConfigureAgent" => agents::ConfigureAgentArgs, agents::configure,
+        "Check an agent's readiness, or set or reset its API key, model, base URL and system prompt.";
+    "ShowConfig" => config::ShowConfigArgs, config::show,
+        "The settings the daemon uses (its environment over config.json over defaults), each with where it comes from.";
+}
+
+/// The tool named `name`.
+pub fn find(name: &str) -> Option<&'static ToolDef> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// `tools/list`: every tool of the table.
+pub fn listed() -> Vec<Tool> {
+    TOOLS
+        .iter()
+        .map(|t| Tool::new(t.name, t.description, (t.schema)()))
+        .collect()
+}
+
+/// The usage guide sent in `initialize`: how the tools fit together, then each tool's
+/// own description, read from the table so that it cannot go stale.
+pub fn instructions() -> String {
+    let mut text = String::from(
+        "Backbeat runs coding agents (claude, codex, gemini, shell, ...) as durable background \
+         tasks that survive restarts. DelegateTask returns a taskId at once and never waits; \
+         follow the task with TaskStatus and TaskLogs, or block on WaitTask until it finishes. \
+         Ids chain: pass earlier taskIds in DelegateTask's dependsOn to run a task after them, \
+         or one in continueFrom to also carry its result into the new prompt. A tool error \
+         comes back as an isError result whose text says what to do.\n\nTools:\n",
+    );
+    for t in TOOLS {
+        text.push_str(&format!("- {}: {}\n", t.name, t.description));
+    }
+    text
+}
+
+/// The JSON Schema of `T`, as an MCP tool's `inputSchema`.
+pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
     let schema = schemars::SchemaGenerator::new(
         schemars::generate::SchemaSettings::draft2020_12().with(|s| {
             s.inline_subschemas = true;
@@ -28,7 +136,7 @@ pub fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static s
     .into_root_schema_for::<T>();
     let mut object = match serde_json::to_value(schema) {
         Ok(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
+        _ => Map::new(),
     };
     object.remove("$schema");
     object.remove("title");
@@ -36,12 +144,39 @@ pub fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static s
     object
         .entry("properties")
         .or_insert(Value::Object(Default::default()));
-    Tool::new(name, description, object)
+    object
 }
 
-/// Parses a tool's arguments; the error names the tool and what was wrong.
-pub fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
-    serde_json::from_value(args).map_err(|e| {
-        format!("Invalid arguments for {tool}: {e}. See the tool's input schema in tools/list")
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_is_declared_once() {
+        let mut names: Vec<&str> = TOOLS.iter().map(|t| t.name).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a tool is declared twice");
+        assert!(find("ResumeTask").is_some());
+    }
+
+    #[test]
+    fn the_instructions_name_every_tool_and_only_fields_that_exist() {
+        let text = instructions();
+        for t in TOOLS {
+            assert!(text.contains(t.name), "{} missing from the guide", t.name);
+        }
+        let delegate = (find("DelegateTask").unwrap().schema)();
+        for field in ["dependsOn", "continueFrom"] {
+            assert!(text.contains(field));
+            assert!(
+                delegate["properties"].get(field).is_some(),
+                "the guide names {field}, which DelegateTask does not take"
+            );
+        }
+        for tool in ["TaskStatus", "TaskLogs", "WaitTask"] {
+            assert!(find(tool).is_some());
+        }
+    }
 }

@@ -10,18 +10,16 @@ use std::path::Path;
 use backbeat_actors::engine::{CancelPipeline, CreatePipeline, NewTask};
 use backbeat_actors::model::PipelineRecord;
 use backbeat_actors::{Priority, TaskRecord};
-use rmcp::model::Tool;
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+use super::context::{ToolContext, ToolOutcome};
 use super::tasks::{PriorityField, preview, read};
-use super::{parse, tool};
-use crate::mcp::server::{BackbeatMcp, ToolOutcome};
 use crate::paths::absolute;
 
 /// One step of a pipeline.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StepArgs {
     #[schemars(length(min = 1, max = 1048576))]
@@ -35,7 +33,7 @@ pub struct StepArgs {
 }
 
 /// Run 2 to 20 prompts one after the other; a failed step cancels the steps after it.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreatePipelineArgs {
     #[schemars(length(min = 2, max = 20))]
@@ -47,51 +45,24 @@ pub struct CreatePipelineArgs {
 }
 
 /// A pipeline's state and each step's task and state.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PipelineIdArgs {
+pub struct PipelineStatusArgs {
     #[schemars(regex(pattern = r"^pipeline-"))]
     pub pipeline_id: String,
-    /// Why (CancelPipeline).
+}
+
+/// Cancel a pipeline: its running step is stopped and the steps after it cancelled.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CancelPipelineArgs {
+    #[schemars(regex(pattern = r"^pipeline-"))]
+    pub pipeline_id: String,
+    /// Why (shown in each cancelled step's reason).
     pub reason: Option<String>,
 }
 
-pub fn tools() -> Vec<Tool> {
-    vec![
-        tool::<CreatePipelineArgs>(
-            "CreatePipeline",
-            "Create a pipeline: steps that run one after the other, each starting when the one before completed.",
-        ),
-        tool::<PipelineIdArgs>(
-            "PipelineStatus",
-            "A pipeline's state (running, completed, failed, cancelled) and each step's task and state.",
-        ),
-        tool::<PipelineIdArgs>(
-            "CancelPipeline",
-            "Cancel a pipeline: stop its running step and cancel the steps after it.",
-        ),
-    ]
-}
-
-pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
-    Some(match name {
-        "CreatePipeline" => match parse(name, args) {
-            Ok(a) => create(server, a).await,
-            Err(e) => Err(e),
-        },
-        "PipelineStatus" => match parse(name, args) {
-            Ok(a) => status(server, a).await,
-            Err(e) => Err(e),
-        },
-        "CancelPipeline" => match parse(name, args) {
-            Ok(a) => cancel(server, a).await,
-            Err(e) => Err(e),
-        },
-        _ => return None,
-    })
-}
-
-async fn create(server: &BackbeatMcp, args: CreatePipelineArgs) -> ToolOutcome {
+pub async fn create(server: &ToolContext, args: CreatePipelineArgs) -> ToolOutcome {
     let dir_of = |d: &Option<String>| {
         d.as_deref()
             .map(|d| absolute(Path::new(d), &server.session_cwd))
@@ -139,7 +110,7 @@ async fn create(server: &BackbeatMcp, args: CreatePipelineArgs) -> ToolOutcome {
 }
 
 /// The pipeline's record and its steps, in order.
-async fn find(server: &BackbeatMcp, id: &str) -> Result<(PipelineRecord, Vec<TaskRecord>), String> {
+async fn find(server: &ToolContext, id: &str) -> Result<(PipelineRecord, Vec<TaskRecord>), String> {
     let key = id.to_string();
     let found = read(server, move |s| {
         Ok(match s.pipeline(&key)? {
@@ -155,7 +126,7 @@ async fn find(server: &BackbeatMcp, id: &str) -> Result<(PipelineRecord, Vec<Tas
     })
 }
 
-async fn status(server: &BackbeatMcp, args: PipelineIdArgs) -> ToolOutcome {
+pub async fn status(server: &ToolContext, args: PipelineStatusArgs) -> ToolOutcome {
     let (pipeline, steps) = find(server, &args.pipeline_id).await?;
     Ok(json!({
         "success": true,
@@ -175,7 +146,7 @@ async fn status(server: &BackbeatMcp, args: PipelineIdArgs) -> ToolOutcome {
     }))
 }
 
-async fn cancel(server: &BackbeatMcp, args: PipelineIdArgs) -> ToolOutcome {
+pub async fn cancel(server: &ToolContext, args: CancelPipelineArgs) -> ToolOutcome {
     let pipeline = server
         .engine
         .engine

@@ -4,20 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use backbeat_actors::agents::run_dir::RunDir;
 use backbeat_actors::engine::{Cancel, NewTask, Retry, Submit};
 use backbeat_actors::journal::TaskQuery;
 use backbeat_actors::{Priority, TaskRecord, TaskStatus};
-use rmcp::model::Tool;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{parse, tool};
-use crate::mcp::server::{BackbeatMcp, ToolOutcome};
+use super::context::{ToolContext, ToolOutcome};
 use crate::paths::absolute;
 
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 pub enum PriorityField {
     P0,
     P1,
@@ -34,7 +31,7 @@ impl From<PriorityField> for Priority {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusField {
     Blocked,
@@ -59,7 +56,7 @@ impl From<StatusField> for TaskStatus {
 }
 
 /// Delegate a prompt to a background agent.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DelegateTaskArgs {
     /// What the agent should do (1 byte to 1 MiB).
@@ -95,7 +92,7 @@ pub struct DelegateTaskArgs {
 }
 
 /// One task's status, or a list of tasks (newest first) when taskId is absent.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TaskStatusArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -108,7 +105,7 @@ pub struct TaskStatusArgs {
 }
 
 /// A task's output: the last `tail` lines of stdout and stderr.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TaskLogsArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -118,7 +115,7 @@ pub struct TaskLogsArgs {
 }
 
 /// Cancel a queued or running task; answers once the agent's process group is gone.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CancelTaskArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -127,7 +124,7 @@ pub struct CancelTaskArgs {
 }
 
 /// Run a finished task again as a new task.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryTaskArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -136,7 +133,7 @@ pub struct RetryTaskArgs {
 
 /// Continue a finished task: a new task whose prompt carries the previous attempt's
 /// checkpoint, continuing the agent's own session where the CLI can.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResumeTaskArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -147,7 +144,7 @@ pub struct ResumeTaskArgs {
 }
 
 /// Wait until a task is finished (or the wait times out), then return its status.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WaitTaskArgs {
     #[schemars(regex(pattern = r"^task-"))]
@@ -157,58 +154,7 @@ pub struct WaitTaskArgs {
     pub timeout_ms: Option<u64>,
 }
 
-pub fn tools() -> Vec<Tool> {
-    vec![
-        tool::<DelegateTaskArgs>(
-            "DelegateTask",
-            "Delegate a task to a background agent. Returns its taskId at once; the task runs when a slot is free.",
-        ),
-        tool::<TaskStatusArgs>(
-            "TaskStatus",
-            "Status of one task (taskId), or the newest tasks when taskId is omitted.",
-        ),
-        tool::<TaskLogsArgs>(
-            "TaskLogs",
-            "Output of a task: the last lines of its stdout and stderr.",
-        ),
-        tool::<CancelTaskArgs>(
-            "CancelTask",
-            "Cancel a queued or running task. The agent's whole process group is stopped (TERM, grace period, KILL).",
-        ),
-        tool::<RetryTaskArgs>(
-            "RetryTask",
-            "Run a finished task again as a new task with the same prompt and settings.",
-        ),
-        tool::<WaitTaskArgs>(
-            "WaitTask",
-            "Wait until a task is completed, failed or cancelled, then return its status.",
-        ),
-    ]
-}
-
-/// Runs a task tool; `None` when `name` is not one of them.
-pub async fn call(server: &BackbeatMcp, name: &str, args: Value) -> Option<ToolOutcome> {
-    macro_rules! run {
-        ($handler:ident) => {
-            match parse(name, args) {
-                Ok(parsed) => $handler(server, parsed).await,
-                Err(e) => Err(e),
-            }
-        };
-    }
-    Some(match name {
-        "DelegateTask" => run!(delegate),
-        "TaskStatus" => run!(status),
-        "TaskLogs" => run!(logs),
-        "CancelTask" => run!(cancel),
-        "RetryTask" => run!(retry),
-        "ResumeTask" => run!(resume),
-        "WaitTask" => run!(wait),
-        _ => return None,
-    })
-}
-
-async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
+pub async fn delegate(server: &ToolContext, args: DelegateTaskArgs) -> ToolOutcome {
     let dir = match &args.working_directory {
         Some(d) => absolute(Path::new(d), &server.session_cwd),
         None => server.session_cwd.clone(),
@@ -226,13 +172,40 @@ async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
         depends_on: args.depends_on.unwrap_or_default(),
         continue_from: args.continue_from,
     };
-    let task = server
+    // Subscribed before submitting, so that no commit of the new task is missed.
+    let mut committed = server.engine.writer.subscribe();
+    let mut task = server
         .engine
         .engine
         .send(Submit(request))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    if task.status == TaskStatus::Blocked {
+        // A task whose dependencies have all completed is admitted at once (in the
+        // engine's next step): answer with that, not with the moment before it.
+        let deps = task.depends_on.clone();
+        let met = read(server, move |s| s.tasks_by_id(&deps)).await?;
+        if met.len() == task.depends_on.len()
+            && met.iter().all(|d| d.status == TaskStatus::Completed)
+        {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while task.status == TaskStatus::Blocked {
+                match tokio::time::timeout_at(deadline, committed.recv()).await {
+                    Ok(Ok(backbeat_actors::model::Record::Task(record)))
+                        if record.id == task.id =>
+                    {
+                        task = record
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                        task = find(server, &task.id).await?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
     Ok(json!({
         "success": true,
         "taskId": task.id,
@@ -243,7 +216,7 @@ async fn delegate(server: &BackbeatMcp, args: DelegateTaskArgs) -> ToolOutcome {
 }
 
 pub async fn read<T: Send + 'static>(
-    server: &BackbeatMcp,
+    server: &ToolContext,
     f: impl FnOnce(&backbeat_actors::journal::Store) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, String> {
     let store = server.engine.store.clone();
@@ -253,7 +226,7 @@ pub async fn read<T: Send + 'static>(
         .map_err(|e| format!("reading the database failed: {e}"))
 }
 
-pub async fn find(server: &BackbeatMcp, id: &str) -> Result<TaskRecord, String> {
+pub async fn find(server: &ToolContext, id: &str) -> Result<TaskRecord, String> {
     let id_owned = id.to_string();
     read(server, move |s| s.task(&id_owned))
         .await?
@@ -323,7 +296,7 @@ fn states(ids: &[String], records: &[TaskRecord]) -> Value {
     )
 }
 
-async fn status(server: &BackbeatMcp, args: TaskStatusArgs) -> ToolOutcome {
+pub async fn status(server: &ToolContext, args: TaskStatusArgs) -> ToolOutcome {
     if let Some(id) = args.task_id {
         let task = find(server, &id).await?;
         let deps = task.depends_on.clone();
@@ -376,11 +349,9 @@ pub fn tail_lines(path: &Path, tail: usize) -> (String, usize) {
     (out, total)
 }
 
-async fn logs(server: &BackbeatMcp, args: TaskLogsArgs) -> ToolOutcome {
+pub async fn logs(server: &ToolContext, args: TaskLogsArgs) -> ToolOutcome {
     let task = find(server, &args.task_id).await?;
-    let run = RunDir {
-        path: server.home.run_dir(&task.id),
-    };
+    let run = server.home.run(&task.id);
     let tail = args.tail.unwrap_or(100) as usize;
     let (out, err) = tokio::task::spawn_blocking(move || {
         (
@@ -401,7 +372,7 @@ async fn logs(server: &BackbeatMcp, args: TaskLogsArgs) -> ToolOutcome {
     }))
 }
 
-async fn cancel(server: &BackbeatMcp, args: CancelTaskArgs) -> ToolOutcome {
+pub async fn cancel(server: &ToolContext, args: CancelTaskArgs) -> ToolOutcome {
     let reason = args.reason.unwrap_or_default();
     let task = server
         .engine
@@ -422,7 +393,7 @@ async fn cancel(server: &BackbeatMcp, args: CancelTaskArgs) -> ToolOutcome {
     }))
 }
 
-async fn retry(server: &BackbeatMcp, args: RetryTaskArgs) -> ToolOutcome {
+pub async fn retry(server: &ToolContext, args: RetryTaskArgs) -> ToolOutcome {
     let task = server
         .engine
         .engine
@@ -441,7 +412,7 @@ async fn retry(server: &BackbeatMcp, args: RetryTaskArgs) -> ToolOutcome {
     }))
 }
 
-async fn resume(server: &BackbeatMcp, args: ResumeTaskArgs) -> ToolOutcome {
+pub async fn resume(server: &ToolContext, args: ResumeTaskArgs) -> ToolOutcome {
     let task = server
         .engine
         .engine
@@ -462,7 +433,7 @@ async fn resume(server: &BackbeatMcp, args: ResumeTaskArgs) -> ToolOutcome {
     }))
 }
 
-async fn wait(server: &BackbeatMcp, args: WaitTaskArgs) -> ToolOutcome {
+pub async fn wait(server: &ToolContext, args: WaitTaskArgs) -> ToolOutcome {
     // Subscribe before reading, so that no commit falls between the two.
     let mut committed = server.engine.writer.subscribe();
     let mut task = find(server, &args.task_id).await?;

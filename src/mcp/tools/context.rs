@@ -1,0 +1,34 @@
+//! What every tool handler shares: its context, its outcome, and argument parsing.
+//! Kept apart from the table (`mod.rs`) so that the tool files, which the table names,
+//! never import the table back.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use backbeat_actors::EngineHandle;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::paths::Home;
+
+/// What a handler may use: the engine, the home, and the client's directory.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub engine: EngineHandle,
+    pub home: Home,
+    /// Where tasks without a working directory run: the client's directory.
+    pub session_cwd: PathBuf,
+}
+
+/// A tool's answer: `Ok` is a JSON success object, `Err` a message for the caller.
+pub type ToolOutcome = Result<Value, String>;
+
+pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
+
+/// Parses a tool's arguments; the error names the tool and what was wrong.
+pub fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
+    serde_json::from_value(args).map_err(|e| {
+        format!("Invalid arguments for {tool}: {e}. See the tool's input schema in tools/list")
+    })
+}
