@@ -254,3 +254,26 @@ fn protocol_error(line: &str) -> Option<serde_json::Value> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::protocol_error;
+
+    #[test]
+    fn only_lines_rmcp_would_mishandle_are_answered_here() {
+        assert_eq!(protocol_error("not json").unwrap()["error"]["code"], -32700);
+        let call = |params: &str| {
+            protocol_error(&format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{params}}}"#
+            ))
+        };
+        assert_eq!(
+            call(r#"{"name":"X","arguments":5}"#).unwrap()["error"]["code"],
+            -32602
+        );
+        assert_eq!(call(r#"{"name":42}"#).unwrap()["id"], 3);
+        assert!(call(r#"{"name":"X","arguments":{}}"#).is_none());
+        assert!(call(r#"{"name":"X"}"#).is_none());
+        assert!(protocol_error(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).is_none());
+    }
+}
