@@ -99,6 +99,9 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     let exe = std::env::current_exe()?;
     let system = actix_rt::System::new();
     let result = system.block_on(serve(home.clone(), socket_path.clone(), exe, spawner));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "daemon stopped on an error");
+    }
     let _ = std::fs::remove_file(&socket_path);
     drop(lock);
     result

@@ -400,6 +400,46 @@ fn cancelling_a_pipeline_stops_its_running_step_and_the_rest() {
         !pid_exists(agent) && common::group_members(pgid).is_empty(),
         "no process of the running step is left"
     );
+    // One transaction: the pipeline's cancel and each unfinished step's are consecutive
+    // events of one append (the running step's as a cancel request, its end later).
+    let events = beat.store().events().unwrap();
+    let at = events
+        .iter()
+        .position(|e| e.entity_id == pid && e.event.name() == "cancelled")
+        .expect("the pipeline's cancelled event");
+    let steps: Vec<String> = st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["taskId"].as_str().unwrap().to_string())
+        .collect();
+    let append: Vec<(String, &str)> = events[at..at + 6]
+        .iter()
+        .map(|e| (e.entity_id.clone(), e.event.name()))
+        .collect();
+    assert_eq!(
+        append,
+        [
+            (pid.clone(), "cancelled"),
+            (steps[0].clone(), "cancel_requested"),
+            (steps[1].clone(), "cancelled"),
+            (steps[1].clone(), "checkpointed"),
+            (steps[2].clone(), "cancelled"),
+            (steps[2].clone(), "checkpointed"),
+        ]
+    );
+    assert!(
+        events[at..at + 6]
+            .windows(2)
+            .all(|w| w[1].seq == w[0].seq + 1),
+        "one append, nothing between"
+    );
+    beat.assert_fold_matches_state();
+    // Cancelling it again says it is over, and is not reported as a success.
+    let again = beat.output(&["pipeline", "cancel", &pid]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already cancelled"), "{err}");
     let mut mcp = beat.mcp();
     let (e, is_error) = mcp.call("PipelineStatus", json!({ "pipelineId": "pipeline-nope" }));
     assert!(is_error && e["error"].as_str().unwrap().contains("not found"));
@@ -461,4 +501,74 @@ fn a_200_task_dag_survives_sigkill_and_runs_every_task_once_in_order() {
     }
     beat.assert_fold_matches_state();
     let _ = FAKE;
+}
+
+#[test]
+fn a_pipeline_is_an_entity_that_survives_a_crash_and_ends_by_its_steps() {
+    let beat = Beat::new();
+    let gate = beat.workdir.path().join("step1.pid");
+    let v = beat.json(&[
+        "pipeline",
+        "--json",
+        &format!("pidfile {}; sleep 1500; print one", gate.display()),
+        "print two",
+    ]);
+    let pid = v["pipelineId"].as_str().unwrap().to_string();
+    let steps: Vec<String> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["taskId"].as_str().unwrap().to_string())
+        .collect();
+    let st = beat.json(&["pipeline", "status", &pid, "--json"]);
+    assert_eq!(st["status"], "running");
+    let (agent, _) = common::read_pidfile(&gate);
+
+    // The daemon dies; the first step completes while none runs.
+    let daemon = beat.daemon_pid().expect("daemon running");
+    unsafe {
+        libc::kill(daemon as i32, libc::SIGKILL);
+    }
+    wait_until("the daemon to die", Duration::from_secs(10), || {
+        !pid_exists(daemon as i32)
+    });
+    wait_until(
+        "the first step's agent to finish",
+        Duration::from_secs(30),
+        || !pid_exists(agent),
+    );
+
+    // The next daemon recovers the pipeline, which learns of the first step from the
+    // journal and of the second by message; its own row says how it ended.
+    assert_eq!(beat.wait(&steps[1])["status"], "completed");
+    // The pipeline commits its end just after its last step's.
+    let mut mcp = beat.mcp();
+    wait_until("the pipeline to complete", Duration::from_secs(10), || {
+        mcp.ok("PipelineStatus", json!({ "pipelineId": pid }))["status"] != "running"
+    });
+    let st = beat.json(&["pipeline", "status", &pid, "--json"]);
+    assert_eq!(st["status"], "completed", "{st}");
+    let record = beat
+        .store()
+        .pipeline(&pid)
+        .unwrap()
+        .expect("a pipeline row");
+    assert_eq!(record.steps, steps);
+    assert!(record.completed_at.is_some());
+    beat.assert_fold_matches_state();
+
+    let (e, is_error) = mcp.call("CancelPipeline", json!({ "pipelineId": pid }));
+    assert!(
+        is_error,
+        "cancelling a finished pipeline is not a success: {e}"
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("already completed"),
+        "{e}"
+    );
+    let (e, is_error) = mcp.call("CancelPipeline", json!({ "pipelineId": "pipeline-nope" }));
+    assert!(
+        is_error && e["error"].as_str().unwrap().contains("not found"),
+        "{e}"
+    );
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use backbeat_actors::model::TaskEvent;
+use backbeat_actors::model::{Event, TaskEvent};
 use common::{Beat, FAKE, pid_exists, read_pidfile, wait_until};
 use serde_json::{Value, json};
 
@@ -255,7 +255,7 @@ fn rate_limit_back_off_doubles_with_each_retry() {
         .into_iter()
         .filter(|e| e.entity_id == id)
         .filter_map(|e| match e.event {
-            TaskEvent::RateLimited { at, not_before, .. } => Some(not_before - at),
+            Event::Task(TaskEvent::RateLimited { at, not_before, .. }) => Some(not_before - at),
             _ => None,
         })
         .collect();

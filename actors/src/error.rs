@@ -2,7 +2,7 @@
 
 use crate::agents::AgentError;
 use crate::journal::JournalError;
-use crate::model::{InvalidTransition, TaskStatus};
+use crate::model::{InvalidTransition, PipelineStatus, TaskStatus};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -18,6 +18,14 @@ pub enum EngineError {
         "task {id} cannot be resumed while it is {status}: wait for it to finish, or cancel it first"
     )]
     CannotResume { id: String, status: TaskStatus },
+    #[error(
+        "pipeline {0} not found. Pipeline ids look like pipeline-…; CreatePipeline (beat pipeline) returns them"
+    )]
+    PipelineNotFound(String),
+    #[error(
+        "pipeline {id} cannot be cancelled: it is already {status}, so nothing of it is left to stop"
+    )]
+    CannotCancelPipeline { id: String, status: PipelineStatus },
     #[error("{0}")]
     InvalidInput(String),
     #[error(transparent)]

@@ -3,10 +3,15 @@
 //! Owns: the task's record while it is live, its slot request with the governor, the
 //! address of its run's `AgentProcess` (launched and owned by the `AgentPool`), and the
 //! callers waiting for a cancel to take effect.
+//! Its journal steps (commit, commit until durable, reload after a restart, end) are
+//! the supervised-entity pattern of `entity.rs`; this file holds only what is a task's.
 //! Must never: change its record before the journal committed the transition, or panic
-//! in a handler (actix restarts stopped actors, not panicked ones). A finished task
-//! tells the engine, which drops its address: memory follows live work only.
+//! in a handler (actix restarts stopped actors, not panicked ones), or reach back into
+//! the engine (it speaks through the recipients in `TaskDeps`). A finished task tells
+//! its registry, which drops its address: memory follows live work only.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,13 +20,30 @@ use tokio::sync::oneshot;
 use crate::agents::pool::{Adopt, FindShim, ForgetShim, Launch};
 use crate::agents::process::RunResult;
 use crate::agents::run_dir::RunDir;
-use crate::agents::{AgentExited, AgentProcess, AgentProgress, RunHandle, Terminate};
-use crate::engine::EngineDeps;
+use crate::agents::{AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, Terminate};
+use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle};
 use crate::error::EngineError;
-use crate::governor::{Enqueue, Grant, Release, Withdraw};
-use crate::journal::Append;
-use crate::model::{TaskEvent, TaskRecord, TaskStatus, apply, now_ms, outcome_of_exit};
+use crate::governor::{Enqueue, Grant, Release, ResourceGovernor, Withdraw};
+use crate::journal::{Append, Store};
+use crate::model::task::Checkpoint;
+use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit};
 use crate::model::{rate_limit, reasons};
+use crate::settings::SettingsSource;
+
+/// What a task actor needs from the rest of the engine.
+#[derive(Clone)]
+pub struct TaskDeps {
+    pub journal: Recipient<Append>,
+    /// Told when the task ended (the Engine's registry).
+    pub registry: Recipient<EntityEnded>,
+    pub governor: Addr<ResourceGovernor>,
+    /// Launches and follows the task's runs.
+    pub pool: Addr<AgentPool>,
+    /// Where run folders live (`RunDir::new(runs_root, task_id)`).
+    pub runs_root: Arc<Path>,
+    pub settings: SettingsSource,
+    pub store: Store,
+}
 
 /// Cancel this task; the answer comes once the cancel took effect.
 #[derive(Message)]
@@ -30,14 +52,21 @@ pub struct CancelTask {
     pub reason: String,
 }
 
-/// Told to the engine when the task reached a terminal state.
+/// Take part in the cancel of the task's owner (a pipeline): offer the transitions
+/// that cancel this task, to be committed in the owner's transaction, and adopt them
+/// once `verdict` says they were.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct TaskEnded {
-    pub task_id: String,
-    pub status: TaskStatus,
-    /// The task at the root of the failure cascade that ended this one, if any.
-    pub cascade_root: Option<String>,
+#[rtype(result = "Result<Joined, EngineError>")]
+pub struct JoinCancel {
+    pub reason: String,
+    pub verdict: oneshot::Receiver<bool>,
+}
+
+/// A task's part in its owner's cancel.
+pub struct Joined {
+    pub transitions: Vec<Transition>,
+    /// For a running task: resolves once the agent stopped and the task ended.
+    pub ended: Option<oneshot::Receiver<Result<TaskRecord, EngineError>>>,
 }
 
 /// What a dependency's end means for this task (from the engine's graph).
@@ -48,100 +77,44 @@ pub struct Resolved(pub crate::model::dag::Resolution);
 type CancelWaiter = oneshot::Sender<Result<TaskRecord, EngineError>>;
 
 pub struct TaskActor {
-    record: TaskRecord,
-    deps: EngineDeps,
+    core: EntityCore<TaskRecord>,
+    deps: TaskDeps,
     process: Option<Addr<AgentProcess>>,
     cancel_waiters: Vec<CancelWaiter>,
-    /// Set by `restarting`: reload the record from the database before going on.
-    reload: bool,
-    ended: bool,
 }
 
-/// When the journal refuses a transition the task must make (disk full), try again.
-const JOURNAL_RETRY: Duration = Duration::from_secs(1);
-
 impl TaskActor {
-    pub fn new(record: TaskRecord, deps: EngineDeps) -> TaskActor {
+    pub fn new(record: TaskRecord, deps: TaskDeps) -> TaskActor {
         TaskActor {
-            record,
+            core: EntityCore::new(
+                record,
+                deps.journal.clone(),
+                deps.registry.clone(),
+                deps.store.clone(),
+            ),
             deps,
             process: None,
             cancel_waiters: Vec::new(),
-            reload: false,
-            ended: false,
         }
     }
 
-    /// Journals `events` (applied in order, committed in one transaction), and only
-    /// then adopts the new record and runs `then`. The actor handles nothing else
-    /// meanwhile (`ctx.wait`), so a task's transitions are applied in order, while the
-    /// journal batches many tasks into one commit.
-    fn commit(
-        &mut self,
-        events: Vec<TaskEvent>,
-        ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), EngineError>) + 'static,
-    ) {
-        let mut next = self.record.clone();
-        let mut transitions = Vec::with_capacity(events.len());
-        for event in events {
-            match apply(Some(&next), &event) {
-                Ok(after) => {
-                    next = after.clone();
-                    transitions.push((event, after));
-                }
-                Err(e) => return then(self, ctx, Err(e.into())),
-            }
-        }
-        let fut = self.deps.journal.send(Append { transitions });
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-            let res = match res {
-                Ok(Ok(())) => {
-                    act.record = next;
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(EngineError::from(e)),
-                Err(e) => Err(EngineError::from(e)),
-            };
-            then(act, ctx, res);
-        }));
+    fn task(&self) -> &TaskRecord {
+        &self.core.record
     }
 
-    /// Like `commit`, for transitions that must happen: retried until the journal
-    /// takes them, so that a full disk delays a result but never loses it.
-    fn commit_until_done(
-        &mut self,
-        events: Vec<TaskEvent>,
-        ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
-    ) {
-        let retry = events.clone();
-        self.commit(events, ctx, move |act, ctx, res| match res {
-            Ok(()) => then(act, ctx),
-            Err(EngineError::Journal(e)) => {
-                tracing::error!(task = %act.record.id, error = %e, "journal refused a transition; retrying");
-                ctx.run_later(JOURNAL_RETRY, move |act, ctx| act.commit_until_done(retry, ctx, then));
-            }
-            Err(e) => {
-                tracing::error!(task = %act.record.id, error = %e, "impossible transition; reloading the task");
-                ctx.stop(); // the supervisor restarts the actor from the database
-            }
-        });
-    }
-
-    /// Commits a terminal transition together with the task's checkpoint (last output,
-    /// error, git state), built off the actor thread; then `then`.
-    fn finish(
+    /// A terminal transition and the task's checkpoint (last output, error, git state),
+    /// built off the actor thread; `then` gets both events, to commit together.
+    fn with_checkpoint(
         &mut self,
         terminal: TaskEvent,
         ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), EngineError>) + 'static,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<Vec<TaskEvent>, EngineError>) + 'static,
     ) {
-        let after = match apply(Some(&self.record), &terminal) {
+        let after = match apply(Some(self.task()), &terminal) {
             Ok(after) => after,
             Err(e) => return then(self, ctx, Err(e.into())),
         };
-        let run = RunDir::new(&self.deps.runs_root, &self.record.id);
+        let run = RunDir::new(&self.deps.runs_root, &self.task().id);
         let error = after
             .reason
             .clone()
@@ -156,34 +129,30 @@ impl TaskActor {
                     checkpoint: Box::new(checkpoint),
                 });
             }
-            act.commit(events, ctx, then);
+            then(act, ctx, Ok(events));
         }));
     }
 
-    /// `finish` for results that must be recorded: retried until the journal takes them.
-    fn finish_until_done(
+    /// Records a result that must be recorded (with its checkpoint), retried until the
+    /// journal takes it; then `then`.
+    fn finish_until_durable(
         &mut self,
         terminal: TaskEvent,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
-        let retry = terminal.clone();
-        self.finish(terminal, ctx, move |act, ctx, res| match res {
-            Ok(()) => then(act, ctx),
-            Err(EngineError::Journal(e)) => {
-                tracing::error!(task = %act.record.id, error = %e, "journal refused a result; retrying");
-                ctx.run_later(JOURNAL_RETRY, move |act, ctx| act.finish_until_done(retry, ctx, then));
-            }
+        self.with_checkpoint(terminal, ctx, move |act, ctx, events| match events {
+            Ok(events) => act.commit_until_durable(events, ctx, then),
             Err(e) => {
-                tracing::error!(task = %act.record.id, error = %e, "impossible transition; reloading the task");
-                ctx.stop();
+                tracing::error!(task = %act.task().id, error = %e, "impossible transition; reloading the task");
+                ctx.stop(); // the supervisor restarts the actor from the journal
             }
         });
     }
 
     /// Picks up the task from whatever state it is in.
-    fn resume(&mut self, ctx: &mut Context<Self>) {
-        match self.record.status {
+    fn pick_up(&mut self, ctx: &mut Context<Self>) {
+        match self.task().status {
             TaskStatus::Queued => self.enqueue_or_adopt_orphan(ctx),
             TaskStatus::Running => self.adopt(ctx),
             TaskStatus::Blocked => {}
@@ -195,7 +164,7 @@ impl TaskActor {
         // A shim may exist for a queued task if the last daemon died between spawning it
         // and journaling the start: adopt it rather than run the agent twice.
         let find = self.deps.pool.send(FindShim {
-            task_id: self.record.id.clone(),
+            task_id: self.core.record.id.clone(),
         });
         ctx.wait(find.into_actor(self).map(|shim, act, ctx| match shim {
             Ok(Some(shim)) => {
@@ -204,7 +173,7 @@ impl TaskActor {
                     shim_pid: shim.pid,
                     shim_start_time: shim.start_time,
                 };
-                act.commit_until_done(vec![event], ctx, |act, ctx| act.adopt(ctx));
+                act.commit_until_durable(vec![event], ctx, |act, ctx| act.adopt(ctx));
             }
             _ => act.enqueue_when_due(ctx),
         }));
@@ -212,11 +181,11 @@ impl TaskActor {
 
     fn enqueue_when_due(&mut self, ctx: &mut Context<Self>) {
         // Waiting for a time (a rate limit's reset): enqueue when it comes.
-        if let Some(not_before) = self.record.not_before {
+        if let Some(not_before) = self.core.record.not_before {
             let wait = not_before - now_ms();
             if wait > 0 {
                 ctx.run_later(Duration::from_millis(wait as u64), |act, ctx| {
-                    if act.record.status == TaskStatus::Queued {
+                    if act.core.record.status == TaskStatus::Queued {
                         act.enqueue(ctx);
                     }
                 });
@@ -228,22 +197,24 @@ impl TaskActor {
 
     fn enqueue(&mut self, ctx: &mut Context<Self>) {
         self.deps.governor.do_send(Enqueue {
-            task_id: self.record.id.clone(),
-            priority: self.record.priority,
-            agent: self.record.agent.clone(),
+            task_id: self.core.record.id.clone(),
+            priority: self.core.record.priority,
+            agent: self.core.record.agent.clone(),
             recipient: ctx.address().recipient(),
         });
     }
 
     fn adopt(&mut self, ctx: &mut Context<Self>) {
-        let (Some(pid), Some(start)) = (self.record.shim_pid, self.record.shim_start_time) else {
+        let (Some(pid), Some(start)) =
+            (self.core.record.shim_pid, self.core.record.shim_start_time)
+        else {
             let event = TaskEvent::Requeued {
                 reason: reasons::REQUEUED_NOT_LAUNCHED.into(),
             };
-            return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
+            return self.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         };
         let adopt = self.deps.pool.send(Adopt {
-            task_id: self.record.id.clone(),
+            task_id: self.core.record.id.clone(),
             shim_pid: pid,
             shim_start_time: start,
             report_to: ctx.address().recipient(),
@@ -252,21 +223,21 @@ impl TaskActor {
         ctx.wait(adopt.into_actor(self).map(|process, act, ctx| match process {
             Ok(process) => act.process = Some(process),
             Err(e) => {
-                tracing::error!(task = %act.record.id, error = %e, "the agent pool did not adopt the run; reloading the task");
+                tracing::error!(task = %act.core.record.id, error = %e, "the agent pool did not adopt the run; reloading the task");
                 ctx.stop();
             }
         }));
         // An adopted agent holds a slot too.
         self.deps.governor.do_send(crate::governor::Adopted {
-            task_id: self.record.id.clone(),
-            agent: self.record.agent.clone(),
+            task_id: self.core.record.id.clone(),
+            agent: self.core.record.agent.clone(),
         });
     }
 
     /// Asks the pool to launch the agent; nothing else is handled until it answers.
     fn start_agent(&mut self, ctx: &mut Context<Self>) {
         let launch = self.deps.pool.send(Launch {
-            task: self.record.clone(),
+            task: self.core.record.clone(),
             report_to: ctx.address().recipient(),
             progress_to: ctx.address().recipient(),
         });
@@ -288,7 +259,7 @@ impl TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                self.finish_until_done(event, ctx, |act, ctx| {
+                self.finish_until_durable(event, ctx, |act, ctx| {
                     act.release(None);
                     act.end(ctx)
                 });
@@ -300,7 +271,7 @@ impl TaskActor {
                     shim_pid: run.shim_pid,
                     shim_start_time: run.shim_start_time,
                 };
-                self.commit_until_done(vec![event], ctx, |act, _| {
+                self.commit_until_durable(vec![event], ctx, |act, _| {
                     // A cancel that arrived while the start was being journaled.
                     if !act.cancel_waiters.is_empty()
                         && let Some(p) = &act.process
@@ -314,25 +285,33 @@ impl TaskActor {
 
     fn release(&self, max_rss_kb: Option<u64>) {
         self.deps.governor.do_send(Release {
-            task_id: self.record.id.clone(),
+            task_id: self.core.record.id.clone(),
             max_rss_kb,
         });
     }
+}
 
-    /// The task is terminal: answer cancel waiters and let the engine drop us.
-    fn end(&mut self, _ctx: &mut Context<Self>) {
+impl EntityActor for TaskActor {
+    type Entity = TaskRecord;
+
+    fn core(&self) -> &EntityCore<TaskRecord> {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut EntityCore<TaskRecord> {
+        &mut self.core
+    }
+
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        self.pick_up(ctx);
+    }
+
+    /// The task is terminal: answer cancel waiters.
+    fn ending(&mut self, _ctx: &mut Context<Self>) {
         for waiter in self.cancel_waiters.drain(..) {
-            let _ = waiter.send(Ok(self.record.clone()));
+            let _ = waiter.send(Ok(self.core.record.clone()));
         }
-        if !self.ended {
-            self.ended = true;
-            self.process = None;
-            self.deps.engine.do_send(TaskEnded {
-                task_id: self.record.id.clone(),
-                status: self.record.status,
-                cascade_root: self.record.cascade_root.clone(),
-            });
-        }
+        self.process = None;
     }
 }
 
@@ -340,29 +319,13 @@ impl Actor for TaskActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if !self.reload {
-            return self.resume(ctx);
-        }
-        self.reload = false;
-        let store = self.deps.store.clone();
-        let id = self.record.id.clone();
-        let read = async move { tokio::task::spawn_blocking(move || store.task(&id)).await };
-        ctx.wait(read.into_actor(self).map(|res, act, ctx| match res {
-            Ok(Ok(Some(record))) => {
-                act.record = record;
-                act.resume(ctx);
-            }
-            other => {
-                tracing::error!(task = %act.record.id, result = ?other.map(|r| r.map(|o| o.is_some())), "could not reload task");
-                act.end(ctx);
-            }
-        }));
+        self.start_entity(ctx);
     }
 }
 
 impl Supervised for TaskActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.reload = true;
+        self.restart_entity();
         self.process = None;
     }
 }
@@ -371,7 +334,7 @@ impl Handler<Grant> for TaskActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Grant, ctx: &mut Context<Self>) {
-        if self.record.status != TaskStatus::Queued || self.process.is_some() {
+        if self.core.record.status != TaskStatus::Queued || self.process.is_some() {
             return self.release(None);
         }
         self.start_agent(ctx);
@@ -382,13 +345,13 @@ impl Handler<AgentExited> for TaskActor {
     type Result = ();
 
     fn handle(&mut self, msg: AgentExited, ctx: &mut Context<Self>) {
-        if self.record.status != TaskStatus::Running {
+        if self.core.record.status != TaskStatus::Running {
             return;
         }
         self.process = None;
         let (outcome, rss) = match msg.0 {
             RunResult::Exited(exit) => (
-                outcome_of_exit(&exit, self.record.cancel_reason.as_deref()),
+                outcome_of_exit(&exit, self.core.record.cancel_reason.as_deref()),
                 Some(exit.max_rss_kb),
             ),
             RunResult::Lost(reason) => {
@@ -396,7 +359,7 @@ impl Handler<AgentExited> for TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                return self.finish_until_done(event, ctx, |act, ctx| {
+                return self.finish_until_durable(event, ctx, |act, ctx| {
                     act.release(None);
                     act.end(ctx);
                 });
@@ -406,7 +369,7 @@ impl Handler<AgentExited> for TaskActor {
         if outcome.rate_limited
             && let Some(plan) = rate_limit::plan_retry(
                 now_ms(),
-                self.record.rate_limit_retries,
+                self.core.record.rate_limit_retries,
                 settings.rate_limit_retries,
                 settings.rate_limit_backoff_ms,
                 outcome.rate_limit_reset,
@@ -418,7 +381,7 @@ impl Handler<AgentExited> for TaskActor {
             at: now_ms(),
             outcome,
         };
-        self.finish_until_done(event, ctx, move |act, ctx| {
+        self.finish_until_durable(event, ctx, move |act, ctx| {
             act.release(rss);
             act.end(ctx);
         });
@@ -430,15 +393,15 @@ impl Handler<AgentProgress> for TaskActor {
 
     /// The agent's retries become the task's reason while it runs.
     fn handle(&mut self, msg: AgentProgress, ctx: &mut Context<Self>) {
-        if self.record.status != TaskStatus::Running
-            || self.record.reason.as_deref() == Some(msg.0.as_str())
+        if self.core.record.status != TaskStatus::Running
+            || self.core.record.reason.as_deref() == Some(msg.0.as_str())
         {
             return;
         }
         let event = TaskEvent::Progress { reason: msg.0 };
-        self.commit(vec![event], ctx, |act, _, res| {
+        self.commit(vec![event], Vec::new(), ctx, |act, _, res| {
             if let Err(e) = res {
-                tracing::warn!(task = %act.record.id, error = %e, "progress not journaled");
+                tracing::warn!(task = %act.core.record.id, error = %e, "progress not journaled");
             }
         });
     }
@@ -461,7 +424,7 @@ impl TaskActor {
         // The old run's identity goes first: a crash after this leaves the task running
         // with a dead shim and its exit.json, which recovery reads again.
         let forget = self.deps.pool.send(ForgetShim {
-            task_id: self.record.id.clone(),
+            task_id: self.core.record.id.clone(),
         });
         ctx.wait(forget.into_actor(self).map(move |_, act, ctx| {
             let event = TaskEvent::RateLimited {
@@ -469,9 +432,9 @@ impl TaskActor {
                 not_before,
                 outcome,
             };
-            act.commit_until_done(vec![event], ctx, move |act, ctx| {
+            act.commit_until_durable(vec![event], ctx, move |act, ctx| {
                 act.release(rss);
-                act.resume(ctx);
+                act.pick_up(ctx);
             });
         }));
     }
@@ -483,7 +446,7 @@ impl Handler<Resolved> for TaskActor {
     fn handle(&mut self, msg: Resolved, ctx: &mut Context<Self>) {
         use crate::model::dag::Resolution;
         match msg.0 {
-            Resolution::Ready { .. } if self.record.status == TaskStatus::Blocked => {
+            Resolution::Ready { .. } if self.core.record.status == TaskStatus::Blocked => {
                 self.unblock(ctx)
             }
             Resolution::Doomed {
@@ -491,7 +454,11 @@ impl Handler<Resolved> for TaskActor {
                 root,
                 status,
                 ..
-            } if matches!(self.record.status, TaskStatus::Blocked | TaskStatus::Queued) => {
+            } if matches!(
+                self.core.record.status,
+                TaskStatus::Blocked | TaskStatus::Queued
+            ) =>
+            {
                 let event = TaskEvent::DependencyFailed {
                     at: now_ms(),
                     reason: reasons::dependency_failed(&dependency, &root, status),
@@ -499,9 +466,9 @@ impl Handler<Resolved> for TaskActor {
                     root,
                 };
                 self.deps.governor.do_send(Withdraw {
-                    task_id: self.record.id.clone(),
+                    task_id: self.core.record.id.clone(),
                 });
-                self.finish_until_done(event, ctx, |act, ctx| act.end(ctx));
+                self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
             }
             _ => {}
         }
@@ -513,29 +480,29 @@ impl TaskActor {
     /// checkpoint of the task it continues from (read from the journal: the real last
     /// lines of output, spec 8.3).
     fn unblock(&mut self, ctx: &mut Context<Self>) {
-        let not_before = self.record.start_delay.map(|d| now_ms() + d as i64);
-        let Some(from) = self.record.continue_from.clone() else {
+        let not_before = self.core.record.start_delay.map(|d| now_ms() + d as i64);
+        let Some(from) = self.core.record.continue_from.clone() else {
             let event = TaskEvent::Unblocked {
                 at: now_ms(),
                 prompt: None,
                 not_before,
             };
-            return self.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
+            return self.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         };
         let store = self.deps.store.clone();
         let read = async move { tokio::task::spawn_blocking(move || store.task(&from)).await };
         ctx.wait(read.into_actor(self).map(move |res, act, ctx| {
             let prompt = match res {
                 Ok(Ok(Some(previous))) => {
-                    Some(crate::agents::checkpoint::continuation_prompt(&previous, &act.record.prompt))
+                    Some(crate::agents::checkpoint::continuation_prompt(&previous, &act.core.record.prompt))
                 }
                 other => {
-                    tracing::warn!(task = %act.record.id, ?other, "continueFrom task unreadable; running the prompt as it is");
+                    tracing::warn!(task = %act.core.record.id, ?other, "continueFrom task unreadable; running the prompt as it is");
                     None
                 }
             };
             let event = TaskEvent::Unblocked { at: now_ms(), prompt, not_before };
-            act.commit_until_done(vec![event], ctx, |act, ctx| act.resume(ctx));
+            act.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         }));
     }
 }
@@ -546,30 +513,39 @@ impl Handler<CancelTask> for TaskActor {
     fn handle(&mut self, msg: CancelTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         let reason = msg.reason.trim().to_string();
-        match self.record.status {
+        match self.core.record.status {
             TaskStatus::Queued | TaskStatus::Blocked => {
                 let event = TaskEvent::Cancelled {
                     at: now_ms(),
                     reason: reasons::cancelled_by_user(&reason),
                 };
-                self.finish(event, ctx, move |act, ctx, res| match res {
-                    Ok(()) => {
-                        act.deps.governor.do_send(Withdraw {
-                            task_id: act.record.id.clone(),
-                        });
-                        let _ = tx.send(Ok(act.record.clone()));
-                        act.end(ctx);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+                self.with_checkpoint(event, ctx, move |act, ctx, events| {
+                    let events = match events {
+                        Ok(events) => events,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    act.commit(events, Vec::new(), ctx, move |act, ctx, res| match res {
+                        Ok(()) => {
+                            act.deps.governor.do_send(Withdraw {
+                                task_id: act.core.record.id.clone(),
+                            });
+                            let _ = tx.send(Ok(act.core.record.clone()));
+                            act.end(ctx);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    });
                 });
             }
             TaskStatus::Running => {
                 self.cancel_waiters.push(tx);
-                if self.record.cancel_reason.is_none() {
+                if self.core.record.cancel_reason.is_none() {
                     let event = TaskEvent::CancelRequested { reason };
-                    self.commit(vec![event], ctx, |act, _, res| match res {
+                    self.commit(vec![event], Vec::new(), ctx, |act, _, res| match res {
                         Ok(()) => {
                             if let Some(p) = &act.process {
                                 p.do_send(Terminate);
@@ -585,7 +561,7 @@ impl Handler<CancelTask> for TaskActor {
             }
             status => {
                 let _ = tx.send(Err(EngineError::CannotCancel {
-                    id: self.record.id.clone(),
+                    id: self.core.record.id.clone(),
                     status,
                 }));
             }
@@ -597,5 +573,67 @@ impl Handler<CancelTask> for TaskActor {
                 ))
             })
         })
+    }
+}
+
+impl Handler<JoinCancel> for TaskActor {
+    type Result = Result<Joined, EngineError>;
+
+    fn handle(&mut self, msg: JoinCancel, ctx: &mut Context<Self>) -> Self::Result {
+        let record = &self.core.record;
+        match record.status {
+            TaskStatus::Queued | TaskStatus::Blocked => {
+                // Never ran (or waits to run again): the checkpoint is the reason, built
+                // here, so the owner's one transaction carries it with the cancel.
+                let at = now_ms();
+                let reason = format!("cancelled by the user: {}", msg.reason);
+                let checkpoint = Checkpoint {
+                    checkpoint_type: TaskStatus::Cancelled,
+                    error_summary: Some(reason.clone()),
+                    created_at: at,
+                    ..Default::default()
+                };
+                let events = vec![
+                    TaskEvent::Cancelled { at, reason },
+                    TaskEvent::Checkpointed {
+                        checkpoint: Box::new(checkpoint),
+                    },
+                ];
+                let transitions = self.join(events, msg.verdict, ctx, |act, ctx, committed| {
+                    if committed {
+                        act.deps.governor.do_send(Withdraw {
+                            task_id: act.core.record.id.clone(),
+                        });
+                        act.end(ctx);
+                    }
+                })?;
+                Ok(Joined {
+                    transitions,
+                    ended: None,
+                })
+            }
+            TaskStatus::Running => {
+                let (tx, rx) = oneshot::channel();
+                self.cancel_waiters.push(tx);
+                let transitions = if record.cancel_reason.is_none() {
+                    let event = TaskEvent::CancelRequested { reason: msg.reason };
+                    self.join(vec![event], msg.verdict, ctx, |act, _, committed| {
+                        if committed && let Some(p) = &act.process {
+                            p.do_send(Terminate);
+                        }
+                    })?
+                } else {
+                    Vec::new() // already stopping
+                };
+                Ok(Joined {
+                    transitions,
+                    ended: Some(rx),
+                })
+            }
+            _ => Ok(Joined {
+                transitions: Vec::new(),
+                ended: None,
+            }),
+        }
     }
 }

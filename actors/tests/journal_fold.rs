@@ -1,5 +1,5 @@
-//! The journal's central invariant: the `tasks` table always equals the fold of the
-//! `events` table.
+//! The journal's central invariant: every state table (`tasks`, `pipelines`) always
+//! equals the fold of the `events` table, for every kind and every event.
 //!
 //! Every transition is journaled as an event beside the record it produced, in one
 //! transaction; recovery, audits and replays all trust that folding the events in `seq`
@@ -9,13 +9,17 @@
 //! with thousands of random operations and then compares three things that must agree:
 //! the fold of `Store::events()`, the rows of `Store::tasks()`, and the test's own model.
 //!
-//! The random operations are what the engine does to tasks: submits (some of them
+//! The random operations are what the engine does to tasks and pipelines: submits (some of them
 //! retries carrying `parentTaskId`/`retryCount`/`retryOf` of an earlier task), starts,
 //! exits turned into outcomes by `outcome_of_exit` (code 0, non-zero, signals, kills for
 //! timeout, idle or cancel, spawn errors), cancels (of a queued task directly; of a
 //! running one as `CancelRequested` and later a `Finished` killed for the cancel), lost
-//! shims, start failures, requeues, and daemon restarts (the writer dropped, possibly
-//! with appends still queued, and the same file reopened). Each operation is first put
+//! shims, start failures, requeues, rate limits (queued again until a time), checkpoints
+//! committed with the terminal transition in one append, dependencies that unblock or
+//! fail, pipelines created in one append with their steps, ended by their steps or
+//! cancelled together with every unfinished step in one append (two kinds in one
+//! transaction), and daemon restarts (the writer dropped, possibly with appends still
+//! queued, and the same file reopened). Each operation is first put
 //! to `apply`, and to an independent table of the allowed transitions: the two must
 //! agree, refused events (some deliberately absurd, such as starting a completed task)
 //! are never journaled, and accepted ones are appended, sometimes several at once so
@@ -33,8 +37,10 @@ use backbeat_actors::agents::run_dir::{ExitRecord, KillCause};
 use backbeat_actors::journal::{
     Append, JournalError, JournalWriter, Store, TaskQuery, open_write_connection,
 };
+use backbeat_actors::model::task::Checkpoint;
 use backbeat_actors::model::{
-    ExitOutcome, Priority, TaskEvent, TaskRecord, TaskStatus, apply, outcome_of_exit,
+    EntityKind, EntityRef, Event, ExitOutcome, PipelineEvent, PipelineRecord, PipelineStatus,
+    Priority, Record, TaskEvent, TaskRecord, TaskStatus, Transition, apply, outcome_of_exit,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -43,6 +49,7 @@ use tokio::sync::oneshot;
 
 type Reply = oneshot::Receiver<Result<(), JournalError>>;
 type Records = BTreeMap<String, TaskRecord>;
+type Pipelines = BTreeMap<String, PipelineRecord>;
 
 // ---------------------------------------------------------------------------------
 // Operations
@@ -85,6 +92,8 @@ enum Op {
         target: Target,
         at: i64,
         exit: Box<ExitRecord>,
+        /// Commit the checkpoint with the terminal transition (as the engine does).
+        checkpoint: bool,
     },
     /// `Cancelled` of a queued or blocked task, `CancelRequested` of a running one.
     Cancel {
@@ -109,6 +118,51 @@ enum Op {
     },
     Requeue {
         target: Target,
+        reason: String,
+    },
+    /// A run that ended on a rate limit: queued again until `not_before`.
+    RateLimit {
+        target: Target,
+        at: i64,
+        not_before: i64,
+        exit: Box<ExitRecord>,
+    },
+    /// A blocked task whose dependencies all completed.
+    Unblock {
+        target: Target,
+        at: i64,
+        prompt: Option<String>,
+        not_before: Option<i64>,
+    },
+    /// A blocked or queued task whose dependency failed.
+    DependencyFail {
+        target: Target,
+        dependency: Index,
+        at: i64,
+        reason: String,
+    },
+    /// A terminal task's checkpoint (alone; `Exit` also commits one with its terminal
+    /// transition, in one append).
+    Checkpoint {
+        target: Target,
+        checkpoint: Box<Checkpoint>,
+    },
+    /// A pipeline of `steps` new tasks, all in one append.
+    CreatePipeline {
+        steps: usize,
+        at: i64,
+    },
+    /// A running pipeline's steps decided its end.
+    EndPipeline {
+        pick: Index,
+        how: u8,
+        at: i64,
+        reason: String,
+    },
+    /// A pipeline cancelled with every unfinished step, in one append.
+    CancelPipeline {
+        pick: Index,
+        at: i64,
         reason: String,
     },
     /// An event of kind `kind` (see `Model::wild`) on any task, or on none: most of these
@@ -229,13 +283,61 @@ fn exit_record() -> impl Strategy<Value = ExitRecord> {
         )
 }
 
+fn checkpoint() -> impl Strategy<Value = Checkpoint> {
+    (
+        prop_oneof![
+            Just(TaskStatus::Completed),
+            Just(TaskStatus::Failed),
+            Just(TaskStatus::Cancelled)
+        ],
+        text(),
+        prop::option::of(text()),
+        prop::option::of("[a-z/]{1,12}"),
+        prop::collection::vec(text(), 0..3),
+        any::<i64>(),
+    )
+        .prop_map(
+            |(
+                checkpoint_type,
+                output_summary,
+                error_summary,
+                git_branch,
+                git_dirty_files,
+                created_at,
+            )| {
+                Checkpoint {
+                    checkpoint_type,
+                    output_summary,
+                    error_summary,
+                    git_commit_sha: git_branch.as_ref().map(|b| format!("sha-{b}")),
+                    git_branch,
+                    git_dirty_files,
+                    created_at,
+                }
+            },
+        )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => submit_spec().prop_map(|s| Op::Submit(Box::new(s))),
         5 => (target(), any::<i64>(), any::<u32>(), any::<u64>())
             .prop_map(|(target, at, pid, start_time)| Op::Start { target, at, pid, start_time }),
-        5 => (target(), any::<i64>(), exit_record())
-            .prop_map(|(target, at, exit)| Op::Exit { target, at, exit: Box::new(exit) }),
+        5 => (target(), any::<i64>(), exit_record(), any::<bool>())
+            .prop_map(|(target, at, exit, checkpoint)| Op::Exit { target, at, exit: Box::new(exit), checkpoint }),
+        1 => (target(), any::<i64>(), any::<i64>(), exit_record())
+            .prop_map(|(target, at, not_before, exit)| Op::RateLimit { target, at, not_before, exit: Box::new(exit) }),
+        2 => (target(), any::<i64>(), prop::option::of(text()), any::<Option<i64>>())
+            .prop_map(|(target, at, prompt, not_before)| Op::Unblock { target, at, prompt, not_before }),
+        1 => (target(), any::<Index>(), any::<i64>(), text())
+            .prop_map(|(target, dependency, at, reason)| Op::DependencyFail { target, dependency, at, reason }),
+        1 => (target(), checkpoint())
+            .prop_map(|(target, c)| Op::Checkpoint { target, checkpoint: Box::new(c) }),
+        1 => (2..5usize, any::<i64>()).prop_map(|(steps, at)| Op::CreatePipeline { steps, at }),
+        1 => (any::<Index>(), 0..3u8, any::<i64>(), text())
+            .prop_map(|(pick, how, at, reason)| Op::EndPipeline { pick, how, at, reason }),
+        1 => (any::<Index>(), any::<i64>(), text())
+            .prop_map(|(pick, at, reason)| Op::CancelPipeline { pick, at, reason }),
         2 => (target(), any::<i64>(), text())
             .prop_map(|(target, at, reason)| Op::Cancel { target, at, reason }),
         1 => (target(), any::<i64>(), text())
@@ -278,6 +380,29 @@ fn allowed(prev: Option<&TaskRecord>, event: &TaskEvent) -> Option<TaskStatus> {
         (Some(Running), TaskEvent::Progress { .. }) => Some(Running),
         (Some(Queued | Blocked), TaskEvent::Cancelled { .. }) => Some(Cancelled),
         (Some(Queued), TaskEvent::StartFailed { .. }) => Some(Failed),
+        (Some(Running), TaskEvent::RateLimited { .. }) => Some(Queued),
+        (Some(Blocked), TaskEvent::Unblocked { .. }) => Some(Queued),
+        (Some(Blocked | Queued), TaskEvent::DependencyFailed { .. }) => Some(Cancelled),
+        (Some(s @ (Completed | Failed | Cancelled)), TaskEvent::Checkpointed { .. }) => Some(s),
+        _ => None,
+    }
+}
+
+/// The pipeline status `event` leads to from `prev`, or `None` when it must be refused.
+fn allowed_pipeline(
+    prev: Option<&PipelineRecord>,
+    event: &PipelineEvent,
+) -> Option<PipelineStatus> {
+    use PipelineStatus::*;
+    match (prev.map(|p| p.status), event) {
+        (None, PipelineEvent::Created { pipeline })
+            if pipeline.status == Running && (2..=20).contains(&pipeline.steps.len()) =>
+        {
+            Some(Running)
+        }
+        (Some(Running), PipelineEvent::Completed { .. }) => Some(Completed),
+        (Some(Running), PipelineEvent::Failed { .. }) => Some(Failed),
+        (Some(Running), PipelineEvent::Cancelled { .. }) => Some(Cancelled),
         _ => None,
     }
 }
@@ -286,18 +411,146 @@ fn allowed(prev: Option<&TaskRecord>, event: &TaskEvent) -> Option<TaskStatus> {
 // The test's model of the tasks
 // ---------------------------------------------------------------------------------
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     records: Records,
     /// Ids in submission order, so that an `Index` picks a task deterministically.
     order: Vec<String>,
+    pipelines: Pipelines,
+    pipeline_order: Vec<String>,
     next_id: usize,
 }
 
 const GHOST: &str = "task-that-was-never-submitted";
-const WILD_KINDS: u8 = 12;
+const GHOST_PIPELINE: &str = "pipeline-that-was-never-created";
+const WILD_KINDS: u8 = 16;
+
+/// What an operation journals: one event, or several committed in one append.
+type Events = Vec<(String, Event)>;
+
+fn task_event(id: String, event: TaskEvent) -> Events {
+    vec![(id, Event::Task(event))]
+}
 
 impl Model {
+    fn get(&self, id: &str) -> Option<Record> {
+        self.records
+            .get(id)
+            .cloned()
+            .map(Record::Task)
+            .or_else(|| self.pipelines.get(id).cloned().map(Record::Pipeline))
+    }
+
+    fn accept_record(&mut self, record: Record) {
+        match record {
+            Record::Task(t) => self.accept(t),
+            Record::Pipeline(p) => {
+                if !self.pipelines.contains_key(&p.id) {
+                    self.pipeline_order.push(p.id.clone());
+                }
+                self.pipelines.insert(p.id.clone(), p);
+            }
+        }
+    }
+
+    /// A running pipeline if there is one (unless `anywhere`), else any, else none.
+    fn pick_pipeline(&self, pick: &Index, anywhere: bool) -> String {
+        let running: Vec<&String> = self
+            .pipeline_order
+            .iter()
+            .filter(|id| self.pipelines[*id].status == PipelineStatus::Running)
+            .collect();
+        if !anywhere && !running.is_empty() {
+            return pick.get(&running).to_string();
+        }
+        if self.pipeline_order.is_empty() {
+            return GHOST_PIPELINE.to_string();
+        }
+        pick.get(&self.pipeline_order).clone()
+    }
+
+    fn create_pipeline(&mut self, steps: usize, at: i64) -> Events {
+        self.next_id += 1;
+        let pipeline_id = format!("pipeline-{}", self.next_id);
+        let mut events = Vec::new();
+        let mut ids = Vec::new();
+        for step in 0..steps {
+            let id = self.fresh_id();
+            let task = TaskRecord {
+                id: id.clone(),
+                prompt: format!("step {step}"),
+                status: if step == 0 {
+                    TaskStatus::Queued
+                } else {
+                    TaskStatus::Blocked
+                },
+                agent: "shell".into(),
+                working_directory: "/".into(),
+                timeout: 1000,
+                max_output_buffer: 1024,
+                created_at: at,
+                depends_on: ids.last().cloned().into_iter().collect(),
+                pipeline_id: Some(pipeline_id.clone()),
+                pipeline_step: Some(step as u32 + 1),
+                start_delay: (step % 2 == 1).then_some(250),
+                owner: Some(EntityRef::new(EntityKind::Pipeline, pipeline_id.clone())),
+                ..Default::default()
+            };
+            ids.push(id.clone());
+            events.push((
+                id,
+                Event::Task(TaskEvent::Submitted {
+                    task: Box::new(task),
+                }),
+            ));
+        }
+        let pipeline = PipelineRecord {
+            id: pipeline_id.clone(),
+            status: PipelineStatus::Running,
+            steps: ids,
+            created_at: at,
+            completed_at: None,
+            reason: None,
+        };
+        events.push((
+            pipeline_id,
+            Event::Pipeline(PipelineEvent::Created {
+                pipeline: Box::new(pipeline),
+            }),
+        ));
+        events
+    }
+
+    /// As CancelPipeline: the pipeline and its unfinished steps, in one append.
+    fn cancel_pipeline(&self, pick: &Index, at: i64, reason: &str) -> Events {
+        let id = self.pick_pipeline(pick, false);
+        let mut events = vec![(
+            id.clone(),
+            Event::Pipeline(PipelineEvent::Cancelled {
+                at,
+                reason: reason.to_string(),
+            }),
+        )];
+        let Some(p) = self.pipelines.get(&id) else {
+            return events;
+        };
+        for step in &p.steps {
+            let t = &self.records[step];
+            let event = match t.status {
+                TaskStatus::Queued | TaskStatus::Blocked => TaskEvent::Cancelled {
+                    at,
+                    reason: reason.to_string(),
+                },
+                TaskStatus::Running if t.cancel_reason.is_none() => TaskEvent::CancelRequested {
+                    reason: reason.to_string(),
+                },
+                _ => continue,
+            };
+            events.push((step.clone(), Event::Task(event)));
+        }
+        events
+    }
+
     fn fresh_id(&mut self) -> String {
         self.next_id += 1;
         format!("task-{}", self.next_id)
@@ -391,6 +644,186 @@ impl Model {
         )
     }
 
+    /// The events an operation makes, given the current state.
+    fn events_for(&mut self, op: &Op) -> Events {
+        use TaskStatus::*;
+        match op {
+            Op::Exit {
+                target,
+                at,
+                exit,
+                checkpoint: true,
+            } => {
+                let (id, finished) = self.event_for(&Op::Exit {
+                    target: target.clone(),
+                    at: *at,
+                    exit: exit.clone(),
+                    checkpoint: false,
+                });
+                let TaskEvent::Finished { outcome, .. } = &finished else {
+                    unreachable!()
+                };
+                let checkpoint = Checkpoint {
+                    checkpoint_type: outcome.status,
+                    output_summary: "last lines".into(),
+                    error_summary: Some(outcome.reason.clone()),
+                    created_at: *at,
+                    ..Default::default()
+                };
+                vec![
+                    (id.clone(), Event::Task(finished)),
+                    (
+                        id,
+                        Event::Task(TaskEvent::Checkpointed {
+                            checkpoint: Box::new(checkpoint),
+                        }),
+                    ),
+                ]
+            }
+            Op::RateLimit {
+                target,
+                at,
+                not_before,
+                exit,
+            } => {
+                let id = self.target(target, &[Running]);
+                let cancel_reason = self.records.get(&id).and_then(|t| t.cancel_reason.clone());
+                let mut outcome = outcome_of_exit(exit, cancel_reason.as_deref());
+                outcome.rate_limited = true;
+                task_event(
+                    id,
+                    TaskEvent::RateLimited {
+                        at: *at,
+                        not_before: *not_before,
+                        outcome,
+                    },
+                )
+            }
+            Op::Unblock {
+                target,
+                at,
+                prompt,
+                not_before,
+            } => task_event(
+                self.target(target, &[Blocked]),
+                TaskEvent::Unblocked {
+                    at: *at,
+                    prompt: prompt.clone(),
+                    not_before: *not_before,
+                },
+            ),
+            Op::DependencyFail {
+                target,
+                dependency,
+                at,
+                reason,
+            } => {
+                let id = self.target(target, &[Blocked, Queued]);
+                let dependency = if self.order.is_empty() {
+                    GHOST.to_string()
+                } else {
+                    dependency.get(&self.order).clone()
+                };
+                task_event(
+                    id,
+                    TaskEvent::DependencyFailed {
+                        at: *at,
+                        root: dependency.clone(),
+                        dependency,
+                        reason: reason.clone(),
+                    },
+                )
+            }
+            Op::Checkpoint { target, checkpoint } => task_event(
+                self.target(target, &[Completed, Failed, Cancelled]),
+                TaskEvent::Checkpointed {
+                    checkpoint: checkpoint.clone(),
+                },
+            ),
+            Op::CreatePipeline { steps, at } => self.create_pipeline(*steps, *at),
+            Op::EndPipeline {
+                pick,
+                how,
+                at,
+                reason,
+            } => {
+                let id = self.pick_pipeline(pick, false);
+                let event = match how {
+                    0 => PipelineEvent::Completed { at: *at },
+                    1 => PipelineEvent::Failed {
+                        at: *at,
+                        step: self
+                            .pipelines
+                            .get(&id)
+                            .map(|p| p.steps[0].clone())
+                            .unwrap_or_default(),
+                        reason: reason.clone(),
+                    },
+                    _ => PipelineEvent::Cancelled {
+                        at: *at,
+                        reason: reason.clone(),
+                    },
+                };
+                vec![(id, Event::Pipeline(event))]
+            }
+            Op::CancelPipeline { pick, at, reason } => self.cancel_pipeline(pick, *at, reason),
+            Op::Wild { pick, kind, at } if *kind >= 12 => self.wild_pipeline(*pick, *kind, *at),
+            other => {
+                let (id, event) = self.event_for(other);
+                task_event(id, event)
+            }
+        }
+    }
+
+    /// Pipeline events chosen without regard to state: most must be refused.
+    fn wild_pipeline(&mut self, pick: Index, kind: u8, at: i64) -> Events {
+        let id = self.pick_pipeline(&pick, true);
+        let event = match kind {
+            // Created twice.
+            12 => match self.pipelines.get(&id) {
+                Some(p) => PipelineEvent::Created {
+                    pipeline: Box::new(PipelineRecord {
+                        status: PipelineStatus::Running,
+                        ..p.clone()
+                    }),
+                },
+                None => PipelineEvent::Completed { at },
+            },
+            // A new pipeline of one step, or one that claims to have ended already.
+            13 => {
+                self.next_id += 1;
+                let fresh = format!("pipeline-{}", self.next_id);
+                let (status, steps) = if at % 2 == 0 {
+                    (PipelineStatus::Running, vec![GHOST.to_string()])
+                } else {
+                    (
+                        PipelineStatus::Completed,
+                        vec![GHOST.to_string(), GHOST.to_string()],
+                    )
+                };
+                let pipeline = PipelineRecord {
+                    id: fresh.clone(),
+                    status,
+                    steps,
+                    created_at: at,
+                    ..Default::default()
+                };
+                return vec![(
+                    fresh,
+                    Event::Pipeline(PipelineEvent::Created {
+                        pipeline: Box::new(pipeline),
+                    }),
+                )];
+            }
+            14 => PipelineEvent::Cancelled {
+                at,
+                reason: "wild".into(),
+            },
+            _ => PipelineEvent::Completed { at },
+        };
+        vec![(id, Event::Pipeline(event))]
+    }
+
     /// The task and event an operation makes, given the current state.
     fn event_for(&mut self, op: &Op) -> (String, TaskEvent) {
         use TaskStatus::*;
@@ -409,7 +842,9 @@ impl Model {
                     shim_start_time: *start_time,
                 },
             ),
-            Op::Exit { target, at, exit } => {
+            Op::Exit {
+                target, at, exit, ..
+            } => {
                 let id = self.target(target, &[Running]);
                 let mut exit = (**exit).clone();
                 let cancel_reason = self.records.get(&id).and_then(|t| t.cancel_reason.clone());
@@ -465,7 +900,7 @@ impl Model {
                 },
             ),
             Op::Wild { pick, kind, at } => self.wild(*pick, *kind, *at),
-            Op::Restart => unreachable!("restarts are not events"),
+            _ => unreachable!("{op:?} is handled by events_for"),
         }
     }
 
@@ -611,10 +1046,9 @@ impl Journal {
         }
     }
 
-    fn append(&mut self, event: TaskEvent, record: TaskRecord) {
+    fn append(&mut self, transitions: Vec<Transition>) {
         let writer = self.writer.as_ref().expect("the writer is running");
-        self.pending
-            .push(writer.append(Append::task(event, record)));
+        self.pending.push(writer.append(Append::new(transitions)));
         self.most_pending = self.most_pending.max(self.pending.len());
     }
 
@@ -637,12 +1071,12 @@ impl Journal {
     }
 }
 
-/// Folds the journal's events and checks the result against the `tasks` table and
+/// Folds the journal's events and checks the result against every state table and
 /// against `model`. Returns how many events the journal holds.
-fn check_fold(path: &Path, model: &Records) -> usize {
+fn check_fold(path: &Path, model: &Model) -> usize {
     let store = Store::new(path);
     let events = store.events().expect("reading events");
-    let mut folded = Records::new();
+    let mut folded = BTreeMap::<String, Record>::new();
     let mut last_seq = i64::MIN;
     for stored in &events {
         assert!(
@@ -651,20 +1085,32 @@ fn check_fold(path: &Path, model: &Records) -> usize {
             stored.seq
         );
         last_seq = stored.seq;
-        let next = apply(folded.get(&stored.entity_id), &stored.event).unwrap_or_else(|e| {
-            panic!(
-                "journaled event seq {} ({:?}) does not fold: {e}",
-                stored.seq, stored.event
-            )
-        });
+        assert_eq!(stored.kind, stored.event.kind(), "event seq {}", stored.seq);
+        let next =
+            Record::apply(folded.get(&stored.entity_id), &stored.event).unwrap_or_else(|e| {
+                panic!(
+                    "journaled event seq {} ({:?}) does not fold: {e}",
+                    stored.seq, stored.event
+                )
+            });
         assert_eq!(
-            next.id, stored.entity_id,
-            "event seq {} is filed under another task",
+            next.id(),
+            stored.entity_id,
+            "event seq {} is filed under another entity",
             stored.seq
         );
         folded.insert(stored.entity_id.clone(), next);
     }
+    let mut folded_tasks = Records::new();
+    let mut folded_pipelines = Pipelines::new();
+    for (id, record) in folded {
+        match record {
+            Record::Task(t) => folded_tasks.insert(id, t),
+            Record::Pipeline(p) => folded_pipelines.insert(id, p).map(|_| unreachable!()),
+        };
+    }
 
+    // Tasks: table == fold == model.
     let rows = store
         .tasks(&TaskQuery {
             status: None,
@@ -674,39 +1120,52 @@ fn check_fold(path: &Path, model: &Records) -> usize {
     let row_count = rows.len();
     let table: Records = rows.into_iter().map(|t| (t.id.clone(), t)).collect();
     assert_eq!(table.len(), row_count, "the tasks table repeats an id");
-
-    let ids = |m: &Records| m.keys().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(folded_tasks, table, "tasks: table differs from fold");
     assert_eq!(
-        ids(&folded),
-        ids(&table),
-        "fold and table hold different tasks"
+        folded_tasks, model.records,
+        "tasks: fold differs from model"
     );
-    for (id, record) in &folded {
-        assert_eq!(
-            Some(record),
-            table.get(id),
-            "task {id}: table differs from fold"
-        );
-    }
-    assert_eq!(
-        ids(&folded),
-        ids(model),
-        "fold and model hold different tasks"
-    );
-    for (id, record) in &folded {
-        assert_eq!(
-            Some(record),
-            model.get(id),
-            "task {id}: fold differs from model"
-        );
-    }
+    let all: Records = store
+        .all::<TaskRecord>()
+        .expect("reading all tasks")
+        .into_iter()
+        .map(|t| (t.id.clone(), t))
+        .collect();
+    assert_eq!(all, table, "Store::all and Store::tasks disagree");
 
-    // The other read paths agree with the table.
-    for (id, record) in model {
+    // Pipelines: table == fold == model.
+    let rows = store.all::<PipelineRecord>().expect("reading pipelines");
+    let row_count = rows.len();
+    let table: Pipelines = rows.into_iter().map(|p| (p.id.clone(), p)).collect();
+    assert_eq!(table.len(), row_count, "the pipelines table repeats an id");
+    assert_eq!(
+        folded_pipelines, table,
+        "pipelines: table differs from fold"
+    );
+    assert_eq!(
+        folded_pipelines, model.pipelines,
+        "pipelines: fold differs from model"
+    );
+
+    // The other read paths agree with the tables.
+    for (id, record) in &model.records {
         assert_eq!(
             store.task(id).expect("reading a task").as_ref(),
             Some(record)
         );
+    }
+    for (id, record) in &model.pipelines {
+        assert_eq!(
+            store.pipeline(id).expect("reading a pipeline").as_ref(),
+            Some(record)
+        );
+        let steps: Vec<String> = store
+            .pipeline_steps(id)
+            .expect("reading a pipeline's steps")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(steps, record.steps, "steps of {id}");
     }
     let live: BTreeSet<String> = store
         .live_tasks()
@@ -715,14 +1174,28 @@ fn check_fold(path: &Path, model: &Records) -> usize {
         .map(|t| t.id)
         .collect();
     let expected_live: BTreeSet<String> = model
+        .records
         .values()
         .filter(|t| !t.status.is_terminal())
         .map(|t| t.id.clone())
         .collect();
     assert_eq!(live, expected_live, "live_tasks");
+    let live: BTreeSet<String> = store
+        .live_pipelines()
+        .expect("reading live pipelines")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let expected_live: BTreeSet<String> = model
+        .pipelines
+        .values()
+        .filter(|p| !p.status.is_terminal())
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(live, expected_live, "live_pipelines");
     let mut starts = BTreeMap::<String, i64>::new();
     for stored in &events {
-        if matches!(stored.event, TaskEvent::Started { .. }) {
+        if matches!(stored.event, Event::Task(TaskEvent::Started { .. })) {
             *starts.entry(stored.entity_id.clone()).or_default() += 1;
         }
     }
@@ -746,8 +1219,49 @@ struct Totals {
     refused: usize,
     restarts: usize,
     most_pending: usize,
-    /// Journaled events by name (`finished` also by the status it led to).
+    /// Appends that carried transitions of two kinds.
+    mixed_appends: usize,
+    /// Appends that carried several transitions of one entity.
+    multi_step_appends: usize,
+    /// Journaled events by name (`finished` also by the status it led to; pipeline
+    /// events as `pipeline/<name>`).
     journaled: BTreeMap<String, usize>,
+}
+
+/// Checks one event against `apply` and the independent table; the record it makes,
+/// or `None` when both refuse it.
+fn check_event(prev: Option<&Record>, id: &str, event: &Event) -> Option<Record> {
+    let next = Record::apply(prev, event);
+    let expected: Option<&'static str> = match (prev, event) {
+        (None, Event::Task(e)) => allowed(None, e).map(|s| s.as_str()),
+        (Some(Record::Task(t)), Event::Task(e)) => allowed(Some(t), e).map(|s| s.as_str()),
+        (None, Event::Pipeline(e)) => allowed_pipeline(None, e).map(|s| s.as_str()),
+        (Some(Record::Pipeline(p)), Event::Pipeline(e)) => {
+            allowed_pipeline(Some(p), e).map(|s| s.as_str())
+        }
+        _ => None,
+    };
+    match (next, expected) {
+        (Ok(next), Some(status)) => {
+            let got = match &next {
+                Record::Task(t) => t.status.as_str(),
+                Record::Pipeline(p) => p.status.as_str(),
+            };
+            assert_eq!(got, status, "{event:?} on {prev:?}");
+            assert_eq!(next.id(), id, "{event:?} changed the entity's id");
+            Some(next)
+        }
+        (Err(refusal), None) => {
+            assert_eq!(refusal.event, event.name());
+            None
+        }
+        (Ok(next), None) => {
+            panic!("apply accepted {event:?} on {prev:?} (giving {next:?}); it must refuse")
+        }
+        (Err(refusal), Some(status)) => {
+            panic!("apply refused {event:?} on {prev:?} ({refusal}); expected {status}")
+        }
+    }
 }
 
 fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
@@ -758,53 +1272,79 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
     let mut accepted = 0;
     let mut refused = 0;
     let mut restarts = 0;
+    let mut mixed = 0;
+    let mut multi = 0;
     let mut journaled = BTreeMap::<String, usize>::new();
 
     for step in steps {
         if let Op::Restart = step.op {
             journal.restart();
             restarts += 1;
-            assert_eq!(check_fold(&path, &model.records), accepted);
+            assert_eq!(check_fold(&path, &model), accepted);
             continue;
         }
-        let (id, event) = model.event_for(&step.op);
-        let prev = model.records.get(&id);
-        match (apply(prev, &event), allowed(prev, &event)) {
-            (Ok(next), Some(status)) => {
-                assert_eq!(next.status, status, "{event:?} on {prev:?}");
-                assert_eq!(next.id, id, "{event:?} changed the task's id");
-                let name = match &event {
-                    TaskEvent::Finished { outcome, .. } => format!("finished/{}", outcome.status),
-                    other => other.name().to_string(),
-                };
-                *journaled.entry(name).or_default() += 1;
-                journal.append(event, next.clone());
-                model.accept(next);
-                accepted += 1;
+        let events = model.events_for(&step.op);
+        // Applied in order on a scratch copy: later events of one append see the
+        // records the earlier ones made.
+        let mut scratch = model.clone();
+        let mut transitions = Vec::new();
+        for (i, (id, event)) in events.iter().enumerate() {
+            let prev = scratch.get(id);
+            match check_event(prev.as_ref(), id, event) {
+                Some(next) => {
+                    let name = match event {
+                        Event::Task(TaskEvent::Finished { outcome, .. }) => {
+                            format!("finished/{}", outcome.status)
+                        }
+                        Event::Task(e) => e.name().to_string(),
+                        Event::Pipeline(e) => format!("pipeline/{}", e.name()),
+                    };
+                    *journaled.entry(name).or_default() += 1;
+                    transitions.push(match (event, &next) {
+                        (Event::Task(e), Record::Task(r)) => Transition::Task(e.clone(), r.clone()),
+                        (Event::Pipeline(e), Record::Pipeline(r)) => {
+                            Transition::Pipeline(e.clone(), r.clone())
+                        }
+                        _ => unreachable!("apply keeps the kind"),
+                    });
+                    scratch.accept_record(next);
+                }
+                None => {
+                    // Only a first event may be refused: the ones after it were built
+                    // for the state it would have made.
+                    assert_eq!(i, 0, "event {i} of {events:?} refused");
+                    refused += 1;
+                    break;
+                }
             }
-            (Err(refusal), None) => {
-                assert_eq!(refusal.event, event.name());
-                refused += 1;
+        }
+        if !transitions.is_empty() {
+            let kinds: BTreeSet<EntityKind> = transitions.iter().map(|t| t.kind()).collect();
+            if kinds.len() > 1 {
+                mixed += 1;
             }
-            (Ok(next), None) => {
-                panic!("apply accepted {event:?} on {prev:?} (giving {next:?}); it must refuse")
+            let ids: BTreeSet<&str> = transitions.iter().map(|t| t.id()).collect();
+            if ids.len() < transitions.len() {
+                multi += 1;
             }
-            (Err(refusal), Some(status)) => {
-                panic!("apply refused {event:?} on {prev:?} ({refusal}); expected {status}")
-            }
+            accepted += transitions.len();
+            journal.append(transitions);
+            model = scratch;
         }
         if step.settle {
             journal.settle();
         }
     }
     journal.settle();
-    assert_eq!(check_fold(&path, &model.records), accepted);
+    assert_eq!(check_fold(&path, &model), accepted);
 
     let mut totals = totals.borrow_mut();
     totals.cases += 1;
     totals.operations += steps.len();
     totals.refused += refused;
     totals.restarts += restarts;
+    totals.mixed_appends += mixed;
+    totals.multi_step_appends += multi;
     totals.most_pending = totals.most_pending.max(journal.most_pending);
     for (name, n) in journaled {
         *totals.journaled.entry(name).or_default() += n;
@@ -812,7 +1352,7 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
 }
 
 #[test]
-fn the_tasks_table_is_the_fold_of_the_events() {
+fn every_state_table_is_the_fold_of_the_events() {
     let began = Instant::now();
     let totals = RefCell::new(Totals::default());
     let mut runner = TestRunner::new(Config {
@@ -838,7 +1378,16 @@ fn the_tasks_table_is_the_fold_of_the_events() {
         totals.most_pending > 1,
         "appends never overlapped: {totals:?}"
     );
-    for name in [
+    assert!(
+        totals.mixed_appends > 0,
+        "no append carried two kinds: {totals:?}"
+    );
+    assert!(
+        totals.multi_step_appends > 0,
+        "no append carried two steps of one entity: {totals:?}"
+    );
+    // Every event of every kind, and every way a run ends.
+    let mut names: Vec<String> = [
         "submitted",
         "started",
         "cancel_requested",
@@ -849,9 +1398,17 @@ fn the_tasks_table_is_the_fold_of_the_events() {
         "cancelled",
         "start_failed",
         "requeued",
-    ] {
+        "rate_limited",
+        "checkpointed",
+        "unblocked",
+        "dependency_failed",
+    ]
+    .map(String::from)
+    .to_vec();
+    names.extend(["created", "completed", "failed", "cancelled"].map(|n| format!("pipeline/{n}")));
+    for name in names {
         assert!(
-            totals.journaled.get(name).copied().unwrap_or(0) > 0,
+            totals.journaled.get(&name).copied().unwrap_or(0) > 0,
             "no '{name}' event was journaled: {totals:?}"
         );
     }
@@ -952,8 +1509,11 @@ fn concurrent_appends_all_commit_and_still_fold_to_the_table() {
     });
     drop(writer);
 
-    let model: Records = models.into_iter().flatten().collect();
-    assert_eq!(model.len(), THREADS * TASKS);
+    let model = Model {
+        records: models.into_iter().flatten().collect(),
+        ..Model::default()
+    };
+    assert_eq!(model.records.len(), THREADS * TASKS);
     let events = check_fold(&path, &model);
     assert_eq!(events, 3 * THREADS * TASKS);
 

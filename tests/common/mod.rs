@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use backbeat_actors::TaskRecord;
 use backbeat_actors::journal::{Store, TaskQuery};
-use backbeat_actors::model::apply;
+use backbeat_actors::model::{PipelineRecord, Record};
 use serde_json::{Value, json};
 
 pub const BEAT: &str = env!("CARGO_BIN_EXE_beat");
@@ -195,24 +194,31 @@ impl Beat {
             .collect()
     }
 
-    /// Asserts the journal's invariant: the tasks table equals the fold of the events.
+    /// Asserts the journal's invariant: every state table equals the fold of the events.
     pub fn assert_fold_matches_state(&self) {
         let store = self.store();
-        let mut folded: std::collections::BTreeMap<String, TaskRecord> = Default::default();
+        let mut folded: std::collections::BTreeMap<String, Record> = Default::default();
         for e in store.events().expect("events") {
-            let next = apply(folded.get(&e.entity_id), &e.event)
+            let next = Record::apply(folded.get(&e.entity_id), &e.event)
                 .unwrap_or_else(|err| panic!("event {} does not apply: {err}", e.seq));
             folded.insert(e.entity_id.clone(), next);
         }
-        let table: std::collections::BTreeMap<String, TaskRecord> = store
+        let mut table: std::collections::BTreeMap<String, Record> = store
             .tasks(&TaskQuery::default())
             .expect("tasks")
             .into_iter()
-            .map(|t| (t.id.clone(), t))
+            .map(|t| (t.id.clone(), Record::Task(t)))
             .collect();
+        table.extend(
+            store
+                .all::<PipelineRecord>()
+                .expect("pipelines")
+                .into_iter()
+                .map(|p| (p.id.clone(), Record::Pipeline(p))),
+        );
         assert_eq!(
             folded, table,
-            "the tasks table differs from the fold of events"
+            "the state tables differ from the fold of events"
         );
     }
 

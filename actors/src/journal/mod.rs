@@ -1,15 +1,23 @@
-//! The journal: every state transition, durable before anyone hears of it.
+//! The journal: every state transition of every kind, durable before anyone hears of it.
 //!
-//! Owns: the SQLite database (`beat.db`), its migrations, the one write connection
-//! (a dedicated thread doing group commit), the `Journal` actor in front of it, and the
-//! read-only connections (`Store`) that status and list queries use.
+//! Owns: the database (`beat.db`), its migrations (`schema.rs`, `migrate.rs`), group
+//! commit on a thread of its own (`writer.rs`) over a `Backend` (`backend.rs`; SQLite in
+//! `sqlite.rs`), each kind's state table (`tables/`), the `Journal` actor in front of
+//! it, and the read-only connections (`Store`) that status and list queries use.
 //! Must never: reply to a writer before COMMIT returned; write a state row without the
 //! event that produced it in the same transaction; run SQLite on an actor thread.
 
+mod backend;
+mod migrate;
 mod schema;
+mod sqlite;
 mod store;
+mod tables;
 mod writer;
 
+pub use backend::Backend;
 pub use schema::open_write_connection;
+pub use sqlite::SqliteBackend;
 pub use store::{Store, StoredEvent, TaskQuery};
+pub use tables::Table;
 pub use writer::{Append, Committed, Journal, JournalError, JournalWriter};

@@ -1,15 +1,26 @@
 //! Connection settings and versioned migrations.
+//!
+//! Owns: the schema's history. Must never: edit a released migration (add the next), or
+//! leave a database half-migrated (each migration is one transaction).
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
+
+/// One step of a migration.
+enum Step {
+    Sql(&'static str),
+    /// Work SQL cannot say well (building records with the model).
+    Code(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
 
 /// Migrations in order; migration N is `MIGRATIONS[N - 1]`. Never edit a released one:
 /// add the next.
-const MIGRATIONS: &[(&str, &str)] = &[
+const MIGRATIONS: &[(&str, &[Step])] = &[
     (
         "events and tasks",
-        r#"
+        &[Step::Sql(
+            r#"
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY, -- the rowid: grows with every append (events are never
                                  -- deleted from the end), without AUTOINCREMENT's extra table
@@ -48,10 +59,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
     CREATE INDEX tasks_by_status ON tasks(status, created_at);
     CREATE INDEX tasks_by_created ON tasks(created_at);
     "#,
+        )],
     ),
     (
         "agent settings, results, usage, rate limits and checkpoints of tasks",
-        r#"
+        &[Step::Sql(
+            r#"
     ALTER TABLE tasks ADD COLUMN model TEXT;
     ALTER TABLE tasks ADD COLUMN system_prompt TEXT;
     ALTER TABLE tasks ADD COLUMN session_id TEXT;
@@ -61,10 +74,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ALTER TABLE tasks ADD COLUMN rate_limit_retries INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN checkpoint TEXT;
     "#,
+        )],
     ),
     (
         "dependencies, continuations and pipelines",
-        r#"
+        &[Step::Sql(
+            r#"
     ALTER TABLE tasks ADD COLUMN depends_on TEXT;
     ALTER TABLE tasks ADD COLUMN continue_from TEXT;
     ALTER TABLE tasks ADD COLUMN pipeline_id TEXT;
@@ -79,6 +94,62 @@ const MIGRATIONS: &[(&str, &str)] = &[
         PRIMARY KEY (depends_on, task_id)
     ) WITHOUT ROWID;
     "#,
+        )],
+    ),
+    (
+        "one journal for every kind: records as JSON beside indexed columns; pipelines",
+        &[
+            Step::Sql(
+                r#"
+    CREATE TABLE pipelines (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('running','completed','failed','cancelled')),
+        created_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX pipelines_by_status ON pipelines(status);
+    "#,
+            ),
+            Step::Code(super::migrate::pipelines_from_steps),
+            Step::Sql(
+                r#"
+    CREATE TABLE task_rows (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('blocked','queued','running','completed','failed','cancelled')),
+        created_at INTEGER NOT NULL,
+        pipeline_id TEXT,
+        record TEXT NOT NULL
+    );
+    -- The rowids are kept: tasks created in the same millisecond keep their order.
+    INSERT INTO task_rows(rowid, id, status, created_at, pipeline_id, record)
+    SELECT rowid, id, status, created_at, pipeline_id, json_object(
+        'id', id, 'prompt', prompt, 'status', status, 'priority', priority,
+        'agent', agent, 'workingDirectory', working_directory, 'timeout', timeout,
+        'idleTimeout', idle_timeout, 'maxOutputBuffer', max_output_buffer,
+        'parentTaskId', parent_task_id, 'retryCount', retry_count, 'retryOf', retry_of,
+        'createdAt', created_at, 'startedAt', started_at, 'completedAt', completed_at,
+        'notBefore', not_before, 'exitCode', exit_code, 'signal', signal,
+        'reason', reason, 'shimPid', shim_pid, 'shimStartTime', shim_start_time,
+        'cancelReason', cancel_reason, 'outputBytes', output_bytes,
+        'outputTruncated', json(CASE WHEN output_truncated THEN 'true' ELSE 'false' END),
+        'model', model, 'systemPrompt', system_prompt, 'sessionId', session_id,
+        'resumeSession', resume_session, 'result', result, 'usage', json(usage),
+        'rateLimitRetries', rate_limit_retries, 'checkpoint', json(checkpoint),
+        'dependsOn', COALESCE(json(depends_on), json('[]')),
+        'continueFrom', continue_from, 'pipelineId', pipeline_id,
+        'pipelineStep', pipeline_step, 'startDelay', start_delay,
+        'cascadeRoot', cascade_root,
+        'owner', CASE WHEN pipeline_id IS NULL THEN NULL
+                      ELSE json_object('kind', 'pipeline', 'id', pipeline_id) END)
+    FROM tasks ORDER BY rowid;
+    DROP TABLE tasks;
+    ALTER TABLE task_rows RENAME TO tasks;
+    CREATE INDEX tasks_by_status ON tasks(status, created_at);
+    CREATE INDEX tasks_by_created ON tasks(created_at);
+    CREATE INDEX tasks_by_pipeline ON tasks(pipeline_id) WHERE pipeline_id IS NOT NULL;
+    "#,
+            ),
+        ],
     ),
 ];
 
@@ -101,32 +172,64 @@ pub fn open_write_connection(path: &Path) -> rusqlite::Result<Connection> {
         );
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    create_migrations_table(&conn)?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if current > MIGRATIONS.len() as i64 {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "{} was written by a newer Backbeat (schema version {current}; this one knows {}). Upgrade beat",
+                path.display(),
+                MIGRATIONS.len()
+            )
+            .into(),
+        ));
+    }
+    migrate(&mut conn, current, MIGRATIONS.len())?;
+    Ok(conn)
+}
+
+fn create_migrations_table(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
             applied_at INTEGER NOT NULL,
             description TEXT NOT NULL
         )",
-    )?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    for (index, (description, sql)) in MIGRATIONS.iter().enumerate() {
+    )
+}
+
+/// A database at schema `version` exactly (tests of later migrations start there).
+#[cfg(test)]
+pub(super) fn migrate_to(conn: &mut Connection, version: usize) -> rusqlite::Result<()> {
+    create_migrations_table(conn)?;
+    migrate(conn, 0, version)
+}
+
+/// Applies migrations `current + 1 ..= target`, each in its own transaction.
+fn migrate(conn: &mut Connection, current: i64, target: usize) -> rusqlite::Result<()> {
+    for (index, (description, steps)) in MIGRATIONS.iter().enumerate().take(target) {
         let version = index as i64 + 1;
         if version <= current {
             continue;
         }
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
+        for step in *steps {
+            match step {
+                Step::Sql(sql) => tx.execute_batch(sql)?,
+                Step::Code(f) => f(&tx)?,
+            }
+        }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_at, description) VALUES (?1, ?2, ?3)",
             rusqlite::params![version, crate::model::now_ms(), description],
         )?;
         tx.commit()?;
     }
-    Ok(conn)
+    Ok(())
 }
 
 /// Opens a read-only connection (WAL lets it read beside the writer).

@@ -26,6 +26,64 @@ pub enum Resolution {
     },
 }
 
+/// What is known of one dependency when a task is submitted or recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyState<'a> {
+    /// Not finished (its actor is live, or it is being submitted with the task).
+    Live,
+    /// Finished, with its status and the root of the cascade that ended it, if any.
+    Finished {
+        status: TaskStatus,
+        cascade_root: Option<&'a str>,
+    },
+    /// No such task in the journal.
+    Unknown,
+}
+
+/// The classification of a task's dependencies: the one place that decides whether a
+/// task waits, may run, or is doomed (at submit and at recovery alike).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Classified {
+    /// Dependencies still to finish.
+    pub waiting: Vec<String>,
+    /// The first dependency that failed or was cancelled: (dependency, root, status).
+    pub doom: Option<(String, String, TaskStatus)>,
+    /// Dependencies that do not exist.
+    pub unknown: Vec<String>,
+}
+
+impl Classified {
+    /// Every dependency completed.
+    pub fn ready(&self) -> bool {
+        self.waiting.is_empty() && self.doom.is_none() && self.unknown.is_empty()
+    }
+}
+
+/// Classifies `deps` by what `state` says of each.
+pub fn classify<'a>(deps: &[String], state: impl Fn(&str) -> DependencyState<'a>) -> Classified {
+    let mut out = Classified::default();
+    for dep in deps {
+        match state(dep) {
+            DependencyState::Live => out.waiting.push(dep.clone()),
+            DependencyState::Finished {
+                status: TaskStatus::Completed,
+                ..
+            } => {}
+            DependencyState::Finished {
+                status,
+                cascade_root,
+            } if status.is_terminal() => {
+                let root = cascade_root.unwrap_or(dep).to_string();
+                out.doom.get_or_insert((dep.clone(), root, status));
+            }
+            // Stored but not finished: submitted, its actor not up yet.
+            DependencyState::Finished { .. } => out.waiting.push(dep.clone()),
+            DependencyState::Unknown => out.unknown.push(dep.clone()),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 pub struct DependencyGraph {
     /// task -> dependencies it still waits for.
@@ -125,6 +183,57 @@ impl DependencyGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classification_waits_dooms_and_names_the_unknown() {
+        let deps: Vec<String> = ["live", "done", "failed", "cascaded", "ghost"]
+            .map(String::from)
+            .to_vec();
+        let c = classify(&deps, |d| match d {
+            "live" => DependencyState::Live,
+            "done" => DependencyState::Finished {
+                status: TaskStatus::Completed,
+                cascade_root: None,
+            },
+            "failed" => DependencyState::Finished {
+                status: TaskStatus::Failed,
+                cascade_root: None,
+            },
+            "cascaded" => DependencyState::Finished {
+                status: TaskStatus::Cancelled,
+                cascade_root: Some("root"),
+            },
+            _ => DependencyState::Unknown,
+        });
+        assert_eq!(c.waiting, ["live"]);
+        assert_eq!(c.unknown, ["ghost"]);
+        assert_eq!(
+            c.doom,
+            Some(("failed".into(), "failed".into(), TaskStatus::Failed)),
+            "the first doomed dependency decides"
+        );
+        assert!(!c.ready());
+        let only_cascade = classify(&deps[3..4], |_| DependencyState::Finished {
+            status: TaskStatus::Cancelled,
+            cascade_root: Some("root"),
+        });
+        assert_eq!(
+            only_cascade.doom,
+            Some(("cascaded".into(), "root".into(), TaskStatus::Cancelled))
+        );
+        let queued = classify(&deps[..1], |_| DependencyState::Finished {
+            status: TaskStatus::Queued,
+            cascade_root: None,
+        });
+        assert_eq!(queued.waiting, ["live"], "stored but unfinished: wait");
+        assert!(
+            classify(&deps[1..2], |_| DependencyState::Finished {
+                status: TaskStatus::Completed,
+                cascade_root: None
+            })
+            .ready()
+        );
+    }
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("t{i}")).collect()

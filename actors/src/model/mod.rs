@@ -8,17 +8,18 @@
 pub mod admission;
 pub mod clock;
 pub mod dag;
+pub mod entity;
 pub mod loops;
+pub mod pipeline;
 pub mod rate_limit;
 pub mod reasons;
 pub mod run;
 pub mod schedule;
 pub mod task;
 
-pub use task::{
-    ExitOutcome, InvalidTransition, Priority, TaskEvent, TaskRecord, TaskStatus, apply,
-    outcome_of_exit,
-};
+pub use entity::{Entity, EntityKind, EntityRef, Event, InvalidTransition, Record, Transition};
+pub use pipeline::{PipelineEvent, PipelineRecord, PipelineStatus};
+pub use task::{ExitOutcome, Priority, TaskEvent, TaskRecord, TaskStatus, apply, outcome_of_exit};
 
 /// Milliseconds since the Unix epoch: the one time unit the journal stores.
 pub type Millis = i64;

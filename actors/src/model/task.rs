@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
+use super::entity::{Entity, EntityKind, EntityRef, InvalidTransition, Record, Transition};
 use super::reasons;
 use super::run::{ExitRecord, KillCause};
 
@@ -171,6 +172,9 @@ pub struct TaskRecord {
     /// For a task cancelled by a failure cascade: the task at the cascade's root.
     #[serde(default)]
     pub cascade_root: Option<String>,
+    /// The entity that made this task and is told when it ends (its pipeline, say).
+    #[serde(default)]
+    pub owner: Option<EntityRef>,
 }
 
 /// Tokens (and cost, where the agent reports it) of one run.
@@ -300,22 +304,54 @@ pub struct ExitOutcome {
     pub rate_limit_reset: Option<Millis>,
 }
 
-/// A transition that the current state does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("task {task_id}: cannot apply '{event}' in state {from}")]
-pub struct InvalidTransition {
-    pub task_id: String,
-    pub event: &'static str,
-    pub from: String,
-}
-
 fn invalid(prev: Option<&TaskRecord>, event: &TaskEvent) -> InvalidTransition {
     InvalidTransition {
-        task_id: prev.map(|t| t.id.clone()).unwrap_or_default(),
+        kind: EntityKind::Task,
+        id: prev.map(|t| t.id.clone()).unwrap_or_default(),
         event: event.name(),
         from: prev
             .map(|t| t.status.as_str().to_string())
             .unwrap_or_else(|| "(none)".to_string()),
+    }
+}
+
+impl Entity for TaskRecord {
+    const KIND: EntityKind = EntityKind::Task;
+    type Event = TaskEvent;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    fn apply(prev: Option<&Self>, event: &TaskEvent) -> Result<Self, InvalidTransition> {
+        apply(prev, event)
+    }
+
+    fn event_name(event: &TaskEvent) -> &'static str {
+        event.name()
+    }
+
+    fn transition(event: TaskEvent, record: Self) -> Transition {
+        Transition::Task(event, record)
+    }
+
+    fn into_record(self) -> Record {
+        Record::Task(self)
+    }
+
+    fn from_record(record: &Record) -> Option<&Self> {
+        match record {
+            Record::Task(t) => Some(t),
+            _ => None,
+        }
     }
 }
 

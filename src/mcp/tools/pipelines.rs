@@ -1,13 +1,15 @@
 //! Pipeline tools: CreatePipeline (the original's fields, plus `delayMs` per step; it
 //! returns `pipelineId` and each step's `taskId`), PipelineStatus and CancelPipeline.
 //!
-//! A pipeline is its steps: tasks that each depend on the one before, sharing a
-//! `pipeline-…` id. Its state is derived from theirs, so it can never disagree with them.
+//! Thin: a pipeline is an entity of the engine (`PipelineActor` over
+//! `model::pipeline`, with its own record and status); these handlers parse arguments,
+//! send one Engine message, and shape the answer.
 
 use std::path::Path;
 
-use backbeat_actors::engine::{Cancel, CreatePipeline, NewTask};
-use backbeat_actors::{EngineError, Priority, TaskRecord, TaskStatus};
+use backbeat_actors::engine::{CancelPipeline, CreatePipeline, NewTask};
+use backbeat_actors::model::PipelineRecord;
+use backbeat_actors::{Priority, TaskRecord};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -85,7 +87,7 @@ pub async fn create(server: &ToolContext, args: CreatePipelineArgs) -> ToolOutco
             (task, s.delay_ms)
         })
         .collect();
-    let (pipeline_id, tasks) = server
+    let (pipeline, tasks) = server
         .engine
         .engine
         .send(CreatePipeline { steps })
@@ -94,7 +96,8 @@ pub async fn create(server: &ToolContext, args: CreatePipelineArgs) -> ToolOutco
         .map_err(|e| e.to_string())?;
     Ok(json!({
         "success": true,
-        "pipelineId": pipeline_id,
+        "pipelineId": pipeline.id,
+        "status": pipeline.status,
         "stepCount": tasks.len(),
         "steps": tasks.iter().enumerate().map(|(i, t)| json!({
             "index": i,
@@ -106,36 +109,30 @@ pub async fn create(server: &ToolContext, args: CreatePipelineArgs) -> ToolOutco
     }))
 }
 
-/// The pipeline's state, from its steps'.
-pub fn pipeline_state(steps: &[TaskRecord]) -> &'static str {
-    if steps.iter().all(|t| t.status == TaskStatus::Completed) {
-        "completed"
-    } else if steps.iter().any(|t| t.status == TaskStatus::Failed) {
-        "failed"
-    } else if steps.iter().any(|t| t.status == TaskStatus::Cancelled) {
-        "cancelled"
-    } else {
-        "running"
-    }
-}
-
-async fn steps_of(server: &ToolContext, id: &str) -> Result<Vec<TaskRecord>, String> {
+/// The pipeline's record and its steps, in order.
+async fn find(server: &ToolContext, id: &str) -> Result<(PipelineRecord, Vec<TaskRecord>), String> {
     let key = id.to_string();
-    let steps = read(server, move |s| s.pipeline(&key)).await?;
-    if steps.is_empty() {
-        return Err(format!(
+    let found = read(server, move |s| {
+        Ok(match s.pipeline(&key)? {
+            Some(p) => Some((p, s.pipeline_steps(&key)?)),
+            None => None,
+        })
+    })
+    .await?;
+    found.ok_or_else(|| {
+        format!(
             "pipeline {id} not found. Pipeline ids look like pipeline-…; CreatePipeline returns them"
-        ));
-    }
-    Ok(steps)
+        )
+    })
 }
 
 pub async fn status(server: &ToolContext, args: PipelineStatusArgs) -> ToolOutcome {
-    let steps = steps_of(server, &args.pipeline_id).await?;
+    let (pipeline, steps) = find(server, &args.pipeline_id).await?;
     Ok(json!({
         "success": true,
-        "pipelineId": args.pipeline_id,
-        "status": pipeline_state(&steps),
+        "pipelineId": pipeline.id,
+        "status": pipeline.status,
+        "reason": pipeline.reason,
         "steps": steps.iter().map(|t| json!({
             "index": t.pipeline_step.unwrap_or(0).saturating_sub(1),
             "taskId": t.id,
@@ -150,32 +147,20 @@ pub async fn status(server: &ToolContext, args: PipelineStatusArgs) -> ToolOutco
 }
 
 pub async fn cancel(server: &ToolContext, args: CancelPipelineArgs) -> ToolOutcome {
-    let steps = steps_of(server, &args.pipeline_id).await?;
-    let reason = args
-        .reason
-        .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| format!("pipeline {} cancelled", args.pipeline_id));
-    // Later steps first, so that none of them starts while the earlier ones stop.
-    for step in steps.iter().rev().filter(|t| !t.status.is_terminal()) {
-        let res = server
-            .engine
-            .engine
-            .send(Cancel {
-                task_id: step.id.clone(),
-                reason: reason.clone(),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        match res {
-            Ok(_) | Err(EngineError::CannotCancel { .. }) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let steps = steps_of(server, &args.pipeline_id).await?;
+    let pipeline = server
+        .engine
+        .engine
+        .send(CancelPipeline {
+            pipeline_id: args.pipeline_id,
+            reason: args.reason,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     Ok(json!({
         "success": true,
-        "message": format!("Pipeline {} cancelled", args.pipeline_id),
-        "pipelineId": args.pipeline_id,
-        "status": pipeline_state(&steps),
+        "message": format!("Pipeline {} cancelled", pipeline.id),
+        "pipelineId": pipeline.id,
+        "status": pipeline.status,
     }))
 }

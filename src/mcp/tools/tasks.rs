@@ -192,7 +192,11 @@ pub async fn delegate(server: &ToolContext, args: DelegateTaskArgs) -> ToolOutco
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while task.status == TaskStatus::Blocked {
                 match tokio::time::timeout_at(deadline, committed.recv()).await {
-                    Ok(Ok(record)) if record.id == task.id => task = record,
+                    Ok(Ok(backbeat_actors::model::Record::Task(record)))
+                        if record.id == task.id =>
+                    {
+                        task = record
+                    }
                     Ok(Ok(_)) => {}
                     Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                         task = find(server, &task.id).await?;
@@ -438,7 +442,9 @@ pub async fn wait(server: &ToolContext, args: WaitTaskArgs) -> ToolOutcome {
     while !task.status.is_terminal() {
         match tokio::time::timeout_at(deadline, committed.recv()).await {
             Err(_) => break, // timed out: report the current state
-            Ok(Ok(record)) if record.id == task.id => task = record,
+            Ok(Ok(backbeat_actors::model::Record::Task(record))) if record.id == task.id => {
+                task = record
+            }
             Ok(Ok(_)) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                 task = find(server, &args.task_id).await?;

@@ -1,0 +1,340 @@
+//! `Engine`: the front door of the actor system.
+//!
+//! Owns: the registry of live entity actors by kind (`registry.rs`), validation of new
+//! work (`validation.rs`), the live dependency graph and the admission of tasks with
+//! dependencies (`dependencies.rs`), pipelines (`pipelines.rs`), recovery at start,
+//! one function per kind (`recovery.rs`), and the routing of requests from the front
+//! ends and of entity ends (to the graph and to the owner of an ended task).
+//! Must never: acknowledge a submit, cancel or retry before the journal committed it;
+//! do blocking I/O on its own thread (reads go to `spawn_blocking`). The actors it
+//! starts never call back into it except by the messages it gave them recipients for.
+
+mod dependencies;
+mod pipelines;
+mod recovery;
+mod registry;
+mod validation;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+pub use self::pipelines::{CancelPipeline, CreatePipeline};
+pub use self::recovery::Recover;
+use self::registry::Registry;
+use self::validation::{Lineage, again, build, validate_dependencies};
+pub use self::validation::{
+    MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
+    MIN_TIMEOUT_MS, check_working_directory,
+};
+use crate::agents::programs::ProgramCache;
+use crate::agents::{AgentPool, Launcher};
+use crate::entity::{EntityEnded, OwnedTaskEnded};
+use crate::error::EngineError;
+use crate::governor::ResourceGovernor;
+use crate::journal::{Journal, JournalWriter, Store};
+use crate::model::dag::{DependencyGraph, Resolution};
+pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
+use crate::model::{Priority, Record, TaskRecord, TaskStatus};
+use crate::settings::SettingsSource;
+use crate::task::{CancelTask, TaskActor, TaskDeps};
+
+/// A request for new work, as the front ends send it.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    pub prompt: String,
+    pub priority: Priority,
+    pub agent: Option<String>,
+    pub working_directory: PathBuf,
+    pub timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub max_output_buffer: Option<u64>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    /// Tasks that must complete first.
+    pub depends_on: Vec<String>,
+    /// A task whose checkpoint this one's prompt carries (added to `depends_on`).
+    pub continue_from: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<TaskRecord, EngineError>")]
+pub struct Submit(pub NewTask);
+
+/// Continue a finished task: a new task whose prompt carries the checkpoint, resuming
+/// the agent's own session where the CLI can.
+#[derive(Message)]
+#[rtype(result = "Result<TaskRecord, EngineError>")]
+pub struct Resume {
+    pub task_id: String,
+    pub additional_context: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<TaskRecord, EngineError>")]
+pub struct Cancel {
+    pub task_id: String,
+    pub reason: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<TaskRecord, EngineError>")]
+pub struct Retry {
+    pub task_id: String,
+}
+
+pub struct Engine {
+    journal: Addr<Journal>,
+    governor: Addr<ResourceGovernor>,
+    pool: Addr<AgentPool>,
+    /// Where run folders live (`RunDir::new(runs_root, task_id)`).
+    runs_root: Arc<Path>,
+    settings: SettingsSource,
+    store: Store,
+    live: Registry,
+    graph: DependencyGraph,
+    /// Resolutions for tasks whose actor is not alive yet (being submitted).
+    early: HashMap<String, Vec<Resolution>>,
+}
+
+/// The running engine's parts, for the front ends.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub engine: Addr<Engine>,
+    pub governor: Addr<ResourceGovernor>,
+    pub store: Store,
+    pub writer: JournalWriter,
+}
+
+/// Paths and programs the engine needs from its host.
+pub struct EngineConfig {
+    pub db_path: PathBuf,
+    pub runs_root: PathBuf,
+    pub shim_command: Vec<std::ffi::OsString>,
+    /// Forks shims without exec when the host started one (before its first thread).
+    pub spawner: Option<Arc<crate::agents::spawner::Spawner>>,
+    pub settings: SettingsSource,
+}
+
+impl Engine {
+    /// Opens the journal (migrating it) and starts the actors. Call inside an actix
+    /// system. Recovery is a separate message so that the host can serve requests
+    /// that need no engine state while it runs.
+    pub fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
+        let db = config.db_path.display().to_string();
+        let conn = crate::journal::open_write_connection(&config.db_path)
+            .map_err(|e| EngineError::Store(e.to_string(), db.clone()))?;
+        std::fs::create_dir_all(&config.runs_root).map_err(|e| {
+            EngineError::Store(e.to_string(), config.runs_root.display().to_string())
+        })?;
+        let writer = JournalWriter::start(conn, &config.db_path);
+        let journal = Journal::new(writer.clone()).start();
+        let governor = ResourceGovernor::new(config.settings.clone()).start();
+        let store = Store::new(&config.db_path);
+        let runs_root: Arc<Path> = config.runs_root.clone().into();
+        let launcher = Launcher {
+            runs_root: config.runs_root,
+            shim_command: config.shim_command,
+            spawner: config.spawner,
+            base_env: std::env::vars_os().collect(),
+        };
+        let pool =
+            AgentPool::new(launcher, ProgramCache::from_env(), config.settings.clone()).start();
+        let engine = Engine {
+            journal,
+            governor: governor.clone(),
+            pool,
+            runs_root,
+            settings: config.settings,
+            store: store.clone(),
+            live: Registry::default(),
+            graph: DependencyGraph::new(),
+            early: HashMap::new(),
+        }
+        .start();
+        Ok(EngineHandle {
+            engine,
+            governor,
+            store,
+            writer,
+        })
+    }
+
+    fn task_deps(&self, ctx: &Context<Self>) -> TaskDeps {
+        TaskDeps {
+            journal: self.journal.clone().recipient(),
+            registry: ctx.address().recipient(),
+            governor: self.governor.clone(),
+            pool: self.pool.clone(),
+            runs_root: self.runs_root.clone(),
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    fn spawn_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        if self.live.is_live_task(&record.id) {
+            return; // one actor per task, ever
+        }
+        let deps = self.task_deps(ctx);
+        let id = record.id.clone();
+        let addr = actix::Supervisor::start(move |_| TaskActor::new(record, deps));
+        self.live.add_task(id.clone(), addr);
+        for r in self.early.remove(&id).unwrap_or_default() {
+            self.deliver(r);
+        }
+    }
+
+    /// Validates a request and builds the task's first record.
+    fn build(&self, req: NewTask, lineage: Lineage) -> Result<TaskRecord, EngineError> {
+        build(req, lineage, &(self.settings)())
+    }
+
+    /// Reads a finished task and admits the new task that `make` builds from it (retry
+    /// and resume); a task that is not finished is refused with `refuse`.
+    fn rerun(
+        &mut self,
+        task_id: String,
+        refuse: fn(String, TaskStatus) -> EngineError,
+        make: impl FnOnce(&mut Engine, TaskRecord) -> Result<TaskRecord, EngineError> + 'static,
+    ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
+        let store = self.store.clone();
+        let read = async move { (read_task(&store, &task_id).await, task_id) };
+        Box::pin(read.into_actor(self).then(move |(res, id), act, _| {
+            let built = match res {
+                Err(e) => Err(e),
+                Ok(None) => Err(EngineError::TaskNotFound(id)),
+                Ok(Some(t)) if !t.status.is_terminal() => Err(refuse(id, t.status)),
+                Ok(Some(t)) => make(act, t),
+            };
+            match built {
+                Ok(record) => act.admit(record),
+                Err(e) => Box::pin(fut::ready(Err(e))),
+            }
+        }))
+    }
+}
+
+impl Actor for Engine {
+    type Context = Context<Self>;
+}
+
+impl Handler<Submit> for Engine {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut req = msg.0;
+        if let Some(cf) = &req.continue_from
+            && !req.depends_on.contains(cf)
+        {
+            req.depends_on.push(cf.clone());
+        }
+        if let Err(e) = validate_dependencies(&req.depends_on) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        match self.build(req, Lineage::default()) {
+            Ok(record) if record.depends_on.contains(&record.id) => Box::pin(fut::ready(Err(
+                EngineError::InvalidInput("a task cannot depend on itself".into()),
+            ))),
+            Ok(record) if record.depends_on.is_empty() => self.admit(record),
+            Ok(record) => self.admit_with_dependencies(record),
+            Err(e) => Box::pin(fut::ready(Err(e))),
+        }
+    }
+}
+
+impl Handler<Cancel> for Engine {
+    type Result = ResponseFuture<Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Cancel, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(actor) = self.live.task(&msg.task_id) {
+            let req = actor.send(CancelTask { reason: msg.reason });
+            return Box::pin(async move { req.await? });
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            let id = msg.task_id;
+            match read_task(&store, &id).await? {
+                None => Err(EngineError::TaskNotFound(id)),
+                Some(t) => Err(EngineError::CannotCancel {
+                    id,
+                    status: t.status,
+                }),
+            }
+        })
+    }
+}
+
+impl Handler<Retry> for Engine {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Retry, _ctx: &mut Context<Self>) -> Self::Result {
+        // Dependencies are not carried over (as the original): a retry runs now.
+        self.rerun(
+            msg.task_id,
+            |id, status| EngineError::CannotRetry { id, status },
+            |act, t| act.build(again(&t, t.prompt.clone()), Lineage::after(&t)),
+        )
+    }
+}
+
+impl Handler<Resume> for Engine {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, EngineError>>;
+
+    fn handle(&mut self, msg: Resume, _ctx: &mut Context<Self>) -> Self::Result {
+        let context = msg.additional_context;
+        self.rerun(
+            msg.task_id,
+            |id, status| EngineError::CannotResume { id, status },
+            move |act, t| {
+                let prompt = crate::agents::checkpoint::resume_prompt(&t, context.as_deref());
+                let settings = (act.settings)();
+                let resumable = crate::agents::adapter_for(&t.agent, &settings)
+                    .map(|a| a.supports_resume())
+                    .unwrap_or(false);
+                let mut lineage = Lineage::after(&t);
+                lineage.resume_session = t.session_id.clone().filter(|_| resumable);
+                act.build(again(&t, prompt), lineage)
+            },
+        )
+    }
+}
+
+impl Handler<EntityEnded> for Engine {
+    type Result = ();
+
+    fn handle(&mut self, msg: EntityEnded, _ctx: &mut Context<Self>) {
+        match msg.0 {
+            Record::Task(t) => {
+                self.live.remove_task(&t.id);
+                let root = t.cascade_root.clone().unwrap_or_else(|| t.id.clone());
+                // The owner first: a pipeline hears of a failed step before the
+                // cancellations that the failure cascades into.
+                if let Some(owner) = &t.owner {
+                    self.live.tell_owner(
+                        owner,
+                        OwnedTaskEnded {
+                            task_id: t.id.clone(),
+                            status: t.status,
+                        },
+                    );
+                }
+                for r in self.graph.finish(&t.id, t.status, &root) {
+                    self.deliver(r);
+                }
+            }
+            Record::Pipeline(p) => self.live.remove_pipeline(&p.id),
+        }
+    }
+}
+
+async fn read_task(store: &Store, id: &str) -> Result<Option<TaskRecord>, EngineError> {
+    let store = store.clone();
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || store.task(&id))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
+}

@@ -1,0 +1,108 @@
+//! Pipelines: creation (its record and every step in one transaction) and cancel
+//! (routed to the pipeline's actor with its live steps).
+//!
+//! Owns: turning a request into validated steps; the rules themselves (wiring, step
+//! counts, when a pipeline ends) are `model::pipeline`'s.
+//! Must never: decide a pipeline's state from here (its actor does).
+
+use actix::prelude::*;
+
+use super::validation::Lineage;
+use super::{Engine, NewTask};
+use crate::error::EngineError;
+use crate::model::pipeline::{self, PipelineRecord};
+use crate::model::{TaskRecord, now_ms};
+use crate::pipeline::{CancelSteps, PipelineActor};
+
+/// A pipeline: steps that run one after the other, each depending on the one before,
+/// each waiting `delay` ms (if given) once it may start.
+#[derive(Message)]
+#[rtype(result = "Result<(PipelineRecord, Vec<TaskRecord>), EngineError>")]
+pub struct CreatePipeline {
+    pub steps: Vec<(NewTask, Option<u64>)>,
+}
+
+/// Cancel a pipeline and every unfinished step in one transaction; answers once its
+/// running step stopped. A finished pipeline is refused, saying how it ended.
+#[derive(Message)]
+#[rtype(result = "Result<PipelineRecord, EngineError>")]
+pub struct CancelPipeline {
+    pub pipeline_id: String,
+    pub reason: Option<String>,
+}
+
+impl Engine {
+    pub(super) fn spawn_pipeline_actor(&mut self, actor: PipelineActor, record: PipelineRecord) {
+        if self.live.is_live_pipeline(&record.id) {
+            return;
+        }
+        let addr = actix::Supervisor::start(move |_| actor);
+        self.live.add_pipeline(record.id, addr, record.steps);
+    }
+}
+
+impl Handler<CreatePipeline> for Engine {
+    type Result = ResponseActFuture<Self, Result<(PipelineRecord, Vec<TaskRecord>), EngineError>>;
+
+    fn handle(&mut self, msg: CreatePipeline, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = pipeline::check_step_count(msg.steps.len()) {
+            return Box::pin(fut::ready(Err(EngineError::InvalidInput(e))));
+        }
+        let pipeline_id = format!("pipeline-{}", uuid::Uuid::new_v4());
+        let mut records: Vec<TaskRecord> = Vec::with_capacity(msg.steps.len());
+        let mut delays = Vec::with_capacity(msg.steps.len());
+        for (i, (step, delay)) in msg.steps.into_iter().enumerate() {
+            match self.build(step, Lineage::default()) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    return Box::pin(fut::ready(Err(EngineError::InvalidInput(format!(
+                        "step {}: {e}",
+                        i + 1
+                    )))));
+                }
+            }
+            delays.push(delay);
+        }
+        let record = pipeline::wire(&pipeline_id, &mut records, &delays, now_ms());
+        for r in &records {
+            for dep in &r.depends_on {
+                self.graph.wait_for(&r.id, dep);
+            }
+        }
+        Box::pin(
+            self.admit_all(records, Some(record.clone()))
+                .map(move |res, _, _| res.map(|steps| (record, steps))),
+        )
+    }
+}
+
+impl Handler<CancelPipeline> for Engine {
+    type Result = ResponseFuture<Result<PipelineRecord, EngineError>>;
+
+    fn handle(&mut self, msg: CancelPipeline, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.pipeline_id;
+        let reason = pipeline::cancel_reason(&id, msg.reason.as_deref());
+        if let Some(actor) = self.live.pipeline(&id) {
+            let steps = self.live.live_steps(&id);
+            let req = actor.send(CancelSteps { reason, steps });
+            return Box::pin(async move { req.await? });
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            let found = tokio::task::spawn_blocking({
+                let id = id.clone();
+                move || store.pipeline(&id)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))?;
+            match found {
+                None => Err(EngineError::PipelineNotFound(id)),
+                Some(p) => Err(EngineError::CannotCancelPipeline {
+                    id,
+                    status: p.status,
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The registry of live entity actors, by kind.
+//!
+//! Owns: one address per live entity (a task's `TaskActor`, a pipeline's
+//! `PipelineActor`; loops and schedules next), and the routing of a task's end to its
+//! owner. An entity is registered when its first transition is durable (or when
+//! recovery brings it back) and dropped when it tells the Engine it ended, so memory
+//! follows live work.
+//! Must never: hold an actor of a finished entity, or two actors of one entity.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+
+use crate::entity::OwnedTaskEnded;
+use crate::model::{EntityKind, EntityRef};
+use crate::pipeline::PipelineActor;
+use crate::task::{JoinCancel, TaskActor};
+
+/// A live pipeline and its steps' task ids.
+struct LivePipeline {
+    addr: Addr<PipelineActor>,
+    steps: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    tasks: HashMap<String, Addr<TaskActor>>,
+    pipelines: HashMap<String, LivePipeline>,
+}
+
+impl Registry {
+    pub fn task(&self, id: &str) -> Option<&Addr<TaskActor>> {
+        self.tasks.get(id)
+    }
+
+    pub fn is_live_task(&self, id: &str) -> bool {
+        self.tasks.contains_key(id)
+    }
+
+    pub fn add_task(&mut self, id: String, addr: Addr<TaskActor>) {
+        self.tasks.insert(id, addr);
+    }
+
+    pub fn remove_task(&mut self, id: &str) {
+        self.tasks.remove(id);
+    }
+
+    pub fn pipeline(&self, id: &str) -> Option<&Addr<PipelineActor>> {
+        self.pipelines.get(id).map(|p| &p.addr)
+    }
+
+    pub fn is_live_pipeline(&self, id: &str) -> bool {
+        self.pipelines.contains_key(id)
+    }
+
+    pub fn add_pipeline(&mut self, id: String, addr: Addr<PipelineActor>, steps: Vec<String>) {
+        self.pipelines.insert(id, LivePipeline { addr, steps });
+    }
+
+    pub fn remove_pipeline(&mut self, id: &str) {
+        self.pipelines.remove(id);
+    }
+
+    /// The live step actors of a live pipeline, in order.
+    pub fn live_steps(&self, pipeline: &str) -> Vec<Recipient<JoinCancel>> {
+        self.pipelines
+            .get(pipeline)
+            .map(|p| {
+                p.steps
+                    .iter()
+                    .filter_map(|s| self.tasks.get(s))
+                    .map(|a| a.clone().recipient())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Tells a task's owner that the task ended (if the owner is live: a finished
+    /// owner has nothing left to decide).
+    pub fn tell_owner(&self, owner: &EntityRef, ended: OwnedTaskEnded) {
+        match owner.kind {
+            EntityKind::Pipeline => {
+                if let Some(p) = self.pipelines.get(&owner.id) {
+                    p.addr.do_send(ended);
+                }
+            }
+            EntityKind::Task => {
+                tracing::warn!(owner = %owner.id, "a task cannot own tasks; ignoring");
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! What every journaled entity kind has in common: a kind, an id, a record, events, and
+//! a pure `apply`; and the kind-tagged `Transition`, `Event` and `Record` that the
+//! journal carries, so that one append may hold transitions of several kinds.
+//!
+//! Owns: `EntityKind`, `EntityRef`, the `Entity` trait, `InvalidTransition`.
+//! Must never: know how an entity is stored or run. Adding a kind adds one variant to
+//! `EntityKind`, `Transition`, `Event` and `Record` here, and nothing else in `model/`
+//! besides the kind's own file.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::pipeline::{PipelineEvent, PipelineRecord};
+use super::task::{TaskEvent, TaskRecord};
+
+/// The kinds of entity the journal records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    Task,
+    Pipeline,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 2] = [EntityKind::Task, EntityKind::Pipeline];
+
+    /// The kind's name in the `events` table and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Task => "task",
+            EntityKind::Pipeline => "pipeline",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EntityKind> {
+        EntityKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entity, named by kind and id (a task's owner, say).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityRef {
+    pub kind: EntityKind,
+    pub id: String,
+}
+
+impl EntityRef {
+    pub fn new(kind: EntityKind, id: impl Into<String>) -> EntityRef {
+        EntityRef {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+/// A transition that the current state does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {id}: cannot apply '{event}' in state {from}")]
+pub struct InvalidTransition {
+    pub kind: EntityKind,
+    pub id: String,
+    pub event: &'static str,
+    pub from: String,
+}
+
+/// An entity kind: its record, its events and its state machine.
+pub trait Entity:
+    Clone + std::fmt::Debug + PartialEq + Send + Unpin + 'static + Serialize + DeserializeOwned
+{
+    const KIND: EntityKind;
+    type Event: Clone + std::fmt::Debug + PartialEq + Send + 'static + Serialize + DeserializeOwned;
+
+    fn id(&self) -> &str;
+    /// The status as stored (`running`, `completed`, …).
+    fn status_name(&self) -> &'static str;
+    /// Nothing more will happen to it: its actor may go.
+    fn is_terminal(&self) -> bool;
+    /// The record that `event` makes of `prev` (`None`: the entity does not exist yet).
+    fn apply(prev: Option<&Self>, event: &Self::Event) -> Result<Self, InvalidTransition>;
+    /// The transition's name in the `events` table.
+    fn event_name(event: &Self::Event) -> &'static str;
+    /// The journal's tagged form of one transition of this kind.
+    fn transition(event: Self::Event, record: Self) -> Transition;
+    /// This kind's record, if `record` is one.
+    fn from_record(record: &Record) -> Option<&Self>;
+    /// The kind-tagged form of this record.
+    fn into_record(self) -> Record;
+
+    fn entity_ref(&self) -> EntityRef {
+        EntityRef::new(Self::KIND, self.id())
+    }
+}
+
+/// One transition of one entity: the event and the record it produced.
+// Not boxed: transitions are moved, not stored, and a box would cost an allocation per
+// transition on the journal's hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Task(TaskEvent, TaskRecord),
+    Pipeline(PipelineEvent, PipelineRecord),
+}
+
+/// An event of any kind, as read back from the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Task(TaskEvent),
+    Pipeline(PipelineEvent),
+}
+
+/// A record of any kind.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Task(TaskRecord),
+    Pipeline(PipelineRecord),
+}
+
+impl Transition {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            Transition::Task(..) => EntityKind::Task,
+            Transition::Pipeline(..) => EntityKind::Pipeline,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Transition::Task(_, r) => &r.id,
+            Transition::Pipeline(_, r) => &r.id,
+        }
+    }
+
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Transition::Task(e, _) => e.name(),
+            Transition::Pipeline(e, _) => e.name(),
+        }
+    }
+
+    pub fn record(&self) -> Record {
+        match self {
+            Transition::Task(_, r) => Record::Task(r.clone()),
+            Transition::Pipeline(_, r) => Record::Pipeline(r.clone()),
+        }
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            Event::Task(_) => EntityKind::Task,
+            Event::Pipeline(_) => EntityKind::Pipeline,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Task(e) => e.name(),
+            Event::Pipeline(e) => e.name(),
+        }
+    }
+
+    /// Reads a stored payload of kind `kind`.
+    pub fn from_json(kind: EntityKind, payload: &str) -> serde_json::Result<Event> {
+        Ok(match kind {
+            EntityKind::Task => Event::Task(serde_json::from_str(payload)?),
+            EntityKind::Pipeline => Event::Pipeline(serde_json::from_str(payload)?),
+        })
+    }
+}
+
+impl Record {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            Record::Task(_) => EntityKind::Task,
+            Record::Pipeline(_) => EntityKind::Pipeline,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Record::Task(r) => &r.id,
+            Record::Pipeline(r) => &r.id,
+        }
+    }
+
+    /// The fold step for any kind: `prev` must be of the event's kind.
+    pub fn apply(prev: Option<&Record>, event: &Event) -> Result<Record, InvalidTransition> {
+        fn typed<E: Entity>(
+            prev: Option<&Record>,
+            event: &E::Event,
+        ) -> Result<E, InvalidTransition> {
+            match prev {
+                None => E::apply(None, event),
+                Some(p) => match E::from_record(p) {
+                    Some(p) => E::apply(Some(p), event),
+                    None => Err(InvalidTransition {
+                        kind: E::KIND,
+                        id: p.id().to_string(),
+                        event: E::event_name(event),
+                        from: format!("a {} record", p.kind()),
+                    }),
+                },
+            }
+        }
+        Ok(match event {
+            Event::Task(e) => Record::Task(typed::<TaskRecord>(prev, e)?),
+            Event::Pipeline(e) => Record::Pipeline(typed::<PipelineRecord>(prev, e)?),
+        })
+    }
+}
