@@ -72,6 +72,9 @@ pub fn run(home: &Home, foreground: bool) -> Result<(), CliError> {
 
 fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     home.ensure()?;
+    // A configuration that cannot be read is refused, never replaced by the defaults;
+    // before the lock and the spawner, so that a refused start leaves nothing behind.
+    crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
     let Some(mut lock) = try_lock(home)? else {
         if foreground {
             eprintln!("beat: a daemon already runs for {}", home.root.display());
@@ -91,8 +94,6 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
         }
     };
     init_logging(home, foreground);
-    // A configuration that cannot be read is refused, never replaced by the defaults.
-    crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
     let socket_path = home.prepare_socket_dir()?;
     let _ = std::fs::remove_file(&socket_path);
 
