@@ -86,7 +86,7 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
     // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
-    let spawner = match unsafe { Spawner::start(crate::shim::run) } {
+    let spawner = match unsafe { Spawner::start(crate::shim::run_forked, &home.log()) } {
         Ok(s) => Some(std::sync::Arc::new(s)),
         Err(e) => {
             eprintln!("beat: the shim spawner could not start ({e}); shims will be exec'd");

@@ -272,18 +272,37 @@ fn empty_group(pgid: i32, grace: Duration) {
     }
 }
 
-/// Runs the shim; the return value is the shim's own exit code.
+/// Runs the shim exec'd as `beat shim <run-dir>`, which reads its spec from the run
+/// folder; the return value is the shim's own exit code.
 pub fn run(run_path: &Path) -> i32 {
     let run = RunDir {
         path: run_path.to_path_buf(),
     };
-    let spec = match run.read_spec() {
-        Ok(s) => s,
+    match run.read_spec() {
+        Ok(spec) => supervise_run(run, spec),
         Err(e) => {
             eprintln!("beat shim: cannot read {}: {e}", run.spec().display());
-            return 2;
+            2
         }
+    }
+}
+
+/// Runs the shim forked by the spawner, which hands it the spec (no `spec.json`: one
+/// file fewer to create per run).
+pub fn run_forked(run_path: &Path, spec: &[u8]) -> i32 {
+    let run = RunDir {
+        path: run_path.to_path_buf(),
     };
+    match serde_json::from_slice::<RunSpec>(spec) {
+        Ok(spec) => supervise_run(run, spec),
+        Err(e) => {
+            eprintln!("beat shim: unreadable spec for {}: {e}", run.path.display());
+            2
+        }
+    }
+}
+
+fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
     // SAFETY: setting signal dispositions and prctl at start, before any thread exists.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
