@@ -22,7 +22,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
-pub use self::recovery::Recover;
+pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
@@ -97,6 +97,10 @@ pub struct Engine {
     graph: DependencyGraph,
     /// Resolutions for tasks whose actor is not alive yet (being submitted).
     early: HashMap<String, Vec<Resolution>>,
+    /// Committed records, for recovery to see the ends it waits for.
+    writer: JournalWriter,
+    /// Opened once recovery settled (`RecoveryGate`).
+    recovered: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -106,6 +110,8 @@ pub struct EngineHandle {
     pub governor: Addr<ResourceGovernor>,
     pub store: Store,
     pub writer: JournalWriter,
+    /// Reads of state wait on it: open once recovery has journaled what it found.
+    pub recovered: RecoveryGate,
 }
 
 /// Paths and programs the engine needs from its host.
@@ -142,6 +148,7 @@ impl Engine {
         };
         let pool =
             AgentPool::new(launcher, ProgramCache::from_env(), config.settings.clone()).start();
+        let (recovered, gate) = tokio::sync::watch::channel(false);
         let engine = Engine {
             journal,
             governor: governor.clone(),
@@ -152,6 +159,8 @@ impl Engine {
             live: Registry::default(),
             graph: DependencyGraph::new(),
             early: HashMap::new(),
+            writer: writer.clone(),
+            recovered: Arc::new(recovered),
         }
         .start();
         Ok(EngineHandle {
@@ -159,6 +168,7 @@ impl Engine {
             governor,
             store,
             writer,
+            recovered: RecoveryGate::new(gate),
         })
     }
 
