@@ -3,8 +3,9 @@
 //! Owns: the registry of live entity actors by kind (`registry.rs`), validation of new
 //! work (`validation.rs`), the live dependency graph and the admission of tasks with
 //! dependencies (`dependencies.rs`), pipelines (`pipelines.rs`), recovery at start,
-//! one function per kind (`recovery.rs`), and the routing of requests from the front
-//! ends and of entity ends (to the graph and to the owner of an ended task).
+//! one function per kind (`recovery.rs`), retention (`retention.rs`), and the routing
+//! of requests from the front ends and of entity ends (to the graph and to the owner
+//! of an ended task).
 //! Must never: acknowledge a submit, cancel or retry before the journal committed it;
 //! do blocking I/O on its own thread (reads go to `spawn_blocking`). The actors it
 //! starts never call back into it except by the messages it gave them recipients for.
@@ -13,6 +14,7 @@ mod dependencies;
 mod pipelines;
 mod recovery;
 mod registry;
+mod retention;
 mod validation;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use actix::prelude::*;
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
+pub use self::retention::{Prune, PruneReport};
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
@@ -229,6 +232,10 @@ impl Engine {
 
 impl Actor for Engine {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        retention::start_daily(ctx);
+    }
 }
 
 impl Handler<Submit> for Engine {
