@@ -87,6 +87,12 @@ pub const KEYS: &[Key] = &[
         help: "first wait after a rate limit without a reset time, ms (doubles)",
     },
     Key {
+        name: "taskRetentionDays",
+        env: "TASK_RETENTION_DAYS",
+        kind: Kind::Int(1, 365),
+        help: "days a finished task or pipeline is kept (with its output) before it is removed",
+    },
+    Key {
         name: "defaultAgent",
         env: "BACKBEAT_DEFAULT_AGENT",
         kind: Kind::Text,
@@ -336,6 +342,9 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     }
     if let Some(v) = get("rateLimitBackoffMs", warnings).and_then(|v| v.as_u64()) {
         s.rate_limit_backoff_ms = v;
+    }
+    if let Some(v) = get("taskRetentionDays", warnings).and_then(|v| v.as_u64()) {
+        s.task_retention_days = v as u32;
     }
     s.default_agent = get("defaultAgent", warnings).and_then(|v| v.as_str().map(String::from));
     if let Some(Value::Object(agents)) = file.get("agents") {

@@ -10,6 +10,7 @@ mod daemon;
 mod follow;
 mod mcp;
 mod pipeline;
+mod prune;
 mod run;
 mod tasks;
 
@@ -63,6 +64,8 @@ enum Command {
     Init(agents::InitArgs),
     /// Run prompts one after the other (or: pipeline status|cancel <id>)
     Pipeline(pipeline::PipelineArgs),
+    /// Remove finished tasks and pipelines now (the daemon does it daily after taskRetentionDays)
+    Prune(prune::PruneCliArgs),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -108,6 +111,7 @@ pub fn main() -> i32 {
         Command::Agents(args) => block_on(agents::run(args, &home)),
         Command::Init(args) => block_on(agents::init(args, &home)),
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
+        Command::Prune(args) => block_on(prune::run(args, &home)),
     };
     match result {
         Ok(code) => code,
@@ -185,7 +189,7 @@ pub fn iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// `1500`, `1500ms`, `30s`, `5m`, `2h` as milliseconds.
+/// `1500`, `1500ms`, `30s`, `5m`, `2h`, `3d` as milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -200,7 +204,12 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => return Err(format!("'{text}' has an unknown unit: use ms, s, m or h")),
+        "d" => 86_400_000.0,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit: use ms, s, m, h or d"
+            ));
+        }
     };
     Ok((n * factor).round() as u64)
 }
@@ -256,6 +265,7 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), 30_000);
         assert_eq!(parse_duration("5m").unwrap(), 300_000);
         assert_eq!(parse_duration("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration("3d").unwrap(), 259_200_000);
         assert_eq!(parse_duration("1.5s").unwrap(), 1_500);
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
