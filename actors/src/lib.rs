@@ -13,6 +13,7 @@ pub mod error;
 pub mod governor;
 pub mod journal;
 pub mod loops;
+pub mod measure;
 pub mod model;
 pub mod service_unit;
 pub mod settings;
