@@ -18,7 +18,7 @@ use crate::agents::run_dir::RunDir;
 use crate::agents::{AgentExited, AgentProcess, AgentProgress, RunHandle, Terminate};
 use crate::engine::EngineDeps;
 use crate::error::EngineError;
-use crate::governor::{Enqueue, Grant, Release, Withdraw};
+use crate::governor::{Enqueue, Grant, Launched, Release, WaitReason, Withdraw};
 use crate::journal::Append;
 use crate::model::{TaskEvent, TaskRecord, TaskStatus, apply, now_ms, outcome_of_exit};
 use crate::model::{rate_limit, reasons};
@@ -231,7 +231,9 @@ impl TaskActor {
             task_id: self.record.id.clone(),
             priority: self.record.priority,
             agent: self.record.agent.clone(),
+            footprint_key: None,
             recipient: ctx.address().recipient(),
+            reason_to: Some(ctx.address().recipient()),
         });
     }
 
@@ -260,6 +262,7 @@ impl TaskActor {
         self.deps.governor.do_send(crate::governor::Adopted {
             task_id: self.record.id.clone(),
             agent: self.record.agent.clone(),
+            shim_pid: Some(pid),
         });
     }
 
@@ -295,6 +298,10 @@ impl TaskActor {
             }
             Ok(run) => {
                 self.process = Some(run.process);
+                self.deps.governor.do_send(Launched {
+                    task_id: self.record.id.clone(),
+                    shim_pid: run.shim_pid,
+                });
                 let event = TaskEvent::Started {
                     at: now_ms(),
                     shim_pid: run.shim_pid,
@@ -439,6 +446,23 @@ impl Handler<AgentProgress> for TaskActor {
         self.commit(vec![event], ctx, |act, _, res| {
             if let Err(e) = res {
                 tracing::warn!(task = %act.record.id, error = %e, "progress not journaled");
+            }
+        });
+    }
+}
+
+impl Handler<WaitReason> for TaskActor {
+    type Result = ();
+
+    /// Why the governor holds the start back becomes the task's reason while it waits.
+    fn handle(&mut self, msg: WaitReason, ctx: &mut Context<Self>) {
+        if self.record.status != TaskStatus::Queued || self.record.reason == msg.0 {
+            return;
+        }
+        let event = TaskEvent::Waiting { reason: msg.0 };
+        self.commit(vec![event], ctx, |act, _, res| {
+            if let Err(e) = res {
+                tracing::warn!(task = %act.record.id, error = %e, "waiting reason not journaled");
             }
         });
     }

@@ -247,6 +247,9 @@ pub enum TaskEvent {
     /// What the running agent is doing, for the task's reason ("retrying after HTTP 500
     /// (attempt 3 of 10)").
     Progress { reason: String },
+    /// Why a queued task waits for headroom (`None`: it no longer does); journaled only
+    /// when it changes.
+    Waiting { reason: Option<String> },
     /// A dependency failed or was cancelled: so is this task, naming the cascade's root.
     DependencyFailed {
         at: Millis,
@@ -273,6 +276,7 @@ impl TaskEvent {
             TaskEvent::Unblocked { .. } => "unblocked",
             TaskEvent::DependencyFailed { .. } => "dependency_failed",
             TaskEvent::Progress { .. } => "progress",
+            TaskEvent::Waiting { .. } => "waiting",
         }
     }
 }
@@ -351,6 +355,9 @@ pub fn apply(
         }
         (Running, TaskEvent::Progress { reason }) => {
             next.reason = Some(reason.clone());
+        }
+        (Queued, TaskEvent::Waiting { reason }) => {
+            next.reason = reason.clone();
         }
         (Running, TaskEvent::CancelRequested { reason }) => {
             next.cancel_reason = Some(reason.clone());
