@@ -94,7 +94,7 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
             } else {
                 let k = config::key(&key).ok_or_else(|| {
                     let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-                    CliError::Usage(format!("unknown key '{key}'. Keys: {}, agents.<name>.<command|model|systemPrompt|baseUrl|apiKey>", names.join(", ")))
+                    CliError::Usage(format!("unknown key '{key}'. Keys: {}, agents.<name>.<command|model|systemPrompt|baseUrl|apiKey|expectedMemory>", names.join(", ")))
                 })?;
                 let parsed = config::parse_value(k, &value).map_err(CliError::Usage)?;
                 file.insert(key.clone(), parsed);
@@ -172,6 +172,11 @@ fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Resu
             }
         }
         "model" | "systemPrompt" | "baseUrl" | "apiKey" => Value::from(value),
+        "expectedMemory" => Value::from(value.parse::<u64>().map_err(|_| {
+            CliError::Usage(
+                "agents.<name>.expectedMemory takes bytes, e.g. 1610612736 for 1.5 GiB".into(),
+            )
+        })?),
         "outputFormat" => match value {
             "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
                 Value::from(value)
@@ -183,7 +188,7 @@ fn set_agent_key(file: &mut Map<String, Value>, rest: &str, value: &str) -> Resu
         },
         other => {
             return Err(CliError::Usage(format!(
-                "unknown agent setting '{other}': use command, model, systemPrompt, baseUrl or apiKey"
+                "unknown agent setting '{other}': use command, model, systemPrompt, baseUrl, apiKey or expectedMemory"
             )));
         }
     };

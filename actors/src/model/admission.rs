@@ -169,7 +169,8 @@ impl std::fmt::Display for Shortage {
             } => write!(
                 f,
                 "waiting for cpu: running agents take {agents_cores:.1} cores and {key} is \
-                 expected to take {expected:.1}, {budget:.1} left after cpuCoresReserved"
+                 expected to take {expected:.1}, of the {budget:.1} the agents may take \
+                 (cpuCoresReserved)"
             ),
         }
     }
@@ -210,7 +211,7 @@ pub fn decide(
             key: lone.key.clone(),
         });
     }
-    if !candidate.expected.known_for(limits) {
+    if !candidate.expected.known_for(limits) && limits.cpu_cores_reserved < measured.cores {
         return if running.is_empty() {
             Decision::Admit
         } else {
@@ -236,11 +237,12 @@ pub fn decide(
     }
     // Agents never take more than the cores left after the reserve; one alone may,
     // or an agent bigger than the budget would never run.
-    if limits.cpu_cores_reserved > 0.0 && !running.is_empty() {
+    if limits.cpu_cores_reserved > 0.0 {
         let agents_cores: f64 = running.iter().map(RunningAgent::cores).sum();
         let expected = candidate.expected.cpu.unwrap_or(0.0);
         let budget = measured.cores - limits.cpu_cores_reserved;
-        if agents_cores + expected > budget + CPU_SLACK {
+        let over = agents_cores + expected > budget + CPU_SLACK;
+        if budget <= 0.0 || (over && !running.is_empty()) {
             return Decision::Defer(Shortage::Cpu {
                 agents_cores,
                 expected,
@@ -484,6 +486,16 @@ mod tests {
             decide(&l, &[], &candidate(known(0, 3.5)), &m),
             Decision::Admit
         );
+        // Unless the reserve leaves the agents no core at all.
+        assert!(matches!(
+            decide(
+                &limits(8, 0, 4.0),
+                &[],
+                &candidate(Footprint::default()),
+                &m
+            ),
+            Decision::Defer(Shortage::Cpu { .. })
+        ));
     }
 
     #[test]
@@ -509,7 +521,7 @@ mod tests {
         assert_eq!(
             cpu.to_string(),
             "waiting for cpu: running agents take 1.0 cores and burn is expected to take 1.0, \
-             1.0 left after cpuCoresReserved"
+             of the 1.0 the agents may take (cpuCoresReserved)"
         );
         assert_eq!(human_bytes(800 * MIB), "800 MiB");
     }

@@ -781,6 +781,33 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_task_says_why_it_waits_until_it_starts() {
+        let t = queued("task-a");
+        let why = "waiting for memory: 3.1 GiB available".to_string();
+        let waiting = apply(
+            Some(&t),
+            &TaskEvent::Waiting {
+                reason: Some(why.clone()),
+            },
+        )
+        .unwrap();
+        assert_eq!(waiting.status, TaskStatus::Queued);
+        assert_eq!(waiting.reason, Some(why));
+        let started = apply(
+            Some(&waiting),
+            &TaskEvent::Started {
+                at: 2,
+                shim_pid: 10,
+                shim_start_time: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(started.reason, None);
+        // Only a queued task waits for headroom.
+        assert!(apply(Some(&started), &TaskEvent::Waiting { reason: None }).is_err());
+    }
+
+    #[test]
     fn a_running_task_cannot_be_cancelled_directly() {
         let t = queued("task-a");
         let r = apply(
