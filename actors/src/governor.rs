@@ -103,8 +103,8 @@ struct Slot {
     cpu: f64,
     peak_memory: u64,
     peak_cpu: Option<f64>,
-    /// CPU ticks of the tree at the last sample, and when.
-    ticks: Option<(u64, Instant)>,
+    /// CPU ticks and CPU demand of the tree at the last sample, and when.
+    ticks: Option<(u64, Option<u64>, Instant)>,
 }
 
 /// How often running agents and the machine are sampled while a reserve is set and
@@ -191,14 +191,10 @@ impl ResourceGovernor {
         let roots: Vec<u32> = self.running.values().filter_map(|s| s.shim_pid).collect();
         let page_size = self.page_size;
         let work = tokio::task::spawn_blocking(move || {
-            let table = if roots.is_empty() {
-                Vec::new()
-            } else {
-                measure::process_table()
-            };
+            let trees = measure::sample_trees(&roots, page_size);
             Sample {
                 available_memory: measure::available_memory(),
-                trees: measure::tree_usage(&table, &roots, page_size),
+                trees,
                 at: Instant::now(),
             }
         });
@@ -226,16 +222,24 @@ impl ResourceGovernor {
             };
             slot.memory = usage.rss_bytes;
             slot.peak_memory = slot.peak_memory.max(usage.rss_bytes);
+            let now = (usage.cpu_ticks, usage.demand_ns, sample.at);
             match slot.ticks {
-                Some((before, then)) if sample.at.duration_since(then) >= CPU_WINDOW => {
+                Some((ticks, demand, then)) if sample.at.duration_since(then) >= CPU_WINDOW => {
                     let seconds = sample.at.duration_since(then).as_secs_f64();
-                    let ticks = usage.cpu_ticks.saturating_sub(before) as f64;
-                    slot.cpu = ticks / ticks_per_second / seconds;
+                    // CPU time (every thread), or what it would take on an idle machine
+                    // where the kernel says so (the main threads' run time plus run-queue
+                    // wait: on a loaded machine CPU time understates a CPU-bound agent).
+                    let used = usage.cpu_ticks.saturating_sub(ticks) as f64 / ticks_per_second;
+                    let wanted = match (demand, usage.demand_ns) {
+                        (Some(before), Some(after)) => after.saturating_sub(before) as f64 / 1e9,
+                        _ => 0.0,
+                    };
+                    slot.cpu = used.max(wanted) / seconds;
                     slot.peak_cpu = Some(slot.peak_cpu.unwrap_or(0.0).max(slot.cpu));
-                    slot.ticks = Some((usage.cpu_ticks, sample.at));
+                    slot.ticks = Some(now);
                 }
                 Some(_) => {}
-                None => slot.ticks = Some((usage.cpu_ticks, sample.at)),
+                None => slot.ticks = Some(now),
             }
         }
         let reserve = (self.settings)().memory_reserve;

@@ -213,10 +213,44 @@ pub fn process_table() -> Vec<ProcStat> {
 }
 
 /// What one process tree uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TreeUsage {
     pub rss_bytes: u64,
     pub cpu_ticks: u64,
+    /// Time the tree's live processes ran or waited to run, in ns (`/proc/<pid>/schedstat`):
+    /// what they would have run on an idle machine. `None` where the kernel keeps no
+    /// such figure.
+    pub demand_ns: Option<u64>,
+    pub pids: Vec<u32>,
+}
+
+/// Run time plus run-queue wait of `/proc/<pid>/schedstat`, in ns.
+pub fn parse_schedstat(text: &str) -> Option<u64> {
+    let mut f = text.split_whitespace();
+    let run: u64 = f.next()?.parse().ok()?;
+    let wait: u64 = f.next()?.parse().ok()?;
+    Some(run + wait)
+}
+
+/// Samples the trees under `roots` now: `tree_usage` of a fresh process table, with the
+/// CPU demand of each tree's live processes.
+pub fn sample_trees(roots: &[u32], page_size: u64) -> HashMap<u32, TreeUsage> {
+    if roots.is_empty() {
+        return HashMap::new();
+    }
+    let mut trees = tree_usage(&process_table(), roots, page_size);
+    for usage in trees.values_mut() {
+        usage.demand_ns = usage
+            .pids
+            .iter()
+            .map(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                    .ok()
+                    .and_then(|t| parse_schedstat(&t))
+            })
+            .sum();
+    }
+    trees
 }
 
 /// The memory and CPU time of each root's descendants (the root itself, a run's small
@@ -236,6 +270,7 @@ pub fn tree_usage(table: &[ProcStat], roots: &[u32], page_size: u64) -> HashMap<
                 for child in children.get(&pid).into_iter().flatten() {
                     usage.rss_bytes += child.rss_pages * page_size;
                     usage.cpu_ticks += child.cpu_ticks;
+                    usage.pids.push(child.pid);
                     stack.push(child.pid);
                 }
             }
@@ -360,11 +395,23 @@ mod tests {
             usage[&10],
             TreeUsage {
                 rss_bytes: 1500 * 4096,
-                cpu_ticks: 50
+                cpu_ticks: 50,
+                demand_ns: None,
+                pids: vec![11, 12],
             }
         );
         assert_eq!(usage[&20].rss_bytes, 7 * 4096);
         assert_eq!(usage[&30], TreeUsage::default());
+    }
+
+    #[test]
+    fn cpu_demand_is_run_time_plus_run_queue_wait() {
+        // A busy loop on a loaded machine: 34 ms run, 65 ms waiting for a core.
+        assert_eq!(
+            parse_schedstat("33969482 64758985 1031\n"),
+            Some(98_728_467)
+        );
+        assert_eq!(parse_schedstat(""), None);
     }
 
     /// On the machine running the tests: the figure follows `MemAvailable` (page cache
