@@ -118,6 +118,10 @@ const CPU_WINDOW: Duration = Duration::from_millis(150);
 /// journaled event); a different kind of shortage is told at once.
 const REASON_REFRESH: Duration = Duration::from_secs(2);
 
+/// At most this many waiting tasks are told a new reason at once (each is a journaled
+/// event); the rest of a long queue waits behind them without one.
+const REASON_FANOUT: usize = 256;
+
 /// One sample of the machine and of the running trees.
 struct Sample {
     available_memory: u64,
@@ -327,7 +331,7 @@ impl ResourceGovernor {
             }
             match decision {
                 Decision::NoSlot => break,
-                Decision::Defer(shortage) => return self.hold_back(shortage, ctx),
+                Decision::Defer(shortage) => return self.hold_back(shortage, &id, ctx),
                 Decision::Admit => {}
             }
             running.push(RunningAgent {
@@ -368,9 +372,11 @@ impl ResourceGovernor {
         }
     }
 
-    /// The queue waits for headroom: log it and tell the waiting tasks why when the kind
-    /// of shortage changed or its figures are stale; look again soon.
-    fn hold_back(&mut self, shortage: Shortage, ctx: &mut Context<Self>) {
+    /// The queue waits for headroom: log it and tell the waiting tasks why. A new kind
+    /// of shortage is told at once to the first `REASON_FANOUT` tasks in queue order;
+    /// fresher figures of the same one only to the task at the head, at most every
+    /// `REASON_REFRESH` (each telling is a journaled event). Then look again soon.
+    fn hold_back(&mut self, shortage: Shortage, head: &str, ctx: &mut Context<Self>) {
         let same_kind = self
             .shortage
             .as_ref()
@@ -381,11 +387,20 @@ impl ResourceGovernor {
             .is_some_and(|(_, at)| at.elapsed() < REASON_REFRESH);
         if !(same_kind && fresh) {
             let why = shortage.to_string();
-            if !same_kind {
+            let targets: Vec<String> = if same_kind {
+                vec![head.to_string()]
+            } else {
                 tracing::info!(waiting = self.waiting.len(), %why, "starts held back");
-            }
-            for waiter in self.waiting.values_mut() {
-                if waiter.told.as_deref() != Some(&why)
+                // The heap's order is the inner tuple's, best (smallest) first.
+                let mut first: Vec<&(Priority, u64, String)> =
+                    self.order.iter().map(|Reverse(entry)| entry).collect();
+                first.sort_unstable();
+                first.truncate(REASON_FANOUT);
+                first.into_iter().map(|(_, _, id)| id.clone()).collect()
+            };
+            for id in targets {
+                if let Some(waiter) = self.waiting.get_mut(&id)
+                    && waiter.told.as_deref() != Some(&why)
                     && let Some(to) = &waiter.reason_to
                 {
                     waiter.told = Some(why.clone());
