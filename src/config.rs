@@ -198,6 +198,7 @@ pub const AGENT_FIELDS: &[&str] = &[
     "baseUrl",
     "apiKey",
     "outputFormat",
+    "expectedMemory",
 ];
 
 /// Checks one agent setting: `command` is a JSON array of strings, `outputFormat` one
@@ -216,6 +217,9 @@ pub fn parse_agent_field(field: &str, value: &str) -> Result<Value, String> {
             }
         }
         "model" | "systemPrompt" | "baseUrl" | "apiKey" => Ok(Value::from(value)),
+        "expectedMemory" => value.parse::<u64>().map(Value::from).map_err(|_| {
+            "agents.<name>.expectedMemory takes bytes, e.g. 1610612736 for 1.5 GiB".to_string()
+        }),
         "outputFormat" => match value {
             "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
                 Ok(Value::from(value))

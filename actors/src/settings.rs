@@ -37,6 +37,10 @@ pub struct AgentSettings {
     /// overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Bytes this agent takes at its peak, for admission; wins over what the governor
+    /// learns from its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_memory: Option<u64>,
 }
 
 /// Everything the engine reads from the configuration.

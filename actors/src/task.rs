@@ -23,7 +23,7 @@ use crate::agents::run_dir::RunDir;
 use crate::agents::{AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, Terminate};
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle};
 use crate::error::EngineError;
-use crate::governor::{Enqueue, Grant, Release, ResourceGovernor, Withdraw};
+use crate::governor::{Enqueue, Grant, Launched, Release, ResourceGovernor, WaitReason, Withdraw};
 use crate::journal::{Append, Store};
 use crate::model::task::Checkpoint;
 use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit};
@@ -200,7 +200,9 @@ impl TaskActor {
             task_id: self.core.record.id.clone(),
             priority: self.core.record.priority,
             agent: self.core.record.agent.clone(),
+            footprint_key: None,
             recipient: ctx.address().recipient(),
+            reason_to: Some(ctx.address().recipient()),
         });
     }
 
@@ -231,6 +233,7 @@ impl TaskActor {
         self.deps.governor.do_send(crate::governor::Adopted {
             task_id: self.core.record.id.clone(),
             agent: self.core.record.agent.clone(),
+            shim_pid: Some(pid),
         });
     }
 
@@ -266,6 +269,10 @@ impl TaskActor {
             }
             Ok(run) => {
                 self.process = Some(run.process);
+                self.deps.governor.do_send(Launched {
+                    task_id: self.core.record.id.clone(),
+                    shim_pid: run.shim_pid,
+                });
                 let event = TaskEvent::Started {
                     at: now_ms(),
                     shim_pid: run.shim_pid,
@@ -401,6 +408,23 @@ impl Handler<AgentProgress> for TaskActor {
         self.commit(vec![event], Vec::new(), ctx, |act, _, res| {
             if let Err(e) = res {
                 tracing::warn!(task = %act.core.record.id, error = %e, "progress not journaled");
+            }
+        });
+    }
+}
+
+impl Handler<WaitReason> for TaskActor {
+    type Result = ();
+
+    /// Why the governor holds the start back becomes the task's reason while it waits.
+    fn handle(&mut self, msg: WaitReason, ctx: &mut Context<Self>) {
+        if self.core.record.status != TaskStatus::Queued || self.core.record.reason == msg.0 {
+            return;
+        }
+        let event = TaskEvent::Waiting { reason: msg.0 };
+        self.commit(vec![event], Vec::new(), ctx, |act, _, res| {
+            if let Err(e) = res {
+                tracing::warn!(task = %act.core.record.id, error = %e, "waiting reason not journaled");
             }
         });
     }
