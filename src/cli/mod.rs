@@ -8,6 +8,7 @@ mod agents;
 mod config;
 mod daemon;
 mod follow;
+mod loops;
 mod mcp;
 mod pipeline;
 mod run;
@@ -63,6 +64,7 @@ enum Command {
     Init(agents::InitArgs),
     /// Run prompts one after the other (or: pipeline status|cancel <id>)
     Pipeline(pipeline::PipelineArgs),
+    Loop(loops::LoopArgs),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -74,7 +76,9 @@ enum Command {
     Mcp(mcp::McpCommand),
     /// Internal: parent of one agent process
     #[command(hide = true)]
-    Shim { run_dir: PathBuf },
+    Shim {
+        run_dir: PathBuf,
+    },
 }
 
 pub fn main() -> i32 {
@@ -108,6 +112,7 @@ pub fn main() -> i32 {
         Command::Agents(args) => block_on(agents::run(args, &home)),
         Command::Init(args) => block_on(agents::init(args, &home)),
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
+        Command::Loop(args) => block_on(loops::run(args, &home)),
     };
     match result {
         Ok(code) => code,

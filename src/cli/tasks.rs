@@ -341,6 +341,9 @@ pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
 }
 
 pub async fn wait(args: WaitArgs, home: &Home) -> Result<i32, CliError> {
+    if args.id.starts_with("loop-") || args.id.starts_with("pipeline-") {
+        return super::loops::wait_entity(&args.id, args.json, home).await;
+    }
     let mut client = DaemonClient::connect(home).await?;
     let v = wait_finished(&mut client, &args.id).await;
     client.close().await;

@@ -12,6 +12,7 @@ use actix::prelude::*;
 use super::Engine;
 use crate::error::EngineError;
 use crate::model::dag::{DependencyState, Resolution, classify};
+use crate::model::loops::LoopRecord;
 use crate::model::{PipelineRecord, TaskRecord, TaskStatus};
 use crate::pipeline::PipelineActor;
 
@@ -24,6 +25,7 @@ pub struct Recover;
 /// What recovery reads from the journal.
 struct Unfinished {
     pipelines: Vec<PipelineRecord>,
+    loops: Vec<LoopRecord>,
     tasks: Vec<TaskRecord>,
     /// The finished dependencies of blocked tasks.
     finished_deps: Vec<TaskRecord>,
@@ -39,6 +41,7 @@ impl Handler<Recover> for Engine {
         let read = async move {
             tokio::task::spawn_blocking(move || {
                 let pipelines = store.live_pipelines()?;
+                let loops = store.live_loops()?;
                 let tasks = store.live_tasks()?;
                 let live: HashSet<&String> = tasks.iter().map(|t| &t.id).collect();
                 let finished: Vec<String> = tasks
@@ -51,6 +54,7 @@ impl Handler<Recover> for Engine {
                 let finished_deps = store.tasks_by_id(&finished)?;
                 Ok::<_, rusqlite::Error>(Unfinished {
                     pipelines,
+                    loops,
                     tasks,
                     finished_deps,
                 })
@@ -62,6 +66,7 @@ impl Handler<Recover> for Engine {
         AtomicResponse::new(Box::pin(read.into_actor(self).map(|res, act, ctx| {
             let unfinished = res?;
             act.recover_pipelines(unfinished.pipelines, ctx);
+            act.recover_loops(unfinished.loops, ctx);
             Ok(act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx))
         })))
     }
@@ -78,6 +83,13 @@ impl Engine {
                 self.store.clone(),
             );
             self.spawn_pipeline_actor(actor, p);
+        }
+    }
+
+    /// Running and paused loops: each reads its awaited tasks when it starts.
+    fn recover_loops(&mut self, loops: Vec<LoopRecord>, ctx: &mut Context<Self>) {
+        for l in loops {
+            self.spawn_loop_actor(l, ctx);
         }
     }
 

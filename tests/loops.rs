@@ -1,0 +1,523 @@
+//! Eval loops against the real binary (issue 8): retry and optimize loops with the fake
+//! agent and `sh` evals, git keep-or-reset in real repositories, pause, resume, cancel,
+//! bad input, and daemon crashes at each step of an iteration.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Beat, wait_until};
+use serde_json::Value;
+
+/// `beat loop … --json`: the new loop's id.
+fn create(beat: &Beat, args: &[&str]) -> String {
+    let mut all = vec!["loop", "--json"];
+    all.extend_from_slice(args);
+    let v = beat.json(&all);
+    v["loopId"].as_str().expect("loopId").to_string()
+}
+
+/// `beat wait <loop>`: its exit code.
+fn wait_loop(beat: &Beat, id: &str) -> i32 {
+    beat.output(&["wait", id]).status.code().unwrap_or(-1)
+}
+
+fn status(beat: &Beat, id: &str) -> Value {
+    beat.json(&["loop", "status", id, "--history", "--json"])
+}
+
+/// Iterations oldest first.
+fn iterations(v: &Value) -> Vec<Value> {
+    let mut its = v["iterations"].as_array().cloned().unwrap_or_default();
+    its.sort_by_key(|i| i["iterationNumber"].as_u64());
+    its
+}
+
+fn statuses(v: &Value) -> Vec<String> {
+    iterations(v)
+        .iter()
+        .map(|i| i["status"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Runs git in `dir` with a clean environment (no user config, a fixed identity).
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", common::SYSTEM_PATH)
+        .env("HOME", dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "T")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "T")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with one commit on `main` and a second branch `other`.
+fn repo(dir: &Path) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README"), "start\n").unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "start"]);
+    git(dir, &["branch", "other"]);
+}
+
+/// A shell eval that fails until its `n`th run (counting in `counter`).
+fn passes_on(n: u32, counter: &Path) -> String {
+    format!(
+        "c=$(cat {p} 2>/dev/null || echo 0); c=$((c+1)); echo $c > {p}; echo \"run $c of iteration $BACKBEAT_ITERATION\"; [ $c -ge {n} ]",
+        p = counter.display()
+    )
+}
+
+#[test]
+fn a_retry_loop_passes_on_its_third_iteration() {
+    let beat = Beat::new();
+    let counter = beat.user_home.path().join("evals");
+    let id = create(
+        &beat,
+        &["--until", &passes_on(3, &counter), "--", "print working"],
+    );
+    assert!(id.starts_with("loop-"));
+    assert_eq!(wait_loop(&beat, &id), 0, "the loop completed");
+    let v = status(&beat, &id);
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["currentIteration"], 3);
+    assert_eq!(statuses(&v), ["fail", "fail", "pass"]);
+    let last = &iterations(&v)[2];
+    assert_eq!(last["evalOutput"], "run 3 of iteration 3");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("passed at iteration 3"),
+        "{v}"
+    );
+    // The ledger: a header and one line per iteration.
+    let tsv = beat.ok(&["loop", "results", &id]);
+    let lines: Vec<&str> = tsv.lines().collect();
+    assert!(lines[0].starts_with("iteration\tstatus\tscore\tbest\tcommit"));
+    assert_eq!(lines.len(), 4, "{tsv}");
+    assert!(lines[3].starts_with("3\tpass"), "{tsv}");
+    // Each task (iteration and eval) ran once.
+    assert!(beat.start_counts().values().all(|&n| n == 1));
+}
+
+#[test]
+fn a_retry_loop_that_reaches_max_iterations_fails_naming_the_limit() {
+    let beat = Beat::new();
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            "false",
+            "--max-iterations",
+            "2",
+            "--max-failures",
+            "0",
+            "--",
+            "print x",
+        ],
+    );
+    assert_eq!(wait_loop(&beat, &id), 1);
+    let v = status(&beat, &id);
+    assert_eq!(v["status"], "failed");
+    assert_eq!(statuses(&v), ["fail", "fail"]);
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("maxIterations"), "{reason}");
+}
+
+#[test]
+fn consecutive_failures_end_a_retry_loop() {
+    let beat = Beat::new();
+    let id = create(
+        &beat,
+        &["--until", "exit 3", "--max-failures", "2", "--", "print x"],
+    );
+    assert_eq!(wait_loop(&beat, &id), 1);
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["fail", "fail"]);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maxConsecutiveFailures"),
+        "{v}"
+    );
+    assert_eq!(iterations(&v)[0]["exitCode"], 3);
+}
+
+/// An optimize loop whose iteration N writes `workN.txt`, scored by the table `scores`.
+fn optimize_in_repo(beat: &Beat, scores: &[&str], extra: &[&str]) -> String {
+    let counter = beat.user_home.path().join("agent-runs");
+    let agent = format!(
+        "c=$(cat {p} 2>/dev/null || echo 0); c=$((c+1)); echo $c > {p}; echo work $c > work$c.txt",
+        p = counter.display()
+    );
+    let cases: String = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{}) echo '{s}';; ", i + 1))
+        .collect();
+    let eval = format!("case $BACKBEAT_ITERATION in {cases}*) echo 0;; esac");
+    let mut args = vec![
+        "--eval",
+        &eval,
+        "--maximize",
+        "-a",
+        "shell",
+        "--max-failures",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.push(&agent);
+    create(beat, &args)
+}
+
+#[test]
+fn an_optimize_loop_keeps_better_work_in_git_and_resets_the_rest() {
+    let beat = Beat::new();
+    let dir = beat.workdir.path();
+    repo(dir);
+    let main_before = git(dir, &["rev-parse", "main"]);
+    let other_before = git(dir, &["rev-parse", "other"]);
+    let id = optimize_in_repo(
+        &beat,
+        &["5 points", "3", "7.5"],
+        &["--max-iterations", "3", "--git-branch", "loop/opt"],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["keep", "discard", "keep"]);
+    assert_eq!(v["bestScore"], 7.5);
+    assert_eq!(v["bestIterationId"], 3);
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("maxIterations") && reason.contains("7.5"),
+        "{reason}"
+    );
+
+    // Only kept work survives, on the loop's branch; nothing else moved.
+    assert_eq!(git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]), "loop/opt");
+    assert!(dir.join("work1.txt").exists());
+    assert!(!dir.join("work2.txt").exists(), "discarded work is gone");
+    assert!(dir.join("work3.txt").exists());
+    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    let log = git(dir, &["log", "--format=%s", "main..loop/opt"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(
+        log.contains("iteration 3") && log.contains("iteration 1"),
+        "{log}"
+    );
+    assert_eq!(git(dir, &["rev-parse", "main"]), main_before);
+    assert_eq!(git(dir, &["rev-parse", "other"]), other_before);
+    let its = iterations(&v);
+    assert_eq!(
+        its[2]["gitCommitSha"].as_str().unwrap(),
+        git(dir, &["rev-parse", "loop/opt"])
+    );
+    assert_eq!(
+        its[1]["gitCommitSha"], its[0]["gitCommitSha"],
+        "reset to the kept commit"
+    );
+    beat.assert_fold_matches_state();
+}
+
+#[test]
+fn patience_stops_an_optimize_loop_that_no_longer_improves() {
+    let beat = Beat::new();
+    let id = optimize_in_repo(
+        &beat,
+        &["5", "4", "5", "9"],
+        &["--max-iterations", "10", "--patience", "2"],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0);
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["keep", "discard", "discard"]);
+    assert!(v["reason"].as_str().unwrap().contains("patience"), "{v}");
+}
+
+#[test]
+fn pause_lets_the_running_iteration_finish_and_resume_goes_on() {
+    let beat = Beat::new();
+    let go = beat.user_home.path().join("go");
+    let counter = beat.user_home.path().join("evals");
+    let prompt = format!("await {}", go.display());
+    let id = create(&beat, &["--until", &passes_on(2, &counter), "--", &prompt]);
+    wait_until("iteration 1 to run", Duration::from_secs(30), || {
+        status(&beat, &id)["currentIteration"] == 1
+    });
+    beat.ok(&["loop", "pause", &id]);
+    assert_eq!(status(&beat, &id)["status"], "paused");
+    let again = beat.output(&["loop", "pause", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("only a running loop"));
+    std::fs::write(&go, "").unwrap();
+    wait_until("iteration 1 to be judged", Duration::from_secs(30), || {
+        statuses(&status(&beat, &id)) == ["fail"]
+    });
+    let v = status(&beat, &id);
+    assert_eq!(v["status"], "paused");
+    assert_eq!(v["currentIteration"], 1, "no iteration starts while paused");
+    beat.ok(&["loop", "resume", &id]);
+    assert_eq!(wait_loop(&beat, &id), 0);
+    assert_eq!(statuses(&status(&beat, &id)), ["fail", "pass"]);
+}
+
+#[test]
+fn cancel_with_cancel_tasks_stops_the_running_iteration() {
+    let beat = Beat::new();
+    let never = beat.user_home.path().join("never");
+    let prompt = format!("await {}", never.display());
+    let id = create(&beat, &["--until", "true", "--", &prompt]);
+    wait_until("iteration 1 to run", Duration::from_secs(30), || {
+        status(&beat, &id)["currentIteration"] == 1
+    });
+    let task = iterations(&status(&beat, &id))[0]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    beat.ok(&["loop", "cancel", &id, "--cancel-tasks", "enough"]);
+    assert_eq!(wait_loop(&beat, &id), 1);
+    assert_eq!(status(&beat, &id)["status"], "cancelled");
+    assert_eq!(beat.wait(&task)["status"], "cancelled");
+    let again = beat.output(&["loop", "cancel", &id]);
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[test]
+fn a_user_cancelled_iteration_task_does_not_count() {
+    let beat = Beat::new();
+    let gate = beat.user_home.path().join("gate");
+    let counter = beat.user_home.path().join("evals");
+    let prompt = format!("await {}", gate.display());
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            &passes_on(1, &counter),
+            "--max-iterations",
+            "1",
+            "--",
+            &prompt,
+        ],
+    );
+    wait_until("iteration 1 to run", Duration::from_secs(30), || {
+        status(&beat, &id)["currentIteration"] == 1
+    });
+    let task = iterations(&status(&beat, &id))[0]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    beat.ok(&["cancel", &task]);
+    std::fs::write(&gate, "").unwrap();
+    // With maxIterations 1, the loop completes only if the cancelled one did not count.
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    assert_eq!(statuses(&status(&beat, &id)), ["cancelled", "pass"]);
+}
+
+#[test]
+fn a_pipeline_loop_runs_its_steps_in_order_each_iteration() {
+    let beat = Beat::new();
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            "grep -q two order.txt",
+            "--pipeline",
+            "--step",
+            "write order.txt one",
+            "--step",
+            "write order.txt two",
+        ],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["pass"]);
+    assert_eq!(
+        iterations(&v)[0]["pipelineTaskIds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn bad_loop_input_is_refused_with_what_to_do() {
+    let beat = Beat::new();
+    let refused = |args: &[&str], says: &str| {
+        let mut all = vec!["loop"];
+        all.extend_from_slice(args);
+        let out = beat.output(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(&["--", "p"], "--until CMD");
+    refused(&["--eval", "echo 1", "--", "p"], "--minimize or --maximize");
+    refused(
+        &["--until", "true", "--eval-timeout", "10", "--", "p"],
+        "evalTimeout",
+    );
+    refused(
+        &["--until", "true", "--pipeline", "--step", "only one"],
+        "2 to 20 steps",
+    );
+    refused(
+        &["--until", "true", "--git-branch", "bad..name", "--", "p"],
+        "not a valid branch name",
+    );
+    refused(
+        &["--until", "true", "--git-branch", "b", "--", "p"],
+        "not in a git repository",
+    );
+    refused(
+        &["--until", "true", "--max-cost", "1", "--", "p"],
+        "does not report its cost",
+    );
+    refused(
+        &["--until", "true", "--patience", "2", "--", "p"],
+        "patience is for optimize",
+    );
+    refused(&["status", "loop-nope"], "not found");
+    refused(&["pause", "loop-nope"], "not found");
+}
+
+#[test]
+fn a_git_loop_refuses_a_dirty_directory_and_an_existing_branch() {
+    let beat = Beat::new();
+    let dir = beat.workdir.path();
+    repo(dir);
+    let out = beat.output(&[
+        "loop",
+        "--until",
+        "true",
+        "--git-branch",
+        "other",
+        "--",
+        "p",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{out:?}"
+    );
+    std::fs::write(dir.join("dirty.txt"), "x").unwrap();
+    let out = beat.output(&[
+        "loop",
+        "--until",
+        "true",
+        "--git-branch",
+        "fresh",
+        "--",
+        "p",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uncommitted"),
+        "{out:?}"
+    );
+}
+
+/// Kills the daemon at a point an iteration reached (`at`), lets it finish, and checks
+/// that the loop went on with every task started once and each iteration recorded once.
+fn crash_and_go_on(eval_waits: bool) {
+    let beat = Beat::new();
+    let home = beat.user_home.path();
+    let release = home.join("release");
+    let counter = home.join("evals");
+    let marker = home.join("eval-started");
+    let prompt = if eval_waits {
+        "print working".to_string()
+    } else {
+        format!("await {}", release.display())
+    };
+    let eval = if eval_waits {
+        format!(
+            "touch {m}; while [ ! -e {r} ]; do sleep 0.01; done; {pass}",
+            m = marker.display(),
+            r = release.display(),
+            pass = passes_on(2, &counter)
+        )
+    } else {
+        passes_on(2, &counter)
+    };
+    let id = create(&beat, &["--until", &eval, "--", &prompt]);
+    if eval_waits {
+        wait_until("the eval to run", Duration::from_secs(30), || {
+            marker.exists()
+        });
+    } else {
+        wait_until("iteration 1 to run", Duration::from_secs(30), || {
+            status(&beat, &id)["currentIteration"] == 1
+        });
+    }
+    beat.kill_daemon();
+    std::fs::write(&release, "").unwrap();
+    // Any command starts a new daemon, which recovers the loop.
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["fail", "pass"]);
+    let numbers: Vec<u64> = iterations(&v)
+        .iter()
+        .map(|i| i["iterationNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    assert!(
+        beat.start_counts().values().all(|&n| n == 1),
+        "a task ran twice: {:?}",
+        beat.start_counts()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().trim(),
+        "2",
+        "each eval ran once"
+    );
+    beat.assert_fold_matches_state();
+}
+
+#[test]
+fn a_daemon_crash_while_the_agent_runs_loses_nothing() {
+    crash_and_go_on(false);
+}
+
+#[test]
+fn a_daemon_crash_during_the_eval_neither_repeats_nor_orphans_it() {
+    crash_and_go_on(true);
+}
+
+#[test]
+fn a_daemon_crash_between_iterations_loses_nothing() {
+    let beat = Beat::new();
+    let counter = beat.user_home.path().join("evals");
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            &passes_on(2, &counter),
+            "--cooldown",
+            "2s",
+            "--",
+            "print x",
+        ],
+    );
+    wait_until("iteration 1 to be judged", Duration::from_secs(30), || {
+        statuses(&status(&beat, &id)) == ["fail"]
+    });
+    beat.kill_daemon();
+    assert_eq!(wait_loop(&beat, &id), 0);
+    assert_eq!(statuses(&status(&beat, &id)), ["fail", "pass"]);
+    assert!(beat.start_counts().values().all(|&n| n == 1));
+}
