@@ -521,3 +521,88 @@ fn a_daemon_crash_between_iterations_loses_nothing() {
     assert_eq!(statuses(&status(&beat, &id)), ["fail", "pass"]);
     assert!(beat.start_counts().values().all(|&n| n == 1));
 }
+
+/// A command agent that speaks Claude Code's stream-json (the fake agent prints it).
+fn claude_like(extra: serde_json::Value) -> Beat {
+    let mut config = serde_json::json!({
+        "agents": {
+            "fake": { "command": [common::FAKE, "{prompt}"] },
+            "fakeclaude": { "command": [common::FAKE, "{prompt}"], "outputFormat": "claude-stream-json" }
+        }
+    });
+    if let (Value::Object(c), Value::Object(e)) = (&mut config, extra) {
+        c.extend(e);
+    }
+    Beat::with_config(config)
+}
+
+const INIT: &str =
+    r#"print {"type":"system","subtype":"init","session_id":"sess-42","model":"m-1"}"#;
+const OK: &str = r#"print {"type":"result","subtype":"success","is_error":false,"result":"All done.","session_id":"sess-42","total_cost_usd":0.25,"usage":{"input_tokens":1200,"output_tokens":34}}"#;
+const LIMITED: &str = r#"print {"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: Request rejected (429) · slow down","session_id":"sess-42","usage":{"input_tokens":0,"output_tokens":0}}"#;
+
+#[test]
+fn a_rate_limited_iteration_waits_for_the_reset_and_is_not_a_failure() {
+    let beat = claude_like(serde_json::json!({ "rateLimitBackoffMs": 100 }));
+    let marker = beat.user_home.path().join("ran-once");
+    let script = format!(
+        "first-run {}; {INIT}; {LIMITED}; exit 1; else; {INIT}; {OK}",
+        marker.display()
+    );
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            "true",
+            "--max-iterations",
+            "1",
+            "-a",
+            "fakeclaude",
+            "--",
+            &script,
+        ],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["pass"]);
+    let task = beat.status(iterations(&v)[0]["taskId"].as_str().unwrap());
+    assert_eq!(task["rateLimitRetries"], 1, "{task}");
+    // The iteration's usage is the agent's.
+    assert_eq!(iterations(&v)[0]["usage"]["inputTokens"], 1200);
+}
+
+#[test]
+fn checkpoint_gives_the_next_iteration_the_previous_one_s_context() {
+    let beat = claude_like(serde_json::json!({}));
+    let counter = beat.user_home.path().join("evals");
+    // The context is appended to the prompt, so it lands in the last `print`.
+    let script = format!("{INIT}; {OK}");
+    let id = create(
+        &beat,
+        &[
+            "--until",
+            &passes_on(2, &counter),
+            "--checkpoint",
+            "-a",
+            "fakeclaude",
+            "--",
+            &script,
+        ],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let its = iterations(&status(&beat, &id));
+    let second = beat.status(its[1]["taskId"].as_str().unwrap());
+    let prompt = second["prompt"].as_str().unwrap();
+    for part in [
+        "--- Previous Iteration Context ---",
+        "Iteration 1 status: fail",
+        "run 1 of iteration 1",
+    ] {
+        assert!(
+            prompt.contains(part),
+            "the prompt lacks {part:?}:\n{prompt}"
+        );
+    }
+    let first = beat.status(its[0]["taskId"].as_str().unwrap());
+    assert!(!first["prompt"].as_str().unwrap().contains("Previous"));
+}
