@@ -111,6 +111,18 @@ fn a_retry_loop_passes_on_its_third_iteration() {
     assert!(lines[0].starts_with("iteration\tstatus\tscore\tbest\tcommit"));
     assert_eq!(lines.len(), 4, "{tsv}");
     assert!(lines[3].starts_with("3\tpass"), "{tsv}");
+    // The loop's tasks are marked in `beat list`: three iterations, three evals.
+    let list = beat.ok(&["list"]);
+    assert_eq!(
+        list.matches(&format!("[eval of {id}]")).count(),
+        3,
+        "{list}"
+    );
+    assert_eq!(
+        list.matches(&format!("[iteration of {id}]")).count(),
+        3,
+        "{list}"
+    );
     // Each task (iteration and eval) ran once.
     assert!(beat.start_counts().values().all(|&n| n == 1));
 }
@@ -605,4 +617,90 @@ fn checkpoint_gives_the_next_iteration_the_previous_one_s_context() {
     }
     let first = beat.status(its[0]["taskId"].as_str().unwrap());
     assert!(!first["prompt"].as_str().unwrap().contains("Previous"));
+}
+
+#[test]
+fn the_loop_tools_answer_with_the_original_s_keys() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp();
+    let created = mcp.ok(
+        "CreateLoop",
+        serde_json::json!({ "prompt": "print hi", "strategy": "retry", "exitCondition": "true" }),
+    );
+    for key in [
+        "success",
+        "loopId",
+        "strategy",
+        "status",
+        "maxIterations",
+        "message",
+    ] {
+        assert!(
+            created.get(key).is_some(),
+            "CreateLoop lacks {key}: {created}"
+        );
+    }
+    assert_eq!(created["maxIterations"], 10);
+    let id = created["loopId"].as_str().unwrap().to_string();
+    assert_eq!(wait_loop(&beat, &id), 0);
+    let s = mcp.ok(
+        "LoopStatus",
+        serde_json::json!({ "loopId": id, "includeHistory": true }),
+    );
+    for key in [
+        "id",
+        "strategy",
+        "status",
+        "currentIteration",
+        "maxIterations",
+        "consecutiveFailures",
+        "maxConsecutiveFailures",
+        "bestScore",
+        "exitCondition",
+        "evalDirection",
+        "cooldownMs",
+        "freshContext",
+        "promptPreview",
+        "workingDirectory",
+        "gitBranch",
+        "gitBaseBranch",
+        "scheduleId",
+        "createdAt",
+        "updatedAt",
+        "completedAt",
+    ] {
+        assert!(s["loop"].get(key).is_some(), "LoopStatus.loop lacks {key}");
+    }
+    let it = &s["iterations"][0];
+    for key in [
+        "iterationNumber",
+        "status",
+        "taskId",
+        "score",
+        "bestScore",
+        "exitCode",
+        "errorMessage",
+        "gitCommitSha",
+        "durationMs",
+        "usage",
+        "evalOutput",
+        "startedAt",
+        "completedAt",
+    ] {
+        assert!(it.get(key).is_some(), "an iteration lacks {key}: {it}");
+    }
+    let list = mcp.ok("ListLoops", serde_json::json!({ "status": "completed" }));
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["loops"][0]["id"], id.as_str());
+    let (refused, is_error) = mcp.call("PauseLoop", serde_json::json!({ "loopId": id }));
+    assert!(is_error, "{refused}");
+    assert!(
+        refused.to_string().contains("only a running loop"),
+        "{refused}"
+    );
+    let (unknown, is_error) = mcp.call("ResumeLoop", serde_json::json!({ "loopId": "loop-x" }));
+    assert!(
+        is_error && unknown.to_string().contains("not found"),
+        "{unknown}"
+    );
 }

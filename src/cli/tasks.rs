@@ -121,7 +121,10 @@ fn list_table(tasks: &[Value]) {
             t["status"].as_str().unwrap_or(""),
             t["agent"].as_str().unwrap_or(""),
             t["createdAt"].as_i64().map(iso).unwrap_or_default(),
-            t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
+            match (t["role"].as_str(), t["owner"]["id"].as_str()) {
+                (Some(role), Some(owner)) => format!("[{role} of {owner}] "),
+                _ => String::new(),
+            } + &t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
         );
     }
 }

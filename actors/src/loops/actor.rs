@@ -226,6 +226,7 @@ impl LoopActor {
             let req = self.task_request(prompt, &agent, None);
             match owned_task(req, self.owner(), &settings) {
                 Ok(mut t) => {
+                    t.role = Some("iteration".into());
                     if let Some(prev) = tasks.last() {
                         t.depends_on = vec![prev.id.clone()];
                         t.status = TaskStatus::Blocked;
@@ -324,7 +325,10 @@ impl LoopActor {
             }
         };
         let task = match owned_task(req, self.owner(), &settings) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.role = Some("eval".into());
+                t
+            }
             Err(e) => {
                 return self.give_up(
                     format!("could not start iteration {number}'s eval: {e}"),
