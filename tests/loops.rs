@@ -704,3 +704,62 @@ fn the_loop_tools_answer_with_the_original_s_keys() {
         "{unknown}"
     );
 }
+
+#[test]
+fn an_agent_eval_judges_the_iteration_by_its_last_line() {
+    let answer = r#"print {"type":"result","subtype":"success","is_error":false,"result":"The work is right.\nPASS","session_id":"s-1","usage":{"input_tokens":10,"output_tokens":2}}"#;
+    let judge_script = format!("{INIT}; {answer}");
+    let beat = claude_like(serde_json::json!({
+        "agents": {
+            "fake": { "command": [common::FAKE, "{prompt}"] },
+            "judge": { "command": [common::FAKE, judge_script], "outputFormat": "claude-stream-json" }
+        }
+    }));
+    let mut mcp = beat.mcp();
+    let created = mcp.ok(
+        "CreateLoop",
+        serde_json::json!({
+            "prompt": "print working",
+            "strategy": "retry",
+            "evalMode": "agent",
+            "evalPrompt": "check that the work is right",
+            "evalAgent": "judge",
+        }),
+    );
+    let id = created["loopId"].as_str().unwrap().to_string();
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["pass"]);
+    let it = &iterations(&v)[0];
+    assert_eq!(it["evalOutput"], "PASS");
+    // The judge's tokens count towards the loop's usage.
+    assert_eq!(it["usage"]["inputTokens"], 10);
+}
+
+#[test]
+fn a_forced_pause_cancels_the_running_iteration_which_does_not_count() {
+    let beat = Beat::new();
+    let never = beat.user_home.path().join("never");
+    let prompt = format!("await {}", never.display());
+    let id = create(
+        &beat,
+        &["--until", "true", "--max-iterations", "1", "--", &prompt],
+    );
+    wait_until("iteration 1 to run", Duration::from_secs(30), || {
+        status(&beat, &id)["currentIteration"] == 1
+    });
+    beat.ok(&["loop", "pause", &id, "--force"]);
+    wait_until(
+        "iteration 1 to be cancelled",
+        Duration::from_secs(30),
+        || statuses(&status(&beat, &id)) == ["cancelled"],
+    );
+    assert_eq!(status(&beat, &id)["status"], "paused");
+    beat.ok(&["loop", "resume", &id]);
+    wait_until("iteration 2 to run", Duration::from_secs(30), || {
+        status(&beat, &id)["currentIteration"] == 2
+    });
+    beat.ok(&["loop", "cancel", &id, "--cancel-tasks"]);
+    assert_eq!(wait_loop(&beat, &id), 1);
+    beat.assert_fold_matches_state();
+}
