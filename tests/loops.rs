@@ -763,3 +763,49 @@ fn a_forced_pause_cancels_the_running_iteration_which_does_not_count() {
     assert_eq!(wait_loop(&beat, &id), 1);
     beat.assert_fold_matches_state();
 }
+
+/// Kills at arbitrary moments (a fixed pseudo-random sequence of delays, not waits for
+/// events: the point is to land anywhere) over several loops at once.
+#[test]
+fn loops_survive_kills_at_arbitrary_moments() {
+    let beat = Beat::with_config(serde_json::json!({ "maxWorkers": 4 }));
+    let ids: Vec<(String, std::path::PathBuf)> = (0..4)
+        .map(|n| {
+            let counter = beat.user_home.path().join(format!("evals-{n}"));
+            let id = create(
+                &beat,
+                &[
+                    "--until",
+                    &passes_on(4, &counter),
+                    "--max-failures",
+                    "0",
+                    "--",
+                    "print x",
+                ],
+            );
+            (id, counter)
+        })
+        .collect();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..4 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 200));
+        if beat.daemon_pid().is_some() {
+            beat.kill_daemon();
+        }
+    }
+    for (id, counter) in &ids {
+        assert_eq!(wait_loop(&beat, id), 0, "{}", status(&beat, id));
+        let v = status(&beat, id);
+        assert_eq!(statuses(&v), ["fail", "fail", "fail", "pass"], "{v}");
+        assert_eq!(std::fs::read_to_string(counter).unwrap().trim(), "4");
+    }
+    assert!(
+        beat.start_counts().values().all(|&n| n == 1),
+        "{:?}",
+        beat.start_counts()
+    );
+    beat.assert_fold_matches_state();
+}
