@@ -809,3 +809,14 @@ fn loops_survive_kills_at_arbitrary_moments() {
     );
     beat.assert_fold_matches_state();
 }
+
+#[test]
+fn beat_wait_takes_a_pipeline_id() {
+    let beat = Beat::new();
+    let ok = beat.json(&["pipeline", "--json", "print a", "print b"]);
+    let id = ok["pipelineId"].as_str().unwrap();
+    assert_eq!(beat.output(&["wait", id]).status.code(), Some(0));
+    let bad = beat.json(&["pipeline", "--json", "exit 3", "print b"]);
+    let id = bad["pipelineId"].as_str().unwrap();
+    assert_eq!(beat.output(&["wait", id]).status.code(), Some(1));
+}
