@@ -820,3 +820,36 @@ fn beat_wait_takes_a_pipeline_id() {
     let id = bad["pipelineId"].as_str().unwrap();
     assert_eq!(beat.output(&["wait", id]).status.code(), Some(1));
 }
+
+#[test]
+fn a_worktree_loop_leaves_the_user_s_checkout_alone_and_keeps_its_branch() {
+    let beat = Beat::new();
+    let dir = beat.workdir.path();
+    repo(dir);
+    let id = optimize_in_repo(
+        &beat,
+        &["5"],
+        &[
+            "--max-iterations",
+            "1",
+            "--git-branch",
+            "loop/wt",
+            "--worktree",
+        ],
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["keep"]);
+    let worktree = v["worktreePath"].as_str().unwrap().to_string();
+    assert!(
+        worktree.starts_with(beat.path().to_str().unwrap()),
+        "{worktree}"
+    );
+    // The user's checkout: still on main, clean, without the loop's work.
+    assert_eq!(git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+    assert!(!dir.join("work1.txt").exists());
+    // The worktree is gone; the branch stays, with the kept work.
+    assert!(!Path::new(&worktree).exists(), "the worktree was removed");
+    assert_eq!(git(dir, &["show", "loop/wt:work1.txt"]), "work 1");
+}

@@ -114,12 +114,17 @@ impl LoopActor {
             }
             NextStep::Settle { number, git } => self.settle(number, git, ctx),
             NextStep::Finish { status, reason } => {
-                let event = LoopEvent::Finished {
-                    at: now,
-                    status,
-                    reason,
-                };
-                self.commit_until_durable(vec![event], ctx, |act, ctx| act.wind_up(ctx));
+                // The worktree goes before the end is durable, so that whoever sees the
+                // loop ended finds it gone (removing it again after a crash is harmless).
+                let remove = self.remove_worktree();
+                ctx.wait(remove.into_actor(self).map(move |(), act, ctx| {
+                    let event = LoopEvent::Finished {
+                        at: now_ms(),
+                        status,
+                        reason,
+                    };
+                    act.commit_until_durable(vec![event], ctx, |act, ctx| act.wind_up(ctx));
+                }));
             }
         }
     }
@@ -140,20 +145,40 @@ impl LoopActor {
         if rec.status != LoopStatus::Cancelled {
             self.cancel_tasks(left, "the loop ended");
         }
-        if let Some(path) = rec.worktree_path.clone() {
-            let repo = rec.working_directory.clone();
-            // The worktree goes; its branch stays (issue 8 point 6).
-            let remove = tokio::task::spawn_blocking(move || {
-                Git::default().remove_worktree(Path::new(&repo), Path::new(&path))
-            });
-            ctx.wait(remove.into_actor(self).map(|res, act, ctx| {
-                if let Ok(Err(e)) = res {
-                    tracing::warn!(loop_id = %act.core.record.id, error = %e, "could not remove the loop's worktree");
+        let remove = self.remove_worktree();
+        ctx.wait(remove.into_actor(self).map(|(), act, ctx| act.end(ctx)));
+    }
+
+    /// Removes the loop's worktree, if it has one still there; its branch stays (issue 8
+    /// point 6).
+    fn remove_worktree(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let rec = &self.core.record;
+        let target = rec
+            .worktree_path
+            .clone()
+            .map(|path| (rec.working_directory.clone(), path, rec.id.clone()));
+        async move {
+            let Some((repo, path, id)) = target else {
+                return;
+            };
+            let id_for_root = id.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                // The loop may work in a folder inside its worktree: remove the worktree
+                // itself (`<home>/worktrees/<loop id>`).
+                let path = Path::new(&path)
+                    .ancestors()
+                    .find(|a| a.file_name().is_some_and(|n| n == id_for_root.as_str()))
+                    .unwrap_or(Path::new(&path))
+                    .to_path_buf();
+                if !path.exists() {
+                    return Ok(());
                 }
-                act.end(ctx);
-            }));
-        } else {
-            self.end(ctx);
+                Git::default().remove_worktree(Path::new(&repo), &path)
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(loop_id = %id, error = %e, "could not remove the loop's worktree");
+            }
         }
     }
 
