@@ -1,7 +1,8 @@
 //! End-to-end figures of Backbeat, each beside its goal (see `docs/BENCHMARKS.md`).
 //!
 //! Run with `cargo bench --bench e2e`; `cargo bench --bench e2e -- journal memory` runs
-//! only the named measurements (`status`, `start`, `throughput`, `journal`, `memory`).
+//! only the named measurements (`status`, `start`, `throughput`, `journal`, `memory`,
+//! `dag`, `admission`).
 //! Arguments that start with `-` (cargo passes `--bench`) are ignored.
 //!
 //! Every measurement works in a fresh `BACKBEAT_HOME` under the temp folder, talks to
@@ -44,13 +45,14 @@ fn main() {
         .collect();
     let bin = beat_binary();
     print_context(&bin);
-    let measurements: [(&str, Measure); 7] = [
+    let measurements: [(&str, Measure); 8] = [
         ("status", status_latency),
         ("start", start_latency),
         ("throughput", throughput),
         ("journal", journal_rate),
         ("memory", daemon_memory),
         ("dag", dag),
+        ("admission", admission),
         ("loop", loop_gap),
     ];
     let mut figures = Vec::new();
@@ -1359,4 +1361,225 @@ fn wait_until_running(mcp: &mut McpSession, id: &str) -> Result<()> {
             _ => return Err(format!("the blocker task did not start running: {status}")),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// 7. Admission by real headroom: agents that grow under a memory reserve, and CPU-bound
+//    agents under a CPU reserve
+
+/// Agents that each grow to a known size.
+const GROWERS: usize = 24;
+/// How many of them the memory reserve leaves room for at once.
+const GROWER_ROOM: f64 = 3.5;
+const GIB: u64 = 1 << 30;
+const MIB_F: f64 = (1u64 << 20) as f64;
+/// CPU-bound agents, each burning one core for 1.5 s.
+const BURNERS: usize = 8;
+const PYTHON: &str = "/usr/bin/python3";
+
+fn admission(bin: &Path) -> Result<Vec<Figure>> {
+    let mut figures = {
+        let home = BeatHome::new(bin)?;
+        home.explain(memory_admission_in(&home))?
+    };
+    let home = BeatHome::new(bin)?;
+    figures.extend(home.explain(cpu_admission_in(&home))?);
+    Ok(figures)
+}
+
+/// `MemAvailable`, in bytes (this machine's agents run in no limited cgroup; the
+/// governor reads the same figure).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| backbeat_actors::measure::parse_meminfo_available(&m))
+        .unwrap_or(0)
+}
+
+/// Samples `MemAvailable` every 20 ms until dropped; `lowest` gives the lowest seen.
+struct MemoryWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    lowest: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl MemoryWatch {
+    fn start() -> MemoryWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let lowest = std::thread::spawn(move || {
+            let mut lowest = u64::MAX;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                lowest = lowest.min(mem_available());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            lowest
+        });
+        MemoryWatch {
+            stop,
+            lowest: Some(lowest),
+        }
+    }
+
+    fn lowest(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.lowest.take().and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The most tasks that ran at once, from their start and end times.
+fn peak_concurrency(finished: &[Value]) -> usize {
+    let mut edges: Vec<(i64, i32)> = finished
+        .iter()
+        .filter_map(|f| Some([(f["startTime"].as_i64()?, 1), (f["endTime"].as_i64()?, -1)]))
+        .flatten()
+        .collect();
+    // An end and a start at the same millisecond: the end first.
+    edges.sort();
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    peak as usize
+}
+
+/// The median run time of the tasks, in s.
+fn median_run_s(finished: &[Value]) -> f64 {
+    let runs: Vec<f64> = finished
+        .iter()
+        .filter_map(|f| Some((f["endTime"].as_i64()? - f["startTime"].as_i64()?) as f64 / 1000.0))
+        .collect();
+    percentile(&runs, 50.0)
+}
+
+/// 24 agents that each grow to `size` over 1.5 s (15 steps) and hold it 1.5 s, under a
+/// reserve that leaves room for 3.5 of them.
+fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
+    if !Path::new(PYTHON).exists() {
+        return Err(format!("{PYTHON} is needed for the growing agents"));
+    }
+    let available = mem_available();
+    // 1.5 GiB each, smaller where the machine has less: the reserve keeps at least 1 GiB.
+    let size = (3 * GIB / 2).min(available.saturating_sub(GIB) * 2 / 7);
+    if size < 64 << 20 {
+        return Err(format!(
+            "only {available} bytes available: too little to run this"
+        ));
+    }
+    let reserve = available - (GROWER_ROOM * size as f64) as u64;
+    let room = ((available - reserve) / size) as usize;
+    println!(
+        "note: admission: {GROWERS} agents of {:.2} GiB each (grow 1.5 s, hold 1.5 s); \
+         {:.2} GiB available at the start, memoryReserve {:.2} GiB: room for {room} at once",
+        size as f64 / GIB as f64,
+        available as f64 / GIB as f64,
+        reserve as f64 / GIB as f64
+    );
+    home.configure(&[
+        ("maxWorkers", &GROWERS.to_string()),
+        ("memoryReserve", &reserve.to_string()),
+    ])?;
+    home.start_daemon()?;
+    let mut mcp = home.mcp()?;
+    let step = size / 15;
+    let grower = format!(
+        "{PYTHON} -c 'import time\nheld = []\nfor _ in range(15):\n    held.append(b\"\\x01\" * {step})\n    time.sleep(0.1)\ntime.sleep(1.5)'"
+    );
+    let watch = MemoryWatch::start();
+    let began_ms = epoch_ms();
+    let submitted = mcp.call_many(
+        "DelegateTask",
+        (0..GROWERS).map(|_| home.task(&grower)),
+        PIPELINE_WINDOW,
+    )?;
+    let ids = submitted.iter().map(task_id).collect::<Result<Vec<_>>>()?;
+    let finished = wait_all_completed(&mut mcp, &ids, Duration::from_secs(600));
+    let lowest = watch.lowest();
+    let finished = finished?;
+    let makespan_s = (latest(&finished, "endTime")? - began_ms) as f64 / 1000.0;
+    let run_s = median_run_s(&finished);
+    let ideal_s = GROWERS.div_ceil(room.max(1)) as f64 * run_s;
+    let peak = peak_concurrency(&finished);
+    println!(
+        "note: admission: lowest available {:.2} GiB against the {:.2} GiB reserve; \
+         makespan {makespan_s:.1} s, ideal {ideal_s:.1} s ({} rounds of the median run, \
+         {run_s:.2} s); at most {peak} agents at once",
+        lowest as f64 / GIB as f64,
+        reserve as f64 / GIB as f64,
+        GROWERS.div_ceil(room.max(1)),
+    );
+    Ok(vec![
+        Figure::info("admission_agent_size", size as f64 / MIB_F, "MiB"),
+        Figure::info("admission_memory_reserve", reserve as f64 / MIB_F, "MiB"),
+        Figure::at_least(
+            "admission_lowest_headroom_above_reserve",
+            (lowest as f64 - reserve as f64) / MIB_F,
+            "MiB",
+            0.0,
+        ),
+        Figure::at_most(
+            "admission_makespan_vs_ideal",
+            makespan_s / ideal_s,
+            "x",
+            1.25,
+        ),
+        Figure::info("admission_makespan", makespan_s, "s"),
+        Figure::info("admission_ideal_makespan", ideal_s, "s"),
+        Figure::at_most("admission_peak_agents", peak as f64, "agents", room as f64),
+    ])
+}
+
+/// 8 agents that each burn one core for 1.5 s, with `cpuCoresReserved` leaving the
+/// agents all cores but one... of two: never more than the cores left may run at once.
+fn cpu_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reserved = cores.saturating_sub(1).max(1);
+    let left = cores.saturating_sub(reserved).max(1);
+    home.configure(&[
+        ("maxWorkers", &BURNERS.to_string()),
+        ("memoryReserve", "0"),
+        ("cpuCoresReserved", &reserved.to_string()),
+    ])?;
+    home.start_daemon()?;
+    let mut mcp = home.mcp()?;
+    let burner = format!(
+        "{PYTHON} -c 'import time\nend = time.time() + 1.5\nwhile time.time() < end:\n    pass'"
+    );
+    let began_ms = epoch_ms();
+    let submitted = mcp.call_many(
+        "DelegateTask",
+        (0..BURNERS).map(|_| home.task(&burner)),
+        PIPELINE_WINDOW,
+    )?;
+    let ids = submitted.iter().map(task_id).collect::<Result<Vec<_>>>()?;
+    let finished = wait_all_completed(&mut mcp, &ids, Duration::from_secs(600))?;
+    let makespan_s = (latest(&finished, "endTime")? - began_ms) as f64 / 1000.0;
+    let run_s = median_run_s(&finished);
+    let ideal_s = BURNERS.div_ceil(left) as f64 * run_s;
+    let peak = peak_concurrency(&finished);
+    println!(
+        "note: admission cpu: {BURNERS} agents burning a core for 1.5 s, {cores} cores, \
+         cpuCoresReserved {reserved}: at most {peak} at once (goal {left}); makespan \
+         {makespan_s:.1} s, ideal {ideal_s:.1} s"
+    );
+    Ok(vec![
+        Figure::at_most(
+            "admission_cpu_peak_agents",
+            peak as f64,
+            "agents",
+            left as f64,
+        ),
+        Figure::at_most(
+            "admission_cpu_makespan_vs_ideal",
+            makespan_s / ideal_s,
+            "x",
+            1.25,
+        ),
+    ])
 }

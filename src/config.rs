@@ -87,6 +87,12 @@ pub const KEYS: &[Key] = &[
         help: "first wait after a rate limit without a reset time, ms (doubles)",
     },
     Key {
+        name: "taskRetentionDays",
+        env: "TASK_RETENTION_DAYS",
+        kind: Kind::Int(1, 365),
+        help: "days a finished task or pipeline is kept (with its output) before it is removed",
+    },
+    Key {
         name: "defaultAgent",
         env: "BACKBEAT_DEFAULT_AGENT",
         kind: Kind::Text,
@@ -192,6 +198,7 @@ pub const AGENT_FIELDS: &[&str] = &[
     "baseUrl",
     "apiKey",
     "outputFormat",
+    "expectedMemory",
 ];
 
 /// Checks one agent setting: `command` is a JSON array of strings, `outputFormat` one
@@ -210,6 +217,9 @@ pub fn parse_agent_field(field: &str, value: &str) -> Result<Value, String> {
             }
         }
         "model" | "systemPrompt" | "baseUrl" | "apiKey" => Ok(Value::from(value)),
+        "expectedMemory" => value.parse::<u64>().map(Value::from).map_err(|_| {
+            "agents.<name>.expectedMemory takes bytes, e.g. 1610612736 for 1.5 GiB".to_string()
+        }),
         "outputFormat" => match value {
             "plain" | "claude-stream-json" | "codex-json" | "gemini-stream-json" => {
                 Ok(Value::from(value))
@@ -336,6 +346,9 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     }
     if let Some(v) = get("rateLimitBackoffMs", warnings).and_then(|v| v.as_u64()) {
         s.rate_limit_backoff_ms = v;
+    }
+    if let Some(v) = get("taskRetentionDays", warnings).and_then(|v| v.as_u64()) {
+        s.task_retention_days = v as u32;
     }
     s.default_agent = get("defaultAgent", warnings).and_then(|v| v.as_str().map(String::from));
     if let Some(Value::Object(agents)) = file.get("agents") {

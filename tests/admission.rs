@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::Beat;
+use std::time::Duration;
+
+use common::{Beat, wait_until};
 use serde_json::json;
 
 #[test]
@@ -65,4 +67,98 @@ fn a_reserve_the_machine_covers_lets_work_start() {
     for id in &ids {
         assert_eq!(beat.wait(id)["status"], "completed");
     }
+}
+
+fn reason_of(beat: &Beat, id: &str) -> String {
+    beat.status(id)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_task_waiting_for_memory_says_why_and_expected_memory_is_honoured() {
+    // The machine covers the 1 MiB reserve, but `fake` is declared to take 1 TiB.
+    let beat = Beat::with_config(json!({
+        "memoryReserve": 1u64 << 20,
+        "agents": { "fake": { "command": [common::FAKE, "{prompt}"], "expectedMemory": 1u64 << 40 } },
+    }));
+    let id = beat.submit("print finally", &[]);
+    wait_until(
+        "the waiting task's reason to name the memory it waits for",
+        Duration::from_secs(20),
+        || reason_of(&beat, &id).contains("1024.0 GiB expected for fake"),
+    );
+    let waiting = beat.status(&id);
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    let reason = waiting["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("waiting for memory: ")
+            && reason.contains("1 MiB reserved (memoryReserve)"),
+        "{reason}"
+    );
+    // `beat status` without an id says it too.
+    let listing = beat.ok(&["status"]);
+    assert!(
+        listing.contains("1 queued: waiting for memory: "),
+        "{listing}"
+    );
+    // A realistic expectation lets it start.
+    beat.config_set("agents.fake.expectedMemory", "1048576");
+    let done = beat.wait(&id);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["reason"], "exited with code 0", "{done}");
+    // Journaled: the wait's reason, then the start that cleared it.
+    let names: Vec<&str> = beat
+        .store()
+        .events()
+        .unwrap()
+        .iter()
+        .map(|e| e.event.name())
+        .collect();
+    let waiting = names
+        .iter()
+        .position(|n| *n == "waiting")
+        .expect("a waiting event");
+    let started = names.iter().position(|n| *n == "started").unwrap();
+    assert!(waiting < started, "{names:?}");
+}
+
+#[test]
+fn when_memory_runs_short_starts_stop_and_nothing_running_is_killed() {
+    let beat = Beat::with_config(json!({ "memoryReserve": 1u64 << 20, "maxWorkers": 4 }));
+    let go = beat.workdir.path().join("go");
+    let first = beat.submit(&format!("await {}; print survived", go.display()), &[]);
+    wait_until("the first agent to run", Duration::from_secs(20), || {
+        beat.status(&first)["status"] == "running"
+    });
+    // Available memory falls under the reserve (here the reserve rises above it).
+    beat.config_set("memoryReserve", &(1u64 << 40).to_string());
+    let second = beat.submit("print second", &[]);
+    wait_until(
+        "the second task to say why starts stopped",
+        Duration::from_secs(20),
+        || reason_of(&beat, &second).starts_with("new starts stopped: memory ran short"),
+    );
+    wait_until("the daemon log to say why", Duration::from_secs(20), || {
+        std::fs::read_to_string(beat.path().join("daemon.log"))
+            .is_ok_and(|l| l.contains("memory ran short"))
+    });
+    let listing = beat.ok(&["status"]);
+    assert!(
+        listing.contains("1 queued: new starts stopped: memory ran short"),
+        "{listing}"
+    );
+    // The running agent was left alone: it finishes its work.
+    assert_eq!(beat.status(&first)["status"], "running");
+    std::fs::write(&go, "").unwrap();
+    let done = beat.wait(&first);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        beat.ok(&["logs", &first]).contains("survived"),
+        "the agent ran to its end"
+    );
+    assert_eq!(beat.status(&second)["status"], "queued");
+    beat.config_set("memoryReserve", "0");
+    assert_eq!(beat.wait(&second)["status"], "completed");
 }

@@ -191,7 +191,6 @@ fn mcp_errors_are_is_error_results_and_the_server_keeps_serving() {
 /// Each malformed input gets the JSON-RPC error that names what is wrong with it, and the
 /// server goes on serving.
 #[test]
-#[ignore = "needs the front ends' fix of issue 11 item 13 (-32700 for a non-JSON line, -32602 for bad tools/call params); remove this line once merged"]
 fn each_malformed_request_gets_its_own_json_rpc_error() {
     let beat = Beat::new();
     let mut mcp = beat.mcp();

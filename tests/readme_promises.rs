@@ -41,7 +41,7 @@ fn the_environment_wins_over_config_json_and_a_bad_value_falls_back_alone() {
     );
 }
 
-/// "`cpuCoresReserved` ... 0 (off)": starts wait while fewer cores than that are idle.
+/// "`cpuCoresReserved` ... 0 (off)": agents never take more than the cores left after it.
 #[test]
 fn a_cpu_reserve_holds_starts_back_until_the_configuration_allows_them() {
     // The most the setting takes, beyond this machine's cores.

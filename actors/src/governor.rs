@@ -1,13 +1,15 @@
 //! The `ResourceGovernor`: who may start an agent now.
 //!
 //! Owns: the queue of tasks waiting for a slot (by priority, first come first served
-//! within one), the set of granted slots, live CPU and memory measurements, and the
-//! learned memory footprint of each agent kind. The decision itself is the pure
+//! within one), the granted slots and what each running agent's process tree uses (sampled
+//! from `/proc` for as long as it runs), the expected footprint learned for each kind of
+//! work, and telling waiting tasks why they wait. The decision itself is the pure
 //! `model::admission::decide`, fed the figures measured here.
 //! Must never: read the machine's figures on the actix thread (they are measured on the
-//! blocking pool), or sleep between starts. A start is granted the moment a slot is free and
-//! the measured headroom, less what agents still starting are expected to take, stays
-//! above the reserves (the original waited 10 s between spawns, spec W16).
+//! blocking pool), sleep between starts, or stop a running agent: when memory runs short
+//! anyway, starts stop and the log and the waiting tasks say why. A start is granted the
+//! moment a slot is free and the measured headroom, less what running agents may still
+//! grow by, covers the reserves and the candidate's expected peak.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -15,9 +17,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::measure;
 use crate::model::Priority;
-use crate::model::admission::{self, Decision, Limits, Load, Measured};
-use crate::settings::SettingsSource;
+use crate::model::admission::{
+    self, Candidate, Decision, Footprint, Limits, Measured, RunningAgent, Shortage,
+};
+use crate::settings::{Settings, SettingsSource};
 
 /// A task may start its agent now. The task answers with `Release` if it cannot use it.
 #[derive(Message)]
@@ -26,6 +31,12 @@ pub struct Grant {
     pub task_id: String,
 }
 
+/// Why a waiting task waits (`None`: it no longer waits for headroom). The task journals
+/// it as its reason when it changed.
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "()")]
+pub struct WaitReason(pub Option<String>);
+
 /// A task waits for a slot.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -33,7 +44,19 @@ pub struct Enqueue {
     pub task_id: String,
     pub priority: Priority,
     pub agent: String,
+    /// The kind of work, for the footprint learned from earlier runs (a loop's, a
+    /// schedule's or a pipeline's id); `None`: the agent's name.
+    pub footprint_key: Option<String>,
     pub recipient: Recipient<Grant>,
+    pub reason_to: Option<Recipient<WaitReason>>,
+}
+
+/// A granted task's agent runs under this shim: its process tree is sampled from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Launched {
+    pub task_id: String,
+    pub shim_pid: u32,
 }
 
 /// A running agent found at recovery takes a slot without being granted one.
@@ -42,6 +65,7 @@ pub struct Enqueue {
 pub struct Adopted {
     pub task_id: String,
     pub agent: String,
+    pub shim_pid: Option<u32>,
 }
 
 /// A waiting task no longer wants a slot (cancelled while queued).
@@ -61,20 +85,49 @@ pub struct Release {
 
 struct Waiter {
     agent: String,
+    key: String,
     recipient: Recipient<Grant>,
+    reason_to: Option<Recipient<WaitReason>>,
+    /// The reason last told to the task.
+    told: Option<String>,
 }
 
 struct Slot {
     agent: String,
-    granted_at: Instant,
+    key: String,
+    shim_pid: Option<u32>,
+    /// Found running at recovery: what its kind takes is not known, and it must not keep
+    /// everything else waiting as a first run would.
+    adopted: bool,
+    memory: u64,
+    cpu: f64,
+    peak_memory: u64,
+    peak_cpu: Option<f64>,
+    /// CPU ticks and CPU demand of the tree at the last sample, and when.
+    ticks: Option<(u64, Option<u64>, Instant)>,
 }
 
-/// An agent counts as "still starting" (its memory not yet visible) this long.
-const STARTING_WINDOW: Duration = Duration::from_secs(2);
-/// When resources block a start, look again this soon.
-const RESOURCE_RECHECK: Duration = Duration::from_millis(250);
+/// How often running agents and the machine are sampled while a reserve is set and
+/// anything runs or waits.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// A measurement younger than this is used as it is.
 const MEASUREMENT_FRESH: Duration = Duration::from_millis(100);
+/// CPU use is read over at least this long (clock ticks are 10 ms).
+const CPU_WINDOW: Duration = Duration::from_millis(150);
+/// The figures of a waiting reason are refreshed at most this often (each refresh is a
+/// journaled event); a different kind of shortage is told at once.
+const REASON_REFRESH: Duration = Duration::from_secs(2);
+
+/// At most this many waiting tasks are told a new reason at once (each is a journaled
+/// event); the rest of a long queue waits behind them without one.
+const REASON_FANOUT: usize = 256;
+
+/// One sample of the machine and of the running trees.
+struct Sample {
+    available_memory: u64,
+    trees: HashMap<u32, measure::TreeUsage>,
+    at: Instant,
+}
 
 pub struct ResourceGovernor {
     settings: SettingsSource,
@@ -82,33 +135,48 @@ pub struct ResourceGovernor {
     waiting: HashMap<String, Waiter>,
     running: HashMap<String, Slot>,
     next_seq: u64,
-    footprint: HashMap<String, u64>,
-    /// The machine's probe; `None` while it is measuring on the blocking pool.
-    sys: Option<sysinfo::System>,
+    learned: HashMap<String, Footprint>,
     cores: f64,
+    page_size: u64,
+    ticks_per_second: u64,
+    measuring: bool,
     measured: Measured,
     measured_at: Option<Instant>,
     recheck_scheduled: bool,
-    blocked_by_resources: Option<String>,
+    /// The shortage holding the queue back, and when its figures were last told.
+    shortage: Option<(Shortage, Instant)>,
+    memory_ran_out: bool,
 }
 
 impl ResourceGovernor {
     pub fn new(settings: SettingsSource) -> ResourceGovernor {
+        let (page_size, ticks_per_second) = measure::page_size_and_ticks();
         ResourceGovernor {
             settings,
             order: BinaryHeap::new(),
             waiting: HashMap::new(),
             running: HashMap::new(),
             next_seq: 0,
-            footprint: HashMap::new(),
-            sys: Some(sysinfo::System::new()),
+            learned: HashMap::new(),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1) as f64,
+            page_size,
+            ticks_per_second,
+            measuring: false,
             measured: Measured::default(),
             measured_at: None,
             recheck_scheduled: false,
-            blocked_by_resources: None,
+            shortage: None,
+            memory_ran_out: false,
+        }
+    }
+
+    fn limits(settings: &Settings) -> Limits {
+        Limits {
+            max_workers: settings.max_workers,
+            memory_reserve: settings.memory_reserve,
+            cpu_cores_reserved: settings.cpu_cores_reserved,
         }
     }
 
@@ -117,81 +185,143 @@ impl ResourceGovernor {
             .is_some_and(|t| t.elapsed() < MEASUREMENT_FRESH)
     }
 
-    /// Measures the machine on the blocking pool (it reads `/proc` and the cgroup's
-    /// files), then pumps again. At most one measurement runs at a time.
+    /// Measures the machine and every running tree on the blocking pool, then pumps
+    /// again. At most one measurement runs at a time.
     fn measure(&mut self, ctx: &mut Context<Self>) {
-        let Some(mut sys) = self.sys.take() else {
+        if self.measuring {
             return; // one is under way; it pumps when done
-        };
-        let cores = self.cores;
+        }
+        self.measuring = true;
+        let roots: Vec<u32> = self.running.values().filter_map(|s| s.shim_pid).collect();
+        let page_size = self.page_size;
         let work = tokio::task::spawn_blocking(move || {
-            sys.refresh_memory();
-            sys.refresh_cpu_usage();
-            let available_memory = match sys.cgroup_limits() {
-                Some(c) if c.total_memory > 0 => c.free_memory.min(sys.available_memory()),
-                _ => sys.available_memory(),
-            };
-            let measured = Measured {
-                available_memory,
-                cores,
-                cpu_busy: f64::from(sys.global_cpu_usage()) / 100.0,
-            };
-            (sys, measured)
+            let trees = measure::sample_trees(&roots, page_size);
+            Sample {
+                available_memory: measure::available_memory(),
+                trees,
+                at: Instant::now(),
+            }
         });
         ctx.spawn(work.into_actor(self).map(|joined, act, ctx| {
+            act.measuring = false;
             match joined {
-                Ok((sys, measured)) => {
-                    act.sys = Some(sys);
-                    act.measured = measured;
-                }
-                Err(e) => {
-                    // The figures stay as they were; a new probe starts from scratch.
-                    tracing::error!(error = %e, "measuring the machine failed");
-                    act.sys = Some(sysinfo::System::new());
-                }
+                Ok(sample) => act.take_sample(sample),
+                // The figures stay as they were.
+                Err(e) => tracing::error!(error = %e, "measuring the machine failed"),
             }
-            act.measured_at = Some(Instant::now());
             act.pump(ctx);
         }));
     }
 
-    /// The admission decision for `agent`, from the last figures measured.
-    fn decide(&self, agent: &str, limits: &Limits) -> Decision {
-        let expected = |a: &str| {
-            *self
-                .footprint
-                .get(a)
-                .unwrap_or(&admission::DEFAULT_FOOTPRINT)
+    fn take_sample(&mut self, sample: Sample) {
+        self.measured = Measured {
+            available_memory: sample.available_memory,
+            cores: self.cores,
         };
-        let starting: Vec<u64> = self
-            .running
+        self.measured_at = Some(sample.at);
+        let ticks_per_second = self.ticks_per_second as f64;
+        for slot in self.running.values_mut() {
+            let Some(usage) = slot.shim_pid.and_then(|pid| sample.trees.get(&pid)) else {
+                continue;
+            };
+            slot.memory = usage.rss_bytes;
+            slot.peak_memory = slot.peak_memory.max(usage.rss_bytes);
+            let now = (usage.cpu_ticks, usage.demand_ns, sample.at);
+            match slot.ticks {
+                Some((ticks, demand, then)) if sample.at.duration_since(then) >= CPU_WINDOW => {
+                    let seconds = sample.at.duration_since(then).as_secs_f64();
+                    // CPU time (every thread), or what it would take on an idle machine
+                    // where the kernel says so (the main threads' run time plus run-queue
+                    // wait: on a loaded machine CPU time understates a CPU-bound agent).
+                    let used = usage.cpu_ticks.saturating_sub(ticks) as f64 / ticks_per_second;
+                    let wanted = match (demand, usage.demand_ns) {
+                        (Some(before), Some(after)) => after.saturating_sub(before) as f64 / 1e9,
+                        _ => 0.0,
+                    };
+                    slot.cpu = used.max(wanted) / seconds;
+                    slot.peak_cpu = Some(slot.peak_cpu.unwrap_or(0.0).max(slot.cpu));
+                    slot.ticks = Some(now);
+                }
+                Some(_) => {}
+                None => slot.ticks = Some(now),
+            }
+        }
+        let reserve = (self.settings)().memory_reserve;
+        let short = reserve > 0 && sample.available_memory < reserve;
+        if short && !self.memory_ran_out {
+            tracing::warn!(
+                available = sample.available_memory,
+                reserve,
+                running = self.running.len(),
+                "memory ran short: {} available under the {} memoryReserve; new starts are \
+                 stopped until it is back, and running agents are left running",
+                admission::human_bytes(sample.available_memory),
+                admission::human_bytes(reserve),
+            );
+        } else if !short && self.memory_ran_out {
+            tracing::info!(
+                available = sample.available_memory,
+                reserve,
+                "memory is back above the memoryReserve; starts resume"
+            );
+        }
+        self.memory_ran_out = short;
+    }
+
+    /// What `agent` doing work of `key` is expected to take: `expectedMemory` of its
+    /// settings wins over what earlier runs taught.
+    fn expected(&self, settings: &Settings, agent: &str, key: &str) -> Footprint {
+        let learned = self.learned.get(key).copied().unwrap_or_default();
+        Footprint {
+            memory: settings
+                .agents
+                .get(agent)
+                .and_then(|a| a.expected_memory)
+                .or(learned.memory),
+            cpu: learned.cpu,
+        }
+    }
+
+    fn running_agents(&self, settings: &Settings) -> Vec<RunningAgent> {
+        self.running
             .values()
-            .filter(|s| s.granted_at.elapsed() < STARTING_WINDOW)
-            .map(|s| expected(&s.agent))
-            .collect();
-        let footprint = expected(agent);
-        let load = Load {
-            running: self.running.len(),
-            starting_footprints: &starting,
-        };
-        admission::decide(limits, &load, footprint, &self.measured)
+            .map(|s| {
+                let mut expected = self.expected(settings, &s.agent, &s.key);
+                if s.adopted {
+                    // Nothing known: count what it uses, without holding everything back.
+                    expected.memory.get_or_insert(0);
+                    expected.cpu.get_or_insert(0.0);
+                }
+                RunningAgent {
+                    key: s.key.clone(),
+                    expected,
+                    memory: s.memory,
+                    cpu: s.cpu,
+                }
+            })
+            .collect()
     }
 
     /// Grants as many starts as slots and headroom allow, best first.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let settings = (self.settings)();
-        let limits = Limits {
-            max_workers: settings.max_workers,
-            memory_reserve: settings.memory_reserve,
-            cpu_cores_reserved: settings.cpu_cores_reserved,
-        };
+        let limits = Self::limits(&settings);
+        let mut running = self.running_agents(&settings);
         while let Some(Reverse((_, _, id))) = self.order.peek() {
             let id = id.clone();
-            let Some(agent) = self.waiting.get(&id).map(|w| w.agent.clone()) else {
+            let Some((agent, key)) = self
+                .waiting
+                .get(&id)
+                .map(|w| (w.agent.clone(), w.key.clone()))
+            else {
                 self.order.pop(); // withdrawn
                 continue;
             };
-            let decision = self.decide(&agent, &limits);
+            let candidate = Candidate {
+                key: &key,
+                expected: self.expected(&settings, &agent, &key),
+            };
+            let decision = admission::decide(&limits, &running, &candidate, &self.measured);
             // A slot is free and the headroom matters: judge it on fresh figures.
             if decision != Decision::NoSlot
                 && limits.needs_measurement()
@@ -201,24 +331,15 @@ impl ResourceGovernor {
             }
             match decision {
                 Decision::NoSlot => break,
-                Decision::Defer(shortage) => {
-                    let why = shortage.to_string();
-                    if self.blocked_by_resources.as_deref() != Some(&why) {
-                        tracing::info!(task = %id, %why, "start deferred for lack of headroom");
-                    }
-                    self.blocked_by_resources = Some(why);
-                    if !self.recheck_scheduled {
-                        self.recheck_scheduled = true;
-                        ctx.run_later(RESOURCE_RECHECK, |act, ctx| {
-                            act.recheck_scheduled = false;
-                            act.pump(ctx);
-                        });
-                    }
-                    return;
-                }
+                Decision::Defer(shortage) => return self.hold_back(shortage, &id, ctx),
                 Decision::Admit => {}
             }
-            self.blocked_by_resources = None;
+            running.push(RunningAgent {
+                key: key.clone(),
+                expected: candidate.expected,
+                memory: 0,
+                cpu: 0.0,
+            });
             self.order.pop();
             let Some(waiter) = self.waiting.remove(&id) else {
                 continue;
@@ -227,10 +348,73 @@ impl ResourceGovernor {
                 id.clone(),
                 Slot {
                     agent: waiter.agent,
-                    granted_at: Instant::now(),
+                    key: waiter.key,
+                    shim_pid: None,
+                    adopted: false,
+                    memory: 0,
+                    cpu: 0.0,
+                    peak_memory: 0,
+                    peak_cpu: None,
+                    ticks: None,
                 },
             );
             waiter.recipient.do_send(Grant { task_id: id });
+        }
+        // Nothing waits for headroom any more: clear the reasons told.
+        if self.shortage.take().is_some() {
+            for waiter in self.waiting.values_mut() {
+                if waiter.told.take().is_some()
+                    && let Some(to) = &waiter.reason_to
+                {
+                    to.do_send(WaitReason(None));
+                }
+            }
+        }
+    }
+
+    /// The queue waits for headroom: log it and tell the waiting tasks why. A new kind
+    /// of shortage is told at once to the first `REASON_FANOUT` tasks in queue order;
+    /// fresher figures of the same one only to the task at the head, at most every
+    /// `REASON_REFRESH` (each telling is a journaled event). Then look again soon.
+    fn hold_back(&mut self, shortage: Shortage, head: &str, ctx: &mut Context<Self>) {
+        let same_kind = self
+            .shortage
+            .as_ref()
+            .is_some_and(|(s, _)| std::mem::discriminant(s) == std::mem::discriminant(&shortage));
+        let fresh = self
+            .shortage
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < REASON_REFRESH);
+        if !(same_kind && fresh) {
+            let why = shortage.to_string();
+            let targets: Vec<String> = if same_kind {
+                vec![head.to_string()]
+            } else {
+                tracing::info!(waiting = self.waiting.len(), %why, "starts held back");
+                // The heap's order is the inner tuple's, best (smallest) first.
+                let mut first: Vec<&(Priority, u64, String)> =
+                    self.order.iter().map(|Reverse(entry)| entry).collect();
+                first.sort_unstable();
+                first.truncate(REASON_FANOUT);
+                first.into_iter().map(|(_, _, id)| id.clone()).collect()
+            };
+            for id in targets {
+                if let Some(waiter) = self.waiting.get_mut(&id)
+                    && waiter.told.as_deref() != Some(&why)
+                    && let Some(to) = &waiter.reason_to
+                {
+                    waiter.told = Some(why.clone());
+                    to.do_send(WaitReason(Some(why.clone())));
+                }
+            }
+            self.shortage = Some((shortage, Instant::now()));
+        }
+        if !self.recheck_scheduled {
+            self.recheck_scheduled = true;
+            ctx.run_later(SAMPLE_EVERY, |act, ctx| {
+                act.recheck_scheduled = false;
+                act.pump(ctx);
+            });
         }
     }
 }
@@ -239,8 +423,14 @@ impl Actor for ResourceGovernor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // CPU usage is a difference of two readings: keep one recent.
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.measure(ctx));
+        // Running agents are sampled for as long as they run: their growth is what the
+        // reserve is kept against. An idle daemon, or one without reserves, reads nothing.
+        ctx.run_interval(SAMPLE_EVERY, |act, ctx| {
+            let busy = !act.running.is_empty() || !act.waiting.is_empty();
+            if busy && Self::limits(&(act.settings)()).needs_measurement() {
+                act.measure(ctx);
+            }
+        });
     }
 }
 
@@ -254,14 +444,31 @@ impl Handler<Enqueue> for ResourceGovernor {
         self.next_seq += 1;
         self.order
             .push(Reverse((msg.priority, self.next_seq, msg.task_id.clone())));
+        let key = match msg.footprint_key {
+            Some(kind) => format!("{}/{kind}", msg.agent),
+            None => msg.agent.clone(),
+        };
         self.waiting.insert(
             msg.task_id,
             Waiter {
                 agent: msg.agent,
+                key,
                 recipient: msg.recipient,
+                reason_to: msg.reason_to,
+                told: None,
             },
         );
         self.pump(ctx);
+    }
+}
+
+impl Handler<Launched> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Launched, _ctx: &mut Context<Self>) {
+        if let Some(slot) = self.running.get_mut(&msg.task_id) {
+            slot.shim_pid = Some(msg.shim_pid);
+        }
     }
 }
 
@@ -269,15 +476,18 @@ impl Handler<Adopted> for ResourceGovernor {
     type Result = ();
 
     fn handle(&mut self, msg: Adopted, _ctx: &mut Context<Self>) {
-        // Adopted runs are not "starting": their memory is already measured.
-        let long_ago = Instant::now()
-            .checked_sub(STARTING_WINDOW)
-            .unwrap_or_else(Instant::now);
         self.running.insert(
             msg.task_id,
             Slot {
+                key: msg.agent.clone(),
                 agent: msg.agent,
-                granted_at: long_ago,
+                shim_pid: msg.shim_pid,
+                adopted: true,
+                memory: 0,
+                cpu: 0.0,
+                peak_memory: 0,
+                peak_cpu: None,
+                ticks: None,
             },
         );
     }
@@ -299,12 +509,18 @@ impl Handler<Release> for ResourceGovernor {
 
     fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
         if let Some(slot) = self.running.remove(&msg.task_id)
-            && let Some(learned) = admission::learn_footprint(
-                self.footprint.get(&slot.agent).copied(),
-                msg.max_rss_kb.unwrap_or(0),
-            )
+            && let Some(max_rss_kb) = msg.max_rss_kb
         {
-            self.footprint.insert(slot.agent, learned);
+            // Only a run that ran teaches: the larger of the peak its shim measured for
+            // one process and the peak sampled for its whole tree.
+            let peak = (max_rss_kb * 1024).max(slot.peak_memory);
+            let learned = self.learned.entry(slot.key).or_default();
+            learned.memory = admission::learn_memory(learned.memory, peak);
+            learned.cpu = match slot.peak_cpu {
+                Some(peak) => admission::learn_cpu(learned.cpu, peak.min(self.cores)),
+                // Too short to be sampled: it took next to no CPU.
+                None => learned.cpu.or(Some(0.0)),
+            };
         }
         self.pump(ctx);
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod governor;
 pub mod journal;
 pub mod loops;
+pub mod measure;
 pub mod model;
 pub mod pipeline;
 pub mod service_unit;

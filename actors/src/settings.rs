@@ -37,6 +37,10 @@ pub struct AgentSettings {
     /// overrides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Bytes this agent takes at its peak, for admission; wins over what the governor
+    /// learns from its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_memory: Option<u64>,
 }
 
 /// Everything the engine reads from the configuration.
@@ -62,11 +66,14 @@ pub struct Settings {
     pub rate_limit_retries: u32,
     /// First wait after a rate limit with no reset time from the provider, ms; doubles.
     pub rate_limit_backoff_ms: u64,
+    /// Finished tasks and pipelines are removed this many days after they ended.
+    pub task_retention_days: u32,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
 pub const DEFAULT_MAX_OUTPUT_BUFFER: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_KILL_GRACE_MS: u64 = 5_000;
+pub const DEFAULT_TASK_RETENTION_DAYS: u32 = 7;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -83,6 +90,7 @@ impl Default for Settings {
             agents: BTreeMap::new(),
             rate_limit_retries: 3,
             rate_limit_backoff_ms: 60_000,
+            task_retention_days: DEFAULT_TASK_RETENTION_DAYS,
         }
     }
 }

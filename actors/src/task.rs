@@ -23,7 +23,7 @@ use crate::agents::run_dir::RunDir;
 use crate::agents::{AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, Terminate};
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle};
 use crate::error::EngineError;
-use crate::governor::{Enqueue, Grant, Release, ResourceGovernor, Withdraw};
+use crate::governor::{Enqueue, Grant, Launched, Release, ResourceGovernor, WaitReason, Withdraw};
 use crate::journal::{Append, Store};
 use crate::model::task::Checkpoint;
 use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit};
@@ -200,7 +200,9 @@ impl TaskActor {
             task_id: self.core.record.id.clone(),
             priority: self.core.record.priority,
             agent: self.core.record.agent.clone(),
+            footprint_key: None,
             recipient: ctx.address().recipient(),
+            reason_to: Some(ctx.address().recipient()),
         });
     }
 
@@ -231,6 +233,7 @@ impl TaskActor {
         self.deps.governor.do_send(crate::governor::Adopted {
             task_id: self.core.record.id.clone(),
             agent: self.core.record.agent.clone(),
+            shim_pid: Some(pid),
         });
     }
 
@@ -266,6 +269,10 @@ impl TaskActor {
             }
             Ok(run) => {
                 self.process = Some(run.process);
+                self.deps.governor.do_send(Launched {
+                    task_id: self.core.record.id.clone(),
+                    shim_pid: run.shim_pid,
+                });
                 let event = TaskEvent::Started {
                     at: now_ms(),
                     shim_pid: run.shim_pid,
@@ -355,16 +362,18 @@ impl Handler<AgentExited> for TaskActor {
                 Some(exit.max_rss_kb),
             ),
             RunResult::Lost(reason) => {
+                self.release(None);
                 let event = TaskEvent::Lost {
                     at: now_ms(),
                     reason,
                 };
-                return self.finish_until_durable(event, ctx, |act, ctx| {
-                    act.release(None);
-                    act.end(ctx);
-                });
+                return self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
             }
         };
+        // The agent has exited: its slot, CPU and memory are free now. Releasing them
+        // before the result is journaled lets the next task start while this one's
+        // checkpoint and commit run (nothing here is reported to anyone).
+        self.release(rss);
         let settings = (self.deps.settings)();
         if outcome.rate_limited
             && let Some(plan) = rate_limit::plan_retry(
@@ -375,16 +384,13 @@ impl Handler<AgentExited> for TaskActor {
                 outcome.rate_limit_reset,
             )
         {
-            return self.wait_for_rate_limit(outcome, rss, plan, settings.rate_limit_retries, ctx);
+            return self.wait_for_rate_limit(outcome, plan, settings.rate_limit_retries, ctx);
         }
         let event = TaskEvent::Finished {
             at: now_ms(),
             outcome,
         };
-        self.finish_until_durable(event, ctx, move |act, ctx| {
-            act.release(rss);
-            act.end(ctx);
-        });
+        self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
     }
 }
 
@@ -407,13 +413,29 @@ impl Handler<AgentProgress> for TaskActor {
     }
 }
 
+impl Handler<WaitReason> for TaskActor {
+    type Result = ();
+
+    /// Why the governor holds the start back becomes the task's reason while it waits.
+    fn handle(&mut self, msg: WaitReason, ctx: &mut Context<Self>) {
+        if self.core.record.status != TaskStatus::Queued || self.core.record.reason == msg.0 {
+            return;
+        }
+        let event = TaskEvent::Waiting { reason: msg.0 };
+        self.commit(vec![event], Vec::new(), ctx, |act, _, res| {
+            if let Err(e) = res {
+                tracing::warn!(task = %act.core.record.id, error = %e, "waiting reason not journaled");
+            }
+        });
+    }
+}
+
 impl TaskActor {
     /// A run that ended on a rate limit: queue the task again for after the provider's
     /// reset time, or after a back-off that doubles with each attempt.
     fn wait_for_rate_limit(
         &mut self,
         mut outcome: crate::model::ExitOutcome,
-        rss: Option<u64>,
         plan: rate_limit::RetryPlan,
         max_retries: u32,
         ctx: &mut Context<Self>,
@@ -432,10 +454,7 @@ impl TaskActor {
                 not_before,
                 outcome,
             };
-            act.commit_until_durable(vec![event], ctx, move |act, ctx| {
-                act.release(rss);
-                act.pick_up(ctx);
-            });
+            act.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         }));
     }
 }

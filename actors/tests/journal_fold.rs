@@ -25,6 +25,12 @@
 //! are never journaled, and accepted ones are appended, sometimes several at once so
 //! that group commit puts them into one transaction.
 //!
+//! Prunes (`journal::prune`, as the daemon's retention and `beat prune` run it) come
+//! between the operations: each must remove exactly what an independent rule says may
+//! go (finished, old enough, needed by nothing unfinished), its events with it, so that
+//! the fold of the remaining events still equals the tables; and no sequence number is
+//! ever handed out twice, though a prune may remove the newest events.
+//!
 //! A second test appends from several threads at once and checks that every append
 //! commits and the fold still equals the table.
 
@@ -35,7 +41,7 @@ use std::time::Instant;
 
 use backbeat_actors::agents::run_dir::{ExitRecord, KillCause};
 use backbeat_actors::journal::{
-    Append, JournalError, JournalWriter, Store, TaskQuery, open_write_connection,
+    Append, JournalError, JournalWriter, Store, TaskQuery, open_write_connection, prune,
 };
 use backbeat_actors::model::task::Checkpoint;
 use backbeat_actors::model::{
@@ -174,6 +180,11 @@ enum Op {
     },
     /// Drop the writer (perhaps with appends still queued) and reopen the same file.
     Restart,
+    /// Remove every finished entity that ended at or before `cutoff` and that nothing
+    /// unfinished needs (`journal::prune`), with its events.
+    Prune {
+        cutoff: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -349,6 +360,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<Index>(), 0..WILD_KINDS, any::<i64>())
             .prop_map(|(pick, kind, at)| Op::Wild { pick, kind, at }),
         1 => Just(Op::Restart),
+        1 => prop_oneof![any::<i64>(), Just(i64::MAX)].prop_map(|cutoff| Op::Prune { cutoff }),
     ]
 }
 
@@ -433,6 +445,54 @@ fn task_event(id: String, event: TaskEvent) -> Events {
 }
 
 impl Model {
+    /// What a prune at `cutoff` must remove, by the rule written out independently of
+    /// the SQL: finished standalone tasks and finished pipelines (with their steps,
+    /// all finished) that ended at or before `cutoff` and that no unfinished task
+    /// depends on. Each as the entity chosen and every entity removed with it.
+    fn prunable(&self, cutoff: i64) -> BTreeMap<String, BTreeSet<String>> {
+        let needed: BTreeSet<&String> = self
+            .records
+            .values()
+            .filter(|t| !t.status.is_terminal())
+            .flat_map(|t| t.depends_on.iter())
+            .collect();
+        let mut out = BTreeMap::new();
+        for t in self.records.values() {
+            if t.status.is_terminal()
+                && t.owner.is_none()
+                && t.completed_at.unwrap_or(t.created_at) <= cutoff
+                && !needed.contains(&t.id)
+            {
+                out.insert(t.id.clone(), BTreeSet::from([t.id.clone()]));
+            }
+        }
+        for p in self.pipelines.values() {
+            let steps: Vec<&TaskRecord> = self
+                .records
+                .values()
+                .filter(|t| t.pipeline_id.as_deref() == Some(p.id.as_str()))
+                .collect();
+            if p.status.is_terminal()
+                && p.completed_at.unwrap_or(p.created_at) <= cutoff
+                && steps.iter().all(|t| t.status.is_terminal())
+                && !steps.iter().any(|t| needed.contains(&t.id))
+            {
+                let mut members = BTreeSet::from([p.id.clone()]);
+                members.extend(steps.iter().map(|t| t.id.clone()));
+                out.insert(p.id.clone(), members);
+            }
+        }
+        out
+    }
+
+    /// Forgets a pruned entity.
+    fn forget(&mut self, id: &str) {
+        self.records.remove(id);
+        self.order.retain(|o| o != id);
+        self.pipelines.remove(id);
+        self.pipeline_order.retain(|o| o != id);
+    }
+
     fn get(&self, id: &str) -> Option<Record> {
         self.records
             .get(id)
@@ -1220,6 +1280,9 @@ struct Totals {
     operations: usize,
     refused: usize,
     restarts: usize,
+    prunes: usize,
+    /// Entities that prunes removed (each with whatever went with it).
+    pruned_entities: usize,
     most_pending: usize,
     /// Appends that carried transitions of two kinds.
     mixed_appends: usize,
@@ -1278,11 +1341,56 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
     let mut mixed = 0;
     let mut multi = 0;
     let mut journaled = BTreeMap::<String, usize>::new();
+    let mut prunes = 0;
+    let mut pruned_entities = 0;
 
+    // Sequence numbers handed out so far: never again, even after the newest events
+    // were pruned.
+    let mut seen_seqs = BTreeSet::<i64>::new();
+    let mut high_water = i64::MIN;
+    let mut check_seqs = |path: &Path| {
+        let events = Store::new(path).events().expect("reading events");
+        for e in &events {
+            assert!(
+                seen_seqs.contains(&e.seq) || e.seq > high_water,
+                "event seq {} was handed out again (the highest ever was {high_water})",
+                e.seq
+            );
+        }
+        seen_seqs = events.iter().map(|e| e.seq).collect();
+        high_water = high_water.max(seen_seqs.last().copied().unwrap_or(i64::MIN));
+    };
     for step in steps {
         if let Op::Restart = step.op {
             journal.restart();
             restarts += 1;
+            assert_eq!(check_fold(&path, &model), accepted);
+            continue;
+        }
+        if let Op::Prune { cutoff } = step.op {
+            journal.settle();
+            check_seqs(&path);
+            let events_before = Store::new(&path).events().expect("reading events");
+            let expected = model.prunable(cutoff);
+            let pruned = prune(&path, cutoff, |_| {}).expect("a prune");
+            let got: BTreeMap<String, BTreeSet<String>> = pruned
+                .iter()
+                .map(|p| {
+                    let members = p.members.iter().map(|m| m.id.clone()).collect();
+                    (p.entity.id.clone(), members)
+                })
+                .collect();
+            assert_eq!(got, expected, "prune at {cutoff} removed other entities");
+            let removed: BTreeSet<&String> = got.values().flatten().collect();
+            accepted -= events_before
+                .iter()
+                .filter(|e| removed.contains(&e.entity_id))
+                .count();
+            for id in removed {
+                model.forget(id);
+            }
+            prunes += 1;
+            pruned_entities += got.len();
             assert_eq!(check_fold(&path, &model), accepted);
             continue;
         }
@@ -1341,8 +1449,11 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
     }
     journal.settle();
     assert_eq!(check_fold(&path, &model), accepted);
+    check_seqs(&path);
 
     let mut totals = totals.borrow_mut();
+    totals.prunes += prunes;
+    totals.pruned_entities += pruned_entities;
     totals.cases += 1;
     totals.operations += steps.len();
     totals.refused += refused;
@@ -1378,6 +1489,10 @@ fn every_state_table_is_the_fold_of_the_events() {
     assert!(totals.operations >= 2000, "too few operations: {totals:?}");
     assert!(totals.refused > 0, "no invalid event was tried: {totals:?}");
     assert!(totals.restarts > 0, "no restart was tried: {totals:?}");
+    assert!(
+        totals.pruned_entities > 0,
+        "no prune removed anything: {totals:?}"
+    );
     assert!(
         totals.most_pending > 1,
         "appends never overlapped: {totals:?}"

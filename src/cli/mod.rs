@@ -11,6 +11,7 @@ mod follow;
 mod loops;
 mod mcp;
 mod pipeline;
+mod prune;
 mod run;
 mod tasks;
 
@@ -64,6 +65,8 @@ enum Command {
     Init(agents::InitArgs),
     /// Run prompts one after the other (or: pipeline status|cancel <id>)
     Pipeline(pipeline::PipelineArgs),
+    /// Remove finished tasks and pipelines now (the daemon does it daily after taskRetentionDays)
+    Prune(prune::PruneCliArgs),
     Loop(loops::LoopArgs),
     /// Show or change the configuration
     #[command(subcommand)]
@@ -112,6 +115,7 @@ pub fn main() -> i32 {
         Command::Agents(args) => block_on(agents::run(args, &home)),
         Command::Init(args) => block_on(agents::init(args, &home)),
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
+        Command::Prune(args) => block_on(prune::run(args, &home)),
         Command::Loop(args) => block_on(loops::run(args, &home)),
     };
     match result {
@@ -190,7 +194,7 @@ pub fn iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// `1500`, `1500ms`, `30s`, `5m`, `2h` as milliseconds.
+/// `1500`, `1500ms`, `30s`, `5m`, `2h`, `3d` as milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -205,7 +209,12 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => return Err(format!("'{text}' has an unknown unit: use ms, s, m or h")),
+        "d" => 86_400_000.0,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit: use ms, s, m, h or d"
+            ));
+        }
     };
     Ok((n * factor).round() as u64)
 }
@@ -237,11 +246,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_become_iso_at_any_depth_and_nothing_else_changes() {
+        let mut v = serde_json::json!({
+            "createdAt": 0, "timeoutMs": 5000, "notBefore": 1000,
+            "checkpoint": { "createdAt": 0, "lines": 3 },
+            "steps": [{ "startedAt": 0, "completedAt": null }]
+        });
+        iso_times(&mut v);
+        assert_eq!(v["createdAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["notBefore"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(v["checkpoint"]["createdAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["steps"][0]["startedAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["steps"][0]["completedAt"], serde_json::Value::Null);
+        assert_eq!(
+            (v["timeoutMs"].clone(), v["checkpoint"]["lines"].clone()),
+            (5000.into(), 3.into())
+        );
+    }
+
+    #[test]
     fn durations_read_like_people_write_them() {
         assert_eq!(parse_duration("1500").unwrap(), 1500);
         assert_eq!(parse_duration("30s").unwrap(), 30_000);
         assert_eq!(parse_duration("5m").unwrap(), 300_000);
         assert_eq!(parse_duration("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration("3d").unwrap(), 259_200_000);
         assert_eq!(parse_duration("1.5s").unwrap(), 1_500);
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());

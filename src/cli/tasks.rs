@@ -127,6 +127,19 @@ fn list_table(tasks: &[Value]) {
             } + &t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
         );
     }
+    // Why queued work waits (memory, CPU, a first run alone): once per distinct reason.
+    let mut why: Vec<(&str, usize)> = Vec::new();
+    for t in tasks.iter().filter(|t| t["status"] == "queued") {
+        if let Some(r) = t["reason"].as_str() {
+            match why.iter_mut().find(|(w, _)| *w == r) {
+                Some((_, n)) => *n += 1,
+                None => why.push((r, 1)),
+            }
+        }
+    }
+    for (reason, n) in why {
+        println!("{n} queued: {reason}");
+    }
 }
 
 pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::adapter::LaunchCommand;
-use super::run_dir::{RunDir, RunSpec, process_start_time, write_atomically};
+use super::run_dir::{RunDir, RunSpec, SPEC_FILE, process_start_time, write_atomically};
 use super::spawner::Spawner;
 use crate::model::TaskRecord;
 use crate::settings::Settings;
@@ -120,19 +120,17 @@ impl Launcher {
             output_format: cmd.output_format,
         };
         let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
-        // Not fsynced: if the machine dies before the shim starts, recovery finds no
-        // shim.json and launches again.
-        write_atomically(&run.spec(), &bytes, false)?;
-        self.spawn_shim(&run.path, self.agent_env(task, cmd, &run.path))
+        self.spawn_shim(&run.path, &bytes, self.agent_env(task, cmd, &run.path))
     }
 
     fn spawn_shim(
         &self,
         run_path: &Path,
+        spec: &[u8],
         env: Vec<(OsString, OsString)>,
     ) -> std::io::Result<Launched> {
         if let Some(spawner) = &self.spawner {
-            match spawner.spawn_shim(run_path, &env) {
+            match spawner.spawn_shim(run_path, spec, &env) {
                 Ok(shim) => {
                     return Ok(Launched {
                         exit: ShimExit::PidFd(shim.pidfd),
@@ -149,6 +147,10 @@ impl Launcher {
                 Err(e) => return Err(e),
             }
         }
+        // The exec'd shim reads its spec from the run folder. Not fsynced: if the
+        // machine dies before the shim starts, recovery finds no shim.json and launches
+        // again.
+        write_atomically(&run_path.join(SPEC_FILE), spec, false)?;
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);
         command

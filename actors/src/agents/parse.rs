@@ -318,6 +318,16 @@ fn claude(v: &Value) -> Vec<AgentEvent> {
             max_attempts: v["max_retries"].as_u64(),
             error: str_of(v, "error"),
         }),
+        // A claude.ai login's limits (Claude Code 2.1.197): the reset in Unix seconds.
+        // With an API key Claude prints no reset at all, only `error: rate_limit`.
+        (Some("rate_limit_event"), _) => {
+            let info = &v["rate_limit_info"];
+            if info["status"].as_str() == Some("rejected") {
+                out.push(AgentEvent::RateLimited {
+                    reset_at: info["resetsAt"].as_f64().map(|s| (s * 1000.0) as i64),
+                });
+            }
+        }
         (Some("assistant"), _) => {
             if v["error"].as_str() == Some("rate_limit") {
                 out.push(AgentEvent::RateLimited { reset_at: None });
@@ -633,6 +643,10 @@ mod tests {
             (s.success, s.http_status, s.rate_limited),
             (Some(false), Some(429), true)
         );
+        assert_eq!(
+            s.rate_limit_reset, None,
+            "Claude with an API key tells no reset"
+        );
         let (s, _) = run(
             OutputFormat::ClaudeStreamJson,
             &fixture("claude-error401-noretry-stream-json.jsonl"),
@@ -649,6 +663,22 @@ mod tests {
                 .iter()
                 .any(|l| l.contains("retrying after HTTP 500"))
         );
+    }
+
+    #[test]
+    fn claude_rate_limit_events_give_the_reset_of_a_login_limit() {
+        let (s, _) = run(
+            OutputFormat::ClaudeStreamJson,
+            concat!(
+                r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1764550000},"session_id":"s"}"#,
+                "\n",
+                r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1764553600,"rateLimitType":"five_hour"},"session_id":"s"}"#,
+                "\n",
+                r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: Request rejected (429)","session_id":"s"}"#,
+            ),
+        );
+        assert!(s.rate_limited);
+        assert_eq!(s.rate_limit_reset, Some(1_764_553_600_000));
     }
 
     #[test]

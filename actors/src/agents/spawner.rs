@@ -31,8 +31,9 @@ use nix::sys::socket::{
 
 use super::run_dir::process_start_time;
 
-/// The entry point of a shim: runs it for a run folder and returns its exit code.
-pub type ShimMain = fn(&Path) -> i32;
+/// The entry point of a shim: runs it for a run folder and its spec (JSON), and
+/// returns its exit code.
+pub type ShimMain = fn(&Path, &[u8]) -> i32;
 
 /// A shim forked by the spawner.
 #[derive(Debug)]
@@ -60,7 +61,11 @@ impl Spawner {
     /// # Safety
     /// The calling process must have exactly one thread: the spawner child continues
     /// with a copy of this process, and any lock another thread held would stay held.
-    pub unsafe fn start(shim_main: ShimMain) -> std::io::Result<Spawner> {
+    /// Shims write their own diagnostics (rare) to `log`, opened for appending, rather
+    /// than to a file of their own: one file fewer to create per run.
+    pub unsafe fn start(shim_main: ShimMain, log: &Path) -> std::io::Result<Spawner> {
+        let log = std::ffi::CString::new(log.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("the log path holds a NUL byte"))?;
         let (daemon_end, spawner_end) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -86,7 +91,7 @@ impl Spawner {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 drop(daemon_end);
-                let code = serve(spawner_end, shim_main);
+                let code = serve(spawner_end, shim_main, &log);
                 // SAFETY: leaving the spawner without running the daemon's exit handlers.
                 unsafe { libc::_exit(code) }
             }
@@ -99,15 +104,17 @@ impl Spawner {
         }
     }
 
-    /// Forks a shim for `run_path` whose environment is exactly `env`; its stderr goes
-    /// to `shim.log` in the run folder. An error of kind `NotConnected` means that the
-    /// request never reached the spawner, so no shim was forked.
+    /// Forks a shim for `run_path` with its `spec` (JSON) and an environment that is
+    /// exactly `env`; its stderr goes to the daemon's log. An error of kind
+    /// `NotConnected` means that the request never reached the spawner, so no shim was
+    /// forked.
     pub fn spawn_shim(
         &self,
         run_path: &Path,
+        spec: &[u8],
         env: &[(OsString, OsString)],
     ) -> std::io::Result<SpawnedShim> {
-        let request = encode_request(run_path, env);
+        let request = encode_request(run_path, spec, env);
         if request.len() > MAX_REQUEST {
             return Err(std::io::Error::other(format!(
                 "the agent's environment is {} bytes, more than the {MAX_REQUEST} a run may have: remove large variables from the daemon's environment",
@@ -164,10 +171,12 @@ impl Spawner {
     }
 }
 
-/// `run_path NUL (key=value NUL)*`
-fn encode_request(run_path: &Path, env: &[(OsString, OsString)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + env.len() * 64);
+/// `run_path NUL spec NUL (key=value NUL)*` (the spec is JSON: it holds no NUL).
+fn encode_request(run_path: &Path, spec: &[u8], env: &[(OsString, OsString)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + spec.len() + env.len() * 64);
     out.extend_from_slice(run_path.as_os_str().as_bytes());
+    out.push(0);
+    out.extend_from_slice(spec);
     out.push(0);
     for (k, v) in env {
         out.extend_from_slice(k.as_bytes());
@@ -178,9 +187,13 @@ fn encode_request(run_path: &Path, env: &[(OsString, OsString)]) -> Vec<u8> {
     out
 }
 
-fn decode_request(bytes: &[u8]) -> Option<(PathBuf, Vec<(OsString, OsString)>)> {
+/// A decoded request: run folder, spec, environment.
+type Request<'a> = (PathBuf, &'a [u8], Vec<(OsString, OsString)>);
+
+fn decode_request(bytes: &[u8]) -> Option<Request<'_>> {
     let mut parts = bytes.split(|b| *b == 0);
     let run = PathBuf::from(OsStr::from_bytes(parts.next()?));
+    let spec = parts.next()?;
     let env = parts
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
@@ -191,13 +204,13 @@ fn decode_request(bytes: &[u8]) -> Option<(PathBuf, Vec<(OsString, OsString)>)> 
             ))
         })
         .collect();
-    Some((run, env))
+    Some((run, spec, env))
 }
 
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
 /// The spawner's loop: one request, one fork, one reply; reaps exited shims.
-fn serve(socket: OwnedFd, shim_main: ShimMain) -> i32 {
+fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr) -> i32 {
     let fd = socket.as_raw_fd();
     // SAFETY: single-threaded; we close what the daemon had open (its lock above all, so
     // that neither the spawner nor a shim keeps the daemon's flock), and take a SIGCHLD
@@ -248,7 +261,7 @@ fn serve(socket: OwnedFd, shim_main: ShimMain) -> i32 {
             return 1;
         }
         let (pid, mut errno, start_time) = match decode_request(&buf[..n as usize]) {
-            Some((run, env)) => fork_shim(fd, &run, &env, shim_main),
+            Some((run, spec, env)) => fork_shim(fd, &run, spec, &env, shim_main, log),
             None => (-1, libc::EINVAL, 0),
         };
         let pidfd = if pid > 0 { pidfd_open(pid) } else { None };
@@ -294,15 +307,11 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 fn fork_shim(
     socket: RawFd,
     run: &Path,
+    spec: &[u8],
     env: &[(OsString, OsString)],
     shim_main: ShimMain,
+    log: &std::ffi::CStr,
 ) -> (i32, i32, u64) {
-    // What the child needs is prepared before the fork, so the child allocates little.
-    let log = run.join("shim.log");
-    let log_c = match std::ffi::CString::new(log.as_os_str().as_bytes()) {
-        Ok(c) => c,
-        Err(_) => return (-1, libc::EINVAL, 0),
-    };
     // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -336,9 +345,9 @@ fn fork_shim(
                 }
             }
             let err = libc::open(
-                log_c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                0o644,
+                log.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+                0o600,
             );
             if err >= 0 {
                 libc::dup2(err, 2);
@@ -353,7 +362,7 @@ fn fork_shim(
                 std::env::set_var(k, v);
             }
         }
-        let code = shim_main(run);
+        let code = shim_main(run, spec);
         // SAFETY: the shim is done; leave without the spawner's exit handlers.
         unsafe { libc::_exit(code) }
     }
@@ -398,9 +407,10 @@ mod tests {
                 OsString::from_vec(vec![0xff, b' ', b'x']),
             ),
         ];
-        let bytes = encode_request(Path::new("/tmp/run dir"), &env);
-        let (run, back) = decode_request(&bytes).unwrap();
+        let bytes = encode_request(Path::new("/tmp/run dir"), br#"{"a":1}"#, &env);
+        let (run, spec, back) = decode_request(&bytes).unwrap();
         assert_eq!(run, PathBuf::from("/tmp/run dir"));
+        assert_eq!(spec, br#"{"a":1}"#);
         assert_eq!(back, env);
     }
 }

@@ -3,8 +3,9 @@
 //! Owns: the registry of live entity actors by kind (`registry.rs`), validation of new
 //! work (`validation.rs`), the live dependency graph and the admission of tasks with
 //! dependencies (`dependencies.rs`), pipelines (`pipelines.rs`), recovery at start,
-//! one function per kind (`recovery.rs`), and the routing of requests from the front
-//! ends and of entity ends (to the graph and to the owner of an ended task).
+//! one function per kind (`recovery.rs`), retention (`retention.rs`), and the routing
+//! of requests from the front ends and of entity ends (to the graph and to the owner
+//! of an ended task).
 //! Must never: acknowledge a submit, cancel or retry before the journal committed it;
 //! do blocking I/O on its own thread (reads go to `spawn_blocking`). The actors it
 //! starts never call back into it except by the messages it gave them recipients for.
@@ -14,6 +15,7 @@ mod loops;
 mod pipelines;
 mod recovery;
 mod registry;
+mod retention;
 mod validation;
 
 use std::collections::HashMap;
@@ -27,8 +29,9 @@ pub use self::loops::{
     prepare_loop,
 };
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
-pub use self::recovery::Recover;
+pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
+pub use self::retention::{Prune, PruneReport};
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
@@ -102,6 +105,10 @@ pub struct Engine {
     graph: DependencyGraph,
     /// Resolutions for tasks whose actor is not alive yet (being submitted).
     early: HashMap<String, Vec<Resolution>>,
+    /// Committed records, for recovery to see the ends it waits for.
+    writer: JournalWriter,
+    /// Opened once recovery settled (`RecoveryGate`).
+    recovered: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -111,6 +118,8 @@ pub struct EngineHandle {
     pub governor: Addr<ResourceGovernor>,
     pub store: Store,
     pub writer: JournalWriter,
+    /// Reads of state wait on it: open once recovery has journaled what it found.
+    pub recovered: RecoveryGate,
 }
 
 /// Paths and programs the engine needs from its host.
@@ -147,6 +156,7 @@ impl Engine {
         };
         let pool =
             AgentPool::new(launcher, ProgramCache::from_env(), config.settings.clone()).start();
+        let (recovered, gate) = tokio::sync::watch::channel(false);
         let engine = Engine {
             journal,
             governor: governor.clone(),
@@ -157,6 +167,8 @@ impl Engine {
             live: Registry::default(),
             graph: DependencyGraph::new(),
             early: HashMap::new(),
+            writer: writer.clone(),
+            recovered: Arc::new(recovered),
         }
         .start();
         Ok(EngineHandle {
@@ -164,6 +176,7 @@ impl Engine {
             governor,
             store,
             writer,
+            recovered: RecoveryGate::new(gate),
         })
     }
 
@@ -224,6 +237,10 @@ impl Engine {
 
 impl Actor for Engine {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        retention::start_daily(ctx);
+    }
 }
 
 impl Handler<Submit> for Engine {

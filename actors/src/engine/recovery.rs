@@ -1,20 +1,51 @@
 //! Recovery at start: every unfinished entity gets its actor back, one function per
 //! kind, owners before the tasks they own (so no task's end finds its owner missing).
 //!
-//! Owns: reading what is unfinished from the journal (off the actor thread) and
-//! rebuilding the dependency graph from it.
-//! Must never: let a request in before recovery finished (the handler is atomic).
+//! Owns: reading what is unfinished from the journal (off the actor thread),
+//! rebuilding the dependency graph from it, and the `RecoveryGate` that reads wait on.
+//! Must never: let a request in before recovery finished (the handler is atomic), or
+//! let a read show a state that recovery is about to replace: a task journaled
+//! `running` whose agent ended while no daemon ran is shown only once its end is
+//! journaled (issue 11, point 15).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::{broadcast, watch};
 
 use super::Engine;
+use crate::agents::run_dir::{EXIT_FILE, RunDir, is_same_process_alive};
 use crate::error::EngineError;
+use crate::journal::Committed;
 use crate::model::dag::{DependencyState, Resolution, classify};
 use crate::model::loops::LoopRecord;
-use crate::model::{PipelineRecord, TaskRecord, TaskStatus};
+use crate::model::{PipelineRecord, Record, TaskRecord, TaskStatus};
 use crate::pipeline::PipelineActor;
+
+/// The longest reads wait for the ends of runs that finished while no daemon ran; past
+/// it they are served (and the log says which tasks had not settled).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Open once recovery has settled: every unfinished entity has its actor again, and
+/// every task journaled `running` whose agent is gone has its end (or its requeue)
+/// journaled. Until then the store still says `running` of a run that is over.
+#[derive(Clone)]
+pub struct RecoveryGate(watch::Receiver<bool>);
+
+impl RecoveryGate {
+    pub(super) fn new(rx: watch::Receiver<bool>) -> RecoveryGate {
+        RecoveryGate(rx)
+    }
+
+    /// Returns once recovery has settled (at once afterwards, or if the engine is gone).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
 
 /// Bring every unfinished entity back to life. Sent once, at start; answers how many
 /// tasks were recovered.
@@ -29,6 +60,20 @@ struct Unfinished {
     tasks: Vec<TaskRecord>,
     /// The finished dependencies of blocked tasks.
     finished_deps: Vec<TaskRecord>,
+    /// Tasks journaled `running` whose shim is gone: their actors journal what
+    /// happened, and reads wait for that.
+    ended_away: HashSet<String>,
+}
+
+/// Whether the run of a task journaled `running` is over: its `exit.json` is written
+/// (the shim may still be exiting), or its shim is gone (or was never recorded).
+fn ended_while_away(t: &TaskRecord, runs_root: &Path) -> bool {
+    t.status == TaskStatus::Running
+        && (RunDir::new(runs_root, &t.id).path.join(EXIT_FILE).exists()
+            || match (t.shim_pid, t.shim_start_time) {
+                (Some(pid), Some(start)) => !is_same_process_alive(pid, start),
+                _ => true,
+            })
 }
 
 impl Handler<Recover> for Engine {
@@ -38,6 +83,7 @@ impl Handler<Recover> for Engine {
 
     fn handle(&mut self, _msg: Recover, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
+        let runs_root = self.runs_root.clone();
         let read = async move {
             tokio::task::spawn_blocking(move || {
                 let pipelines = store.live_pipelines()?;
@@ -52,11 +98,17 @@ impl Handler<Recover> for Engine {
                     .cloned()
                     .collect();
                 let finished_deps = store.tasks_by_id(&finished)?;
+                let ended_away = tasks
+                    .iter()
+                    .filter(|t| ended_while_away(t, &runs_root))
+                    .map(|t| t.id.clone())
+                    .collect();
                 Ok::<_, rusqlite::Error>(Unfinished {
                     pipelines,
                     loops,
                     tasks,
                     finished_deps,
+                    ended_away,
                 })
             })
             .await
@@ -64,10 +116,25 @@ impl Handler<Recover> for Engine {
             .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
         };
         AtomicResponse::new(Box::pin(read.into_actor(self).map(|res, act, ctx| {
-            let unfinished = res?;
+            let unfinished = match res {
+                Ok(u) => u,
+                Err(e) => {
+                    // Nothing recovered: reads show the journal as it is.
+                    act.recovered.send_replace(true);
+                    return Err(e);
+                }
+            };
+            // Subscribed before any actor exists, so no end they journal is missed.
+            let committed = act.writer.subscribe();
             act.recover_pipelines(unfinished.pipelines, ctx);
             act.recover_loops(unfinished.loops, ctx);
-            Ok(act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx))
+            let count = act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx);
+            actix::spawn(settle(
+                committed,
+                unfinished.ended_away,
+                act.recovered.clone(),
+            ));
+            Ok(count)
         })))
     }
 }
@@ -153,4 +220,35 @@ impl Engine {
         }
         count
     }
+}
+
+/// Opens the gate once every task of `waiting` has been journaled in a state other than
+/// `running` (or after `SETTLE_LIMIT`).
+async fn settle(
+    mut committed: broadcast::Receiver<Committed>,
+    mut waiting: HashSet<String>,
+    gate: Arc<watch::Sender<bool>>,
+) {
+    let limit = tokio::time::sleep(SETTLE_LIMIT);
+    tokio::pin!(limit);
+    while !waiting.is_empty() {
+        tokio::select! {
+            record = committed.recv() => match record {
+                Ok(Record::Task(t)) if t.status != TaskStatus::Running => {
+                    waiting.remove(&t.id);
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "recovery missed commits; serving reads now");
+                    break;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = &mut limit => {
+                tracing::warn!(tasks = ?waiting, "runs that ended while no daemon ran are not journaled yet; serving reads anyway");
+                break;
+            }
+        }
+    }
+    gate.send_replace(true);
 }

@@ -152,6 +152,28 @@ const MIGRATIONS: &[(&str, &[Step])] = &[
         ],
     ),
     (
+        "event sequence numbers never reused: pruning may delete the newest events",
+        // A plain INTEGER PRIMARY KEY gives the next insert MAX(seq) + 1, so deleting the
+        // newest rows would hand their numbers out again; AUTOINCREMENT keeps the high
+        // water mark in sqlite_sequence (set here by the copy).
+        &[Step::Sql(
+            r#"
+    CREATE TABLE events_autoincrement (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        entity_kind TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        transition TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    INSERT INTO events_autoincrement(seq, at, entity_kind, entity_id, transition, payload)
+    SELECT seq, at, entity_kind, entity_id, transition, payload FROM events ORDER BY seq;
+    DROP TABLE events;
+    ALTER TABLE events_autoincrement RENAME TO events;
+    "#,
+        )],
+    ),
+    (
         "eval loops and their iterations",
         &[Step::Sql(
             r#"

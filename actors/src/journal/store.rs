@@ -50,6 +50,11 @@ impl Store {
         }
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Runs `f` on a pooled read connection. Blocking: call it off actor threads.
     pub fn with<T>(
         &self,

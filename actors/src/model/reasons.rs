@@ -101,20 +101,6 @@ pub fn rate_limit_wait(run_reason: &str, not_before: Millis, attempt: u32, max: 
     )
 }
 
-/// The governor's log line when memory holds a start back.
-pub fn short_of_memory(free: u64, needed: u64) -> String {
-    format!(
-        "memory: {} MiB available, {} MiB needed (memoryReserve plus the agent)",
-        free >> 20,
-        needed >> 20
-    )
-}
-
-/// The governor's log line when CPU holds a start back.
-pub fn short_of_cpu(idle_cores: f64, reserved_cores: f64) -> String {
-    format!("cpu: {idle_cores:.2} cores idle, {reserved_cores} reserved (cpuCoresReserved)")
-}
-
 /// "exited with code 1: the provider refused the credentials (HTTP 401): API Error: …"
 pub fn failure(how: &str, summary: &RunSummary) -> String {
     if let Some(cause) = &summary.unrecoverable {
@@ -240,17 +226,5 @@ mod tests {
         assert_eq!(timed_out(60_000), "timed out after 1 min");
         assert_eq!(idle(5_000), "no output for 5 s");
         assert_eq!(killed_by(15), "killed by signal SIGTERM");
-    }
-
-    #[test]
-    fn shortages_say_what_is_missing_in_mib_and_cores() {
-        assert_eq!(
-            short_of_memory(100 << 20, 612 << 20),
-            "memory: 100 MiB available, 612 MiB needed (memoryReserve plus the agent)"
-        );
-        assert_eq!(
-            short_of_cpu(0.5, 1.0),
-            "cpu: 0.50 cores idle, 1 reserved (cpuCoresReserved)"
-        );
     }
 }

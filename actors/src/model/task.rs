@@ -254,6 +254,9 @@ pub enum TaskEvent {
     /// What the running agent is doing, for the task's reason ("retrying after HTTP 500
     /// (attempt 3 of 10)").
     Progress { reason: String },
+    /// Why a queued task waits for headroom (`None`: it no longer does); journaled only
+    /// when it changes.
+    Waiting { reason: Option<String> },
     /// A dependency failed or was cancelled: so is this task, naming the cascade's root.
     DependencyFailed {
         at: Millis,
@@ -280,6 +283,7 @@ impl TaskEvent {
             TaskEvent::Unblocked { .. } => "unblocked",
             TaskEvent::DependencyFailed { .. } => "dependency_failed",
             TaskEvent::Progress { .. } => "progress",
+            TaskEvent::Waiting { .. } => "waiting",
         }
     }
 }
@@ -390,6 +394,9 @@ pub fn apply(
         }
         (Running, TaskEvent::Progress { reason }) => {
             next.reason = Some(reason.clone());
+        }
+        (Queued, TaskEvent::Waiting { reason }) => {
+            next.reason = reason.clone();
         }
         (Running, TaskEvent::CancelRequested { reason }) => {
             next.cancel_reason = Some(reason.clone());
@@ -810,6 +817,33 @@ mod tests {
         ] {
             assert!(apply(Some(&done), &ev).is_err(), "{ev:?} must be refused");
         }
+    }
+
+    #[test]
+    fn a_queued_task_says_why_it_waits_until_it_starts() {
+        let t = queued("task-a");
+        let why = "waiting for memory: 3.1 GiB available".to_string();
+        let waiting = apply(
+            Some(&t),
+            &TaskEvent::Waiting {
+                reason: Some(why.clone()),
+            },
+        )
+        .unwrap();
+        assert_eq!(waiting.status, TaskStatus::Queued);
+        assert_eq!(waiting.reason, Some(why));
+        let started = apply(
+            Some(&waiting),
+            &TaskEvent::Started {
+                at: 2,
+                shim_pid: 10,
+                shim_start_time: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(started.reason, None);
+        // Only a queued task waits for headroom.
+        assert!(apply(Some(&started), &TaskEvent::Waiting { reason: None }).is_err());
     }
 
     #[test]

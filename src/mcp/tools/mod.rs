@@ -5,7 +5,7 @@
 //! from the very struct its arguments are parsed into (and that the CLI serializes), so
 //! what is advertised is what is accepted.
 //!
-//! Owns: the table, the context every handler gets, argument parsing.
+//! Owns: the table and the schemas. What handlers share is in `context.rs`.
 //! Must never: import the MCP server (the server reads this table, not the reverse).
 
 pub mod agents;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod loops;
 pub mod pipelines;
+pub mod retention;
 pub mod tasks;
 
 use rmcp::model::Tool;
@@ -105,6 +106,8 @@ tools! {
         "List the agents Backbeat can run, whether each is ready, and the default agent.";
     "ConfigureAgent" => agents::ConfigureAgentArgs, agents::configure,
         "Check an agent's readiness, or set or reset its API key, model, base URL and system prompt.";
+    "Prune" => retention::PruneArgs, retention::prune,
+        "Remove finished tasks and pipelines that ended at least olderThanMs ago (default: taskRetentionDays), with their events and output. Never removes running, queued or blocked work, nor a finished task that unfinished work depends on or continues from.";
     "ShowConfig" => config::ShowConfigArgs, config::show,
         "The settings the daemon uses (its environment over config.json over defaults), each with where it comes from.";
 }

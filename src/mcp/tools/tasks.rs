@@ -219,6 +219,9 @@ pub async fn read<T: Send + 'static>(
     server: &ToolContext,
     f: impl FnOnce(&backbeat_actors::journal::Store) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, String> {
+    // Never older than the journal: after a restart, wait until recovery has journaled
+    // the ends of runs that finished while no daemon ran.
+    server.engine.recovered.wait().await;
     let store = server.engine.store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await

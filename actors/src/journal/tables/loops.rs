@@ -52,4 +52,12 @@ impl Table for LoopRecord {
         }
         Ok(())
     }
+
+    fn remove(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+        conn.prepare_cached("DELETE FROM loop_iterations WHERE loop_id = ?1")?
+            .execute(params![id])?;
+        conn.prepare_cached("DELETE FROM loops WHERE id = ?1")?
+            .execute(params![id])?;
+        Ok(())
+    }
 }

@@ -29,6 +29,14 @@ pub trait Table: Entity {
         record: &Self,
         record_json: &str,
     ) -> rusqlite::Result<()>;
+
+    /// Deletes the row of `id` and any index rows the kind keeps for it (a prune; its
+    /// events are deleted in the same transaction).
+    fn remove(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+        conn.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", Self::TABLE))?
+            .execute(params![id])?;
+        Ok(())
+    }
 }
 
 /// The record in column `index` of `row`.

@@ -54,4 +54,14 @@ impl Table for TaskRecord {
             }
         }
     }
+
+    /// The row and its own dependency edges. Edges of tasks that depend on it stay with
+    /// those tasks' records (the index follows `dependsOn`).
+    fn remove(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+        conn.prepare_cached("DELETE FROM task_edges WHERE task_id = ?1")?
+            .execute(params![id])?;
+        conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+            .execute(params![id])?;
+        Ok(())
+    }
 }
