@@ -45,7 +45,7 @@ fn main() {
         .collect();
     let bin = beat_binary();
     print_context(&bin);
-    let measurements: [(&str, Measure); 7] = [
+    let measurements: [(&str, Measure); 8] = [
         ("status", status_latency),
         ("start", start_latency),
         ("throughput", throughput),
@@ -53,6 +53,7 @@ fn main() {
         ("memory", daemon_memory),
         ("dag", dag),
         ("admission", admission),
+        ("loop", loop_gap),
     ];
     let mut figures = Vec::new();
     let mut failed = Vec::new();
@@ -1263,6 +1264,87 @@ fn dag_in(home: &BeatHome) -> Result<Vec<Figure>> {
             span_s * 1000.0 / DAG_TASKS as f64,
             "ms",
         ),
+    ])
+}
+
+// ---------------------------------------------------------------------------------
+// 7. A retry loop's orchestration between iterations
+
+const LOOP_ITERATIONS: usize = 21;
+
+fn loop_gap(bin: &Path) -> Result<Vec<Figure>> {
+    let home = BeatHome::new(bin)?;
+    let r = loop_gap_in(&home);
+    home.explain(r)
+}
+
+/// A retry loop whose agent only stamps the time it starts and whose eval stamps the
+/// time it ends and fails (cooldown 0): the gap from one iteration's eval end to the
+/// next iteration's agent start is the loop's own orchestration (journal, the eval's
+/// result, the next task's creation, admission and the shim's spawn).
+fn loop_gap_in(home: &BeatHome) -> Result<Vec<Figure>> {
+    home.configure(&[("memoryReserve", "0")])?;
+    home.start_daemon()?;
+    let starts = home.path().join("agent-starts");
+    let ends = home.path().join("eval-ends");
+    let mut mcp = home.mcp()?;
+    let created = mcp.call(
+        "CreateLoop",
+        json!({
+            "prompt": format!("date +%s%N >> '{}'", starts.display()),
+            "agent": "shell",
+            "strategy": "retry",
+            "exitCondition": format!("date +%s%N >> '{}'; false", ends.display()),
+            "maxIterations": LOOP_ITERATIONS,
+            "maxConsecutiveFailures": 0,
+            "cooldownMs": 0,
+            "workingDirectory": home.workdir().display().to_string(),
+        }),
+    )?;
+    let id = created["loopId"]
+        .as_str()
+        .ok_or_else(|| format!("no loopId in {created}"))?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = mcp.call("LoopStatus", json!({ "loopId": id }))?;
+        match s["loop"]["status"].as_str() {
+            Some("running") if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some("failed") => break,
+            other => return Err(format!("loop {id} ended {other:?}: {s}")),
+        }
+    }
+    let stamps = |path: &Path| -> Result<Vec<i128>> {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .lines()
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .map_err(|e| format!("bad stamp {l:?}: {e}"))
+            })
+            .collect()
+    };
+    let (starts, ends) = (stamps(&starts)?, stamps(&ends)?);
+    if starts.len() != LOOP_ITERATIONS || ends.len() != LOOP_ITERATIONS {
+        return Err(format!(
+            "expected {LOOP_ITERATIONS} agent starts and eval ends, got {} and {}",
+            starts.len(),
+            ends.len()
+        ));
+    }
+    let gaps: Vec<f64> = (1..LOOP_ITERATIONS)
+        .map(|i| (starts[i] - ends[i - 1]) as f64 / 1e6)
+        .collect();
+    let iteration: Vec<f64> = (1..LOOP_ITERATIONS)
+        .map(|i| (starts[i] - starts[i - 1]) as f64 / 1e6)
+        .collect();
+    Ok(vec![
+        Figure::at_most("loop_gap_p50", percentile(&gaps, 50.0), "ms", 20.0),
+        Figure::info("loop_gap_p95", percentile(&gaps, 95.0), "ms"),
+        Figure::info("loop_iteration_p50", percentile(&iteration, 50.0), "ms"),
     ])
 }
 

@@ -26,6 +26,16 @@ pub enum EngineError {
         "pipeline {id} cannot be cancelled: it is already {status}, so nothing of it is left to stop"
     )]
     CannotCancelPipeline { id: String, status: PipelineStatus },
+    #[error(
+        "loop {0} not found. Loop ids look like loop-…; CreateLoop (beat loop) returns them, ListLoops (beat loop list) shows them"
+    )]
+    LoopNotFound(String),
+    #[error("loop {id} cannot be {action}: it is {status}")]
+    LoopState {
+        id: String,
+        action: &'static str,
+        status: crate::model::loops::LoopStatus,
+    },
     #[error("{0}")]
     InvalidInput(String),
     #[error(transparent)]

@@ -510,6 +510,7 @@ impl Model {
                 }
                 self.pipelines.insert(p.id.clone(), p);
             }
+            Record::Loop(_) => unreachable!("the generator makes no loops"),
         }
     }
 
@@ -1167,6 +1168,7 @@ fn check_fold(path: &Path, model: &Model) -> usize {
         match record {
             Record::Task(t) => folded_tasks.insert(id, t),
             Record::Pipeline(p) => folded_pipelines.insert(id, p).map(|_| unreachable!()),
+            Record::Loop(_) => unreachable!("the generator makes no loops"),
         };
     }
 
@@ -1309,6 +1311,7 @@ fn check_event(prev: Option<&Record>, id: &str, event: &Event) -> Option<Record>
             let got = match &next {
                 Record::Task(t) => t.status.as_str(),
                 Record::Pipeline(p) => p.status.as_str(),
+                Record::Loop(l) => l.status.as_str(),
             };
             assert_eq!(got, status, "{event:?} on {prev:?}");
             assert_eq!(next.id(), id, "{event:?} changed the entity's id");
@@ -1406,6 +1409,7 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
                         }
                         Event::Task(e) => e.name().to_string(),
                         Event::Pipeline(e) => format!("pipeline/{}", e.name()),
+                        Event::Loop(e) => format!("loop/{}", e.name()),
                     };
                     *journaled.entry(name).or_default() += 1;
                     transitions.push(match (event, &next) {

@@ -8,6 +8,7 @@ mod agents;
 mod config;
 mod daemon;
 mod follow;
+mod loops;
 mod mcp;
 mod pipeline;
 mod prune;
@@ -66,6 +67,7 @@ enum Command {
     Pipeline(pipeline::PipelineArgs),
     /// Remove finished tasks and pipelines now (the daemon does it daily after taskRetentionDays)
     Prune(prune::PruneCliArgs),
+    Loop(loops::LoopArgs),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -77,7 +79,9 @@ enum Command {
     Mcp(mcp::McpCommand),
     /// Internal: parent of one agent process
     #[command(hide = true)]
-    Shim { run_dir: PathBuf },
+    Shim {
+        run_dir: PathBuf,
+    },
 }
 
 pub fn main() -> i32 {
@@ -112,6 +116,7 @@ pub fn main() -> i32 {
         Command::Init(args) => block_on(agents::init(args, &home)),
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
         Command::Prune(args) => block_on(prune::run(args, &home)),
+        Command::Loop(args) => block_on(loops::run(args, &home)),
     };
     match result {
         Ok(code) => code,

@@ -121,7 +121,10 @@ fn list_table(tasks: &[Value]) {
             t["status"].as_str().unwrap_or(""),
             t["agent"].as_str().unwrap_or(""),
             t["createdAt"].as_i64().map(iso).unwrap_or_default(),
-            t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
+            match (t["role"].as_str(), t["owner"]["id"].as_str()) {
+                (Some(role), Some(owner)) => format!("[{role} of {owner}] "),
+                _ => String::new(),
+            } + &t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
         );
     }
     // Why queued work waits (memory, CPU, a first run alone): once per distinct reason.
@@ -354,6 +357,9 @@ pub async fn resume(args: ResumeArgs, home: &Home) -> Result<i32, CliError> {
 }
 
 pub async fn wait(args: WaitArgs, home: &Home) -> Result<i32, CliError> {
+    if args.id.starts_with("loop-") || args.id.starts_with("pipeline-") {
+        return super::loops::wait_entity(&args.id, args.json, home).await;
+    }
     let mut client = DaemonClient::connect(home).await?;
     let v = wait_finished(&mut client, &args.id).await;
     client.close().await;

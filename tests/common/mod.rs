@@ -216,6 +216,13 @@ impl Beat {
                 .into_iter()
                 .map(|p| (p.id.clone(), Record::Pipeline(p))),
         );
+        table.extend(
+            store
+                .all::<backbeat_actors::model::loops::LoopRecord>()
+                .expect("loops")
+                .into_iter()
+                .map(|l| (l.id.clone(), Record::Loop(l))),
+        );
         assert_eq!(
             folded, table,
             "the state tables differ from the fold of events"

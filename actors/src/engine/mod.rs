@@ -11,6 +11,7 @@
 //! starts never call back into it except by the messages it gave them recipients for.
 
 mod dependencies;
+mod loops;
 mod pipelines;
 mod recovery;
 mod registry;
@@ -23,6 +24,10 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+pub use self::loops::{
+    AdoptOwnedTasks, CancelLoop, CreateLoop, PauseLoop, ResumeLoop, StartLoop, owned_task,
+    prepare_loop,
+};
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
@@ -343,6 +348,7 @@ impl Handler<EntityEnded> for Engine {
                 }
             }
             Record::Pipeline(p) => self.live.remove_pipeline(&p.id),
+            Record::Loop(l) => self.live.remove_loop(&l.id),
         }
     }
 }

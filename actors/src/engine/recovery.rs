@@ -21,6 +21,7 @@ use crate::agents::run_dir::{EXIT_FILE, RunDir, is_same_process_alive};
 use crate::error::EngineError;
 use crate::journal::Committed;
 use crate::model::dag::{DependencyState, Resolution, classify};
+use crate::model::loops::LoopRecord;
 use crate::model::{PipelineRecord, Record, TaskRecord, TaskStatus};
 use crate::pipeline::PipelineActor;
 
@@ -55,6 +56,7 @@ pub struct Recover;
 /// What recovery reads from the journal.
 struct Unfinished {
     pipelines: Vec<PipelineRecord>,
+    loops: Vec<LoopRecord>,
     tasks: Vec<TaskRecord>,
     /// The finished dependencies of blocked tasks.
     finished_deps: Vec<TaskRecord>,
@@ -85,6 +87,7 @@ impl Handler<Recover> for Engine {
         let read = async move {
             tokio::task::spawn_blocking(move || {
                 let pipelines = store.live_pipelines()?;
+                let loops = store.live_loops()?;
                 let tasks = store.live_tasks()?;
                 let live: HashSet<&String> = tasks.iter().map(|t| &t.id).collect();
                 let finished: Vec<String> = tasks
@@ -102,6 +105,7 @@ impl Handler<Recover> for Engine {
                     .collect();
                 Ok::<_, rusqlite::Error>(Unfinished {
                     pipelines,
+                    loops,
                     tasks,
                     finished_deps,
                     ended_away,
@@ -123,6 +127,7 @@ impl Handler<Recover> for Engine {
             // Subscribed before any actor exists, so no end they journal is missed.
             let committed = act.writer.subscribe();
             act.recover_pipelines(unfinished.pipelines, ctx);
+            act.recover_loops(unfinished.loops, ctx);
             let count = act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx);
             actix::spawn(settle(
                 committed,
@@ -145,6 +150,13 @@ impl Engine {
                 self.store.clone(),
             );
             self.spawn_pipeline_actor(actor, p);
+        }
+    }
+
+    /// Running and paused loops: each reads its awaited tasks when it starts.
+    fn recover_loops(&mut self, loops: Vec<LoopRecord>, ctx: &mut Context<Self>) {
+        for l in loops {
+            self.spawn_loop_actor(l, ctx);
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use actix::prelude::*;
 
 use crate::entity::OwnedTaskEnded;
+use crate::loops::actor::LoopActor;
 use crate::model::{EntityKind, EntityRef};
 use crate::pipeline::PipelineActor;
 use crate::task::{JoinCancel, TaskActor};
@@ -26,6 +27,7 @@ struct LivePipeline {
 pub(super) struct Registry {
     tasks: HashMap<String, Addr<TaskActor>>,
     pipelines: HashMap<String, LivePipeline>,
+    loops: HashMap<String, Addr<LoopActor>>,
 }
 
 impl Registry {
@@ -61,6 +63,18 @@ impl Registry {
         self.pipelines.remove(id);
     }
 
+    pub fn eval_loop(&self, id: &str) -> Option<&Addr<LoopActor>> {
+        self.loops.get(id)
+    }
+
+    pub fn add_loop(&mut self, id: String, addr: Addr<LoopActor>) {
+        self.loops.insert(id, addr);
+    }
+
+    pub fn remove_loop(&mut self, id: &str) {
+        self.loops.remove(id);
+    }
+
     /// The live step actors of a live pipeline, in order.
     pub fn live_steps(&self, pipeline: &str) -> Vec<Recipient<JoinCancel>> {
         self.pipelines
@@ -82,6 +96,11 @@ impl Registry {
             EntityKind::Pipeline => {
                 if let Some(p) = self.pipelines.get(&owner.id) {
                     p.addr.do_send(ended);
+                }
+            }
+            EntityKind::Loop => {
+                if let Some(l) = self.loops.get(&owner.id) {
+                    l.do_send(ended);
                 }
             }
             EntityKind::Task => {

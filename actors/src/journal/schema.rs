@@ -173,6 +173,27 @@ const MIGRATIONS: &[(&str, &[Step])] = &[
     "#,
         )],
     ),
+    (
+        "eval loops and their iterations",
+        &[Step::Sql(
+            r#"
+    CREATE TABLE loops (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('running','paused','completed','failed','cancelled')),
+        created_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX loops_by_status ON loops(status, created_at);
+    CREATE TABLE loop_iterations (
+        loop_id TEXT NOT NULL,
+        iteration_number INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (loop_id, iteration_number)
+    );
+    "#,
+        )],
+    ),
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -72,6 +72,14 @@ impl SqliteBackend {
                         &mut self.event_json,
                         &mut self.record_json,
                     )?,
+                    Transition::Loop(e, r) => write_transition(
+                        &tx,
+                        at,
+                        e,
+                        r,
+                        &mut self.event_json,
+                        &mut self.record_json,
+                    )?,
                 }
             }
         }

@@ -8,6 +8,7 @@ use rusqlite::{Connection, params};
 
 use super::schema::open_read_connection;
 use super::tables::{self, Table, read_record};
+use crate::model::loops::{IterationRecord, LoopRecord};
 use crate::model::{EntityKind, Event, PipelineRecord, TaskRecord, TaskStatus};
 
 /// Read access to the journal's state tables.
@@ -171,6 +172,47 @@ impl Store {
                 "SELECT record FROM pipelines WHERE status = 'running' ORDER BY created_at, rowid",
             )?
             .query_map([], |r| read_record(r, 0))?
+            .collect()
+        })
+    }
+
+    pub fn eval_loop(&self, id: &str) -> rusqlite::Result<Option<LoopRecord>> {
+        self.get(id)
+    }
+
+    /// Loops not ended (running or paused): what recovery brings back to life.
+    pub fn live_loops(&self) -> rusqlite::Result<Vec<LoopRecord>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT record FROM loops WHERE status IN ('running','paused') ORDER BY created_at, rowid",
+            )?
+            .query_map([], |r| read_record(r, 0))?
+            .collect()
+        })
+    }
+
+    /// Loops, newest first, optionally of one status.
+    pub fn loops(&self, status: Option<&str>, limit: usize) -> rusqlite::Result<Vec<LoopRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT record FROM loops WHERE (?1 IS NULL OR status = ?1)
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )?
+            .query_map(params![status, limit as i64], |r| read_record(r, 0))?
+            .collect()
+        })
+    }
+
+    /// A loop's iterations, oldest first.
+    pub fn loop_iterations(&self, loop_id: &str) -> rusqlite::Result<Vec<IterationRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT record FROM loop_iterations WHERE loop_id = ?1 ORDER BY iteration_number",
+            )?
+            .query_map(params![loop_id], |r| {
+                let text = r.get_ref(0)?.as_str()?;
+                serde_json::from_str(text).map_err(|e| conversion_error(0, e.to_string()))
+            })?
             .collect()
         })
     }

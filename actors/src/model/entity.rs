@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::loops::{LoopEvent, LoopRecord};
 use super::pipeline::{PipelineEvent, PipelineRecord};
 use super::task::{TaskEvent, TaskRecord};
 
@@ -18,16 +19,18 @@ use super::task::{TaskEvent, TaskRecord};
 pub enum EntityKind {
     Task,
     Pipeline,
+    Loop,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 2] = [EntityKind::Task, EntityKind::Pipeline];
+    pub const ALL: [EntityKind; 3] = [EntityKind::Task, EntityKind::Pipeline, EntityKind::Loop];
 
     /// The kind's name in the `events` table and in messages.
     pub fn as_str(self) -> &'static str {
         match self {
             EntityKind::Task => "task",
             EntityKind::Pipeline => "pipeline",
+            EntityKind::Loop => "loop",
         }
     }
 
@@ -104,6 +107,7 @@ pub trait Entity:
 pub enum Transition {
     Task(TaskEvent, TaskRecord),
     Pipeline(PipelineEvent, PipelineRecord),
+    Loop(LoopEvent, LoopRecord),
 }
 
 /// An event of any kind, as read back from the journal.
@@ -111,6 +115,7 @@ pub enum Transition {
 pub enum Event {
     Task(TaskEvent),
     Pipeline(PipelineEvent),
+    Loop(LoopEvent),
 }
 
 /// A record of any kind.
@@ -119,6 +124,7 @@ pub enum Event {
 pub enum Record {
     Task(TaskRecord),
     Pipeline(PipelineRecord),
+    Loop(LoopRecord),
 }
 
 impl Transition {
@@ -126,6 +132,7 @@ impl Transition {
         match self {
             Transition::Task(..) => EntityKind::Task,
             Transition::Pipeline(..) => EntityKind::Pipeline,
+            Transition::Loop(..) => EntityKind::Loop,
         }
     }
 
@@ -133,6 +140,7 @@ impl Transition {
         match self {
             Transition::Task(_, r) => &r.id,
             Transition::Pipeline(_, r) => &r.id,
+            Transition::Loop(_, r) => &r.id,
         }
     }
 
@@ -140,6 +148,7 @@ impl Transition {
         match self {
             Transition::Task(e, _) => e.name(),
             Transition::Pipeline(e, _) => e.name(),
+            Transition::Loop(e, _) => e.name(),
         }
     }
 
@@ -147,6 +156,7 @@ impl Transition {
         match self {
             Transition::Task(_, r) => Record::Task(r.clone()),
             Transition::Pipeline(_, r) => Record::Pipeline(r.clone()),
+            Transition::Loop(_, r) => Record::Loop(r.clone()),
         }
     }
 }
@@ -156,6 +166,7 @@ impl Event {
         match self {
             Event::Task(_) => EntityKind::Task,
             Event::Pipeline(_) => EntityKind::Pipeline,
+            Event::Loop(_) => EntityKind::Loop,
         }
     }
 
@@ -163,6 +174,7 @@ impl Event {
         match self {
             Event::Task(e) => e.name(),
             Event::Pipeline(e) => e.name(),
+            Event::Loop(e) => e.name(),
         }
     }
 
@@ -171,6 +183,7 @@ impl Event {
         Ok(match kind {
             EntityKind::Task => Event::Task(serde_json::from_str(payload)?),
             EntityKind::Pipeline => Event::Pipeline(serde_json::from_str(payload)?),
+            EntityKind::Loop => Event::Loop(serde_json::from_str(payload)?),
         })
     }
 }
@@ -180,6 +193,7 @@ impl Record {
         match self {
             Record::Task(_) => EntityKind::Task,
             Record::Pipeline(_) => EntityKind::Pipeline,
+            Record::Loop(_) => EntityKind::Loop,
         }
     }
 
@@ -187,6 +201,7 @@ impl Record {
         match self {
             Record::Task(r) => &r.id,
             Record::Pipeline(r) => &r.id,
+            Record::Loop(r) => &r.id,
         }
     }
 
@@ -212,6 +227,7 @@ impl Record {
         Ok(match event {
             Event::Task(e) => Record::Task(typed::<TaskRecord>(prev, e)?),
             Event::Pipeline(e) => Record::Pipeline(typed::<PipelineRecord>(prev, e)?),
+            Event::Loop(e) => Record::Loop(typed::<LoopRecord>(prev, e)?),
         })
     }
 }

@@ -175,6 +175,9 @@ pub struct TaskRecord {
     /// The entity that made this task and is told when it ends (its pipeline, say).
     #[serde(default)]
     pub owner: Option<EntityRef>,
+    /// What the task is to its owner (a loop's `iteration` or `eval`), shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// Tokens (and cost, where the agent reports it) of one run.

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod config;
 pub mod context;
+pub mod loops;
 pub mod pipelines;
 pub mod retention;
 pub mod tasks;
@@ -89,6 +90,18 @@ tools! {
         "A pipeline's state (running, completed, failed, cancelled) and each step's task and state.";
     "CancelPipeline" => pipelines::CancelPipelineArgs, pipelines::cancel,
         "Cancel a pipeline: stop its running step and cancel the steps after it.";
+    "CreateLoop" => loops::CreateLoopArgs, loops::create,
+        "Create an eval loop: run an agent (or pipelineSteps), judge its work with exitCondition (or an agent eval), and iterate. strategy retry runs until the eval exits 0; optimize keeps the best score (evalDirection minimize or maximize) and, with gitBranch, commits kept work and resets the rest. Returns the loopId at once.";
+    "LoopStatus" => loops::LoopStatusArgs, loops::status,
+        "A loop's state, counters, best score and budgets; with includeHistory, its iterations (newest first) with score, commit, duration and usage.";
+    "ListLoops" => loops::ListLoopsArgs, loops::list,
+        "The newest loops, optionally of one status.";
+    "CancelLoop" => loops::CancelLoopArgs, loops::cancel,
+        "Cancel a running or paused loop; with cancelTasks (default true) every running task of its current iteration is cancelled too.";
+    "PauseLoop" => loops::PauseLoopArgs, loops::pause,
+        "Pause a running loop: no new iteration starts; with force the running iteration is cancelled too.";
+    "ResumeLoop" => loops::ResumeLoopArgs, loops::resume,
+        "Resume a paused loop.";
     "ListAgents" => agents::ListAgentsArgs, agents::list,
         "List the agents Backbeat can run, whether each is ready, and the default agent.";
     "ConfigureAgent" => agents::ConfigureAgentArgs, agents::configure,

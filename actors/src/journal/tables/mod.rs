@@ -7,6 +7,7 @@
 //! Must never: write a state row without its event (the backend writes both in one
 //! transaction), or read a record from anything but its `record` column.
 
+mod loops;
 mod pipeline;
 mod task;
 
