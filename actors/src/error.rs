@@ -26,6 +26,10 @@ pub enum EngineError {
         "pipeline {id} cannot be cancelled: it is already {status}, so nothing of it is left to stop"
     )]
     CannotCancelPipeline { id: String, status: PipelineStatus },
+    #[error(
+        "schedule {0} not found. Schedule ids look like schedule-…; ListSchedules (beat schedule list) shows them"
+    )]
+    ScheduleNotFound(String),
     #[error("{0}")]
     InvalidInput(String),
     #[error(transparent)]

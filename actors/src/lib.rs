@@ -18,6 +18,8 @@ pub mod journal;
 pub mod loops;
 pub mod model;
 pub mod pipeline;
+pub mod schedule;
+pub mod schedule_timer;
 pub mod service_unit;
 pub mod settings;
 pub mod task;

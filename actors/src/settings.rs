@@ -62,6 +62,8 @@ pub struct Settings {
     pub rate_limit_retries: u32,
     /// First wait after a rate limit with no reset time from the provider, ms; doubles.
     pub rate_limit_backoff_ms: u64,
+    /// A schedule's occurrence later than this (ms) follows its missed-run policy.
+    pub schedule_grace_period_ms: u64,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
@@ -83,6 +85,7 @@ impl Default for Settings {
             agents: BTreeMap::new(),
             rate_limit_retries: 3,
             rate_limit_backoff_ms: 60_000,
+            schedule_grace_period_ms: crate::model::schedule::DEFAULT_GRACE_PERIOD_MS as u64,
         }
     }
 }

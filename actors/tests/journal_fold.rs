@@ -450,6 +450,7 @@ impl Model {
                 }
                 self.pipelines.insert(p.id.clone(), p);
             }
+            Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
         }
     }
 
@@ -1107,6 +1108,7 @@ fn check_fold(path: &Path, model: &Model) -> usize {
         match record {
             Record::Task(t) => folded_tasks.insert(id, t),
             Record::Pipeline(p) => folded_pipelines.insert(id, p).map(|_| unreachable!()),
+            Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
         };
     }
 
@@ -1246,6 +1248,7 @@ fn check_event(prev: Option<&Record>, id: &str, event: &Event) -> Option<Record>
             let got = match &next {
                 Record::Task(t) => t.status.as_str(),
                 Record::Pipeline(p) => p.status.as_str(),
+                Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
             };
             assert_eq!(got, status, "{event:?} on {prev:?}");
             assert_eq!(next.id(), id, "{event:?} changed the entity's id");
@@ -1298,6 +1301,9 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
                         }
                         Event::Task(e) => e.name().to_string(),
                         Event::Pipeline(e) => format!("pipeline/{}", e.name()),
+                        Event::Schedule(_) | Event::ScheduleRun(_) => {
+                            unreachable!("no schedules here")
+                        }
                     };
                     *journaled.entry(name).or_default() += 1;
                     transitions.push(match (event, &next) {

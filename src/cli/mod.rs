@@ -11,6 +11,7 @@ mod follow;
 mod mcp;
 mod pipeline;
 mod run;
+mod schedule;
 mod tasks;
 
 use std::io::Write;
@@ -63,6 +64,9 @@ enum Command {
     Init(agents::InitArgs),
     /// Run prompts one after the other (or: pipeline status|cancel <id>)
     Pipeline(pipeline::PipelineArgs),
+    /// Cron and one-time schedules of tasks and pipelines
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -108,6 +112,7 @@ pub fn main() -> i32 {
         Command::Agents(args) => block_on(agents::run(args, &home)),
         Command::Init(args) => block_on(agents::init(args, &home)),
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
+        Command::Schedule(cmd) => block_on(schedule::run(cmd, &home)),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ mod dependencies;
 mod pipelines;
 mod recovery;
 mod registry;
+mod schedules;
 mod validation;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use actix::prelude::*;
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::Recover;
 use self::registry::Registry;
+pub use self::schedules::{CreateSchedule, ScheduleOp, ScheduleTarget};
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
@@ -35,9 +37,12 @@ use crate::entity::{EntityEnded, OwnedTaskEnded};
 use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
 use crate::journal::{Journal, JournalWriter, Store};
+use crate::model::clock::Clock;
 use crate::model::dag::{DependencyGraph, Resolution};
 pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
 use crate::model::{Priority, Record, TaskRecord, TaskStatus};
+use crate::schedule::PipelineRunEnded;
+use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
 
@@ -97,6 +102,10 @@ pub struct Engine {
     graph: DependencyGraph,
     /// Resolutions for tasks whose actor is not alive yet (being submitted).
     early: HashMap<String, Vec<Resolution>>,
+    /// The wall clock schedules fire by (a test's clock in tests).
+    clock: Arc<dyn Clock>,
+    /// The one timer every schedule waits on.
+    timer: Addr<ScheduleTimer>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -116,6 +125,8 @@ pub struct EngineConfig {
     /// Forks shims without exec when the host started one (before its first thread).
     pub spawner: Option<Arc<crate::agents::spawner::Spawner>>,
     pub settings: SettingsSource,
+    /// The wall clock schedules fire by: `SystemClock` in the daemon.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Engine {
@@ -152,6 +163,8 @@ impl Engine {
             live: Registry::default(),
             graph: DependencyGraph::new(),
             early: HashMap::new(),
+            timer: ScheduleTimer::new(config.clock.clone()).start(),
+            clock: config.clock,
         }
         .start();
         Ok(EngineHandle {
@@ -305,7 +318,7 @@ impl Handler<Resume> for Engine {
 impl Handler<EntityEnded> for Engine {
     type Result = ();
 
-    fn handle(&mut self, msg: EntityEnded, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: EntityEnded, ctx: &mut Context<Self>) {
         match msg.0 {
             Record::Task(t) => {
                 self.live.remove_task(&t.id);
@@ -325,8 +338,44 @@ impl Handler<EntityEnded> for Engine {
                     self.deliver(r);
                 }
             }
-            Record::Pipeline(p) => self.live.remove_pipeline(&p.id),
+            Record::Pipeline(p) => {
+                self.live.remove_pipeline(&p.id);
+                self.tell_schedule_of_pipeline(p, ctx);
+            }
+            Record::Schedule(s) => self.live.remove_schedule(&s.id),
+            Record::ScheduleRun(_) => {}
         }
+    }
+}
+
+impl Engine {
+    /// A pipeline that a schedule launched ended: its schedule hears of it (found by the
+    /// execution row, so it holds after a restart too).
+    fn tell_schedule_of_pipeline(
+        &mut self,
+        p: crate::model::PipelineRecord,
+        ctx: &mut Context<Self>,
+    ) {
+        use crate::model::schedule::ExecutionStatus;
+        let status = match p.status {
+            crate::model::PipelineStatus::Completed => ExecutionStatus::Completed,
+            crate::model::PipelineStatus::Cancelled => ExecutionStatus::Cancelled,
+            _ => ExecutionStatus::Failed,
+        };
+        let store = self.store.clone();
+        let id = p.id.clone();
+        let read =
+            async move { tokio::task::spawn_blocking(move || store.run_of_pipeline(&id)).await };
+        ctx.spawn(read.into_actor(self).map(move |res, act, _| {
+            if let Ok(Ok(Some(run))) = res
+                && let Some(s) = act.live.schedule(&run.schedule_id)
+            {
+                s.do_send(PipelineRunEnded {
+                    pipeline_id: p.id,
+                    status,
+                });
+            }
+        }));
     }
 }
 

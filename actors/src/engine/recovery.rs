@@ -23,6 +23,7 @@ pub struct Recover;
 
 /// What recovery reads from the journal.
 struct Unfinished {
+    schedules: Vec<crate::model::schedule::ScheduleRecord>,
     pipelines: Vec<PipelineRecord>,
     tasks: Vec<TaskRecord>,
     /// The finished dependencies of blocked tasks.
@@ -38,6 +39,7 @@ impl Handler<Recover> for Engine {
         let store = self.store.clone();
         let read = async move {
             tokio::task::spawn_blocking(move || {
+                let schedules = store.live_schedules()?;
                 let pipelines = store.live_pipelines()?;
                 let tasks = store.live_tasks()?;
                 let live: HashSet<&String> = tasks.iter().map(|t| &t.id).collect();
@@ -50,6 +52,7 @@ impl Handler<Recover> for Engine {
                     .collect();
                 let finished_deps = store.tasks_by_id(&finished)?;
                 Ok::<_, rusqlite::Error>(Unfinished {
+                    schedules,
                     pipelines,
                     tasks,
                     finished_deps,
@@ -61,6 +64,10 @@ impl Handler<Recover> for Engine {
         };
         AtomicResponse::new(Box::pin(read.into_actor(self).map(|res, act, ctx| {
             let unfinished = res?;
+            // Owners first: schedules, then pipelines, then tasks.
+            for s in unfinished.schedules {
+                act.spawn_schedule_actor(s, ctx);
+            }
             act.recover_pipelines(unfinished.pipelines, ctx);
             Ok(act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx))
         })))

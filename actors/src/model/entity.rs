@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::pipeline::{PipelineEvent, PipelineRecord};
+use super::schedule::{ExecutionEvent, ExecutionRecord, ScheduleEvent, ScheduleRecord};
 use super::task::{TaskEvent, TaskRecord};
 
 /// The kinds of entity the journal records.
@@ -18,16 +19,26 @@ use super::task::{TaskEvent, TaskRecord};
 pub enum EntityKind {
     Task,
     Pipeline,
+    Schedule,
+    /// One execution (occurrence) of a schedule: a row of `schedule_runs`.
+    ScheduleRun,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 2] = [EntityKind::Task, EntityKind::Pipeline];
+    pub const ALL: [EntityKind; 4] = [
+        EntityKind::Task,
+        EntityKind::Pipeline,
+        EntityKind::Schedule,
+        EntityKind::ScheduleRun,
+    ];
 
     /// The kind's name in the `events` table and in messages.
     pub fn as_str(self) -> &'static str {
         match self {
             EntityKind::Task => "task",
             EntityKind::Pipeline => "pipeline",
+            EntityKind::Schedule => "schedule",
+            EntityKind::ScheduleRun => "schedule_run",
         }
     }
 
@@ -104,6 +115,8 @@ pub trait Entity:
 pub enum Transition {
     Task(TaskEvent, TaskRecord),
     Pipeline(PipelineEvent, PipelineRecord),
+    Schedule(ScheduleEvent, ScheduleRecord),
+    ScheduleRun(ExecutionEvent, ExecutionRecord),
 }
 
 /// An event of any kind, as read back from the journal.
@@ -111,6 +124,8 @@ pub enum Transition {
 pub enum Event {
     Task(TaskEvent),
     Pipeline(PipelineEvent),
+    Schedule(ScheduleEvent),
+    ScheduleRun(ExecutionEvent),
 }
 
 /// A record of any kind.
@@ -119,6 +134,8 @@ pub enum Event {
 pub enum Record {
     Task(TaskRecord),
     Pipeline(PipelineRecord),
+    Schedule(ScheduleRecord),
+    ScheduleRun(ExecutionRecord),
 }
 
 impl Transition {
@@ -126,6 +143,8 @@ impl Transition {
         match self {
             Transition::Task(..) => EntityKind::Task,
             Transition::Pipeline(..) => EntityKind::Pipeline,
+            Transition::Schedule(..) => EntityKind::Schedule,
+            Transition::ScheduleRun(..) => EntityKind::ScheduleRun,
         }
     }
 
@@ -133,6 +152,8 @@ impl Transition {
         match self {
             Transition::Task(_, r) => &r.id,
             Transition::Pipeline(_, r) => &r.id,
+            Transition::Schedule(_, r) => &r.id,
+            Transition::ScheduleRun(_, r) => &r.id,
         }
     }
 
@@ -140,6 +161,8 @@ impl Transition {
         match self {
             Transition::Task(e, _) => e.name(),
             Transition::Pipeline(e, _) => e.name(),
+            Transition::Schedule(e, _) => e.name(),
+            Transition::ScheduleRun(e, _) => e.name(),
         }
     }
 
@@ -147,6 +170,8 @@ impl Transition {
         match self {
             Transition::Task(_, r) => Record::Task(r.clone()),
             Transition::Pipeline(_, r) => Record::Pipeline(r.clone()),
+            Transition::Schedule(_, r) => Record::Schedule(r.clone()),
+            Transition::ScheduleRun(_, r) => Record::ScheduleRun(r.clone()),
         }
     }
 }
@@ -156,6 +181,8 @@ impl Event {
         match self {
             Event::Task(_) => EntityKind::Task,
             Event::Pipeline(_) => EntityKind::Pipeline,
+            Event::Schedule(_) => EntityKind::Schedule,
+            Event::ScheduleRun(_) => EntityKind::ScheduleRun,
         }
     }
 
@@ -163,6 +190,8 @@ impl Event {
         match self {
             Event::Task(e) => e.name(),
             Event::Pipeline(e) => e.name(),
+            Event::Schedule(e) => e.name(),
+            Event::ScheduleRun(e) => e.name(),
         }
     }
 
@@ -171,6 +200,8 @@ impl Event {
         Ok(match kind {
             EntityKind::Task => Event::Task(serde_json::from_str(payload)?),
             EntityKind::Pipeline => Event::Pipeline(serde_json::from_str(payload)?),
+            EntityKind::Schedule => Event::Schedule(serde_json::from_str(payload)?),
+            EntityKind::ScheduleRun => Event::ScheduleRun(serde_json::from_str(payload)?),
         })
     }
 }
@@ -180,6 +211,8 @@ impl Record {
         match self {
             Record::Task(_) => EntityKind::Task,
             Record::Pipeline(_) => EntityKind::Pipeline,
+            Record::Schedule(_) => EntityKind::Schedule,
+            Record::ScheduleRun(_) => EntityKind::ScheduleRun,
         }
     }
 
@@ -187,6 +220,8 @@ impl Record {
         match self {
             Record::Task(r) => &r.id,
             Record::Pipeline(r) => &r.id,
+            Record::Schedule(r) => &r.id,
+            Record::ScheduleRun(r) => &r.id,
         }
     }
 
@@ -212,6 +247,8 @@ impl Record {
         Ok(match event {
             Event::Task(e) => Record::Task(typed::<TaskRecord>(prev, e)?),
             Event::Pipeline(e) => Record::Pipeline(typed::<PipelineRecord>(prev, e)?),
+            Event::Schedule(e) => Record::Schedule(typed::<ScheduleRecord>(prev, e)?),
+            Event::ScheduleRun(e) => Record::ScheduleRun(typed::<ExecutionRecord>(prev, e)?),
         })
     }
 }

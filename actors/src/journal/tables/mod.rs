@@ -8,6 +8,7 @@
 //! transaction), or read a record from anything but its `record` column.
 
 mod pipeline;
+mod schedule;
 mod task;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
