@@ -118,7 +118,13 @@ impl Engine {
                 }
                 Ok((vec![record], None))
             }
-            TargetKind::Pipeline | TargetKind::Loop => {
+            // Scheduled loops need the loop engine, which is not here yet; nothing
+            // creates such a schedule.
+            TargetKind::Loop => Err(EngineError::InvalidInput(format!(
+                "schedule {} runs a loop, which this daemon cannot start yet",
+                s.id
+            ))),
+            TargetKind::Pipeline => {
                 let p: PipelineTemplate =
                     serde_json::from_value(s.template.clone()).map_err(template_error)?;
                 let mut records = Vec::with_capacity(p.steps.len());

@@ -426,14 +426,17 @@ pub async fn status(server: &ToolContext, args: ScheduleStatusArgs) -> ToolOutco
         out["history"] = history.iter().map(history_json).collect();
     }
     if let Some(n) = args.next_runs {
-        let runs = match &s.cron_expression {
-            Some(expr) if !s.status.is_finished() => render_next_n(
-                expr,
-                &s.timezone,
-                chrono::Utc::now(),
-                n.clamp(1, 100) as usize,
-            )
-            .map_err(|e| e.to_string())?,
+        // From the schedule's next time (computed on the daemon's clock), not from this
+        // process's clock.
+        let from = s
+            .next_run_at
+            .map(|t| t - 1)
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let runs = match (&s.cron_expression, from) {
+            (Some(expr), Some(from)) if !s.status.is_finished() => {
+                render_next_n(expr, &s.timezone, from, n.clamp(1, 100) as usize)
+                    .map_err(|e| e.to_string())?
+            }
             _ => s
                 .next_run_at
                 .map(|t| iso(Some(t)).as_str().unwrap_or_default().to_string())
