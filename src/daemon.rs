@@ -72,6 +72,9 @@ pub fn run(home: &Home, foreground: bool) -> Result<(), CliError> {
 
 fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     home.ensure()?;
+    // A configuration that cannot be read is refused, never replaced by the defaults;
+    // before the lock and the spawner, so that a refused start leaves nothing behind.
+    crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
     let Some(mut lock) = try_lock(home)? else {
         if foreground {
             eprintln!("beat: a daemon already runs for {}", home.root.display());
@@ -91,8 +94,6 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
         }
     };
     init_logging(home, foreground);
-    // A configuration that cannot be read is refused, never replaced by the defaults.
-    crate::config::read_file(&home.config()).map_err(CliError::Refused)?;
     let socket_path = home.prepare_socket_dir()?;
     let _ = std::fs::remove_file(&socket_path);
 
@@ -257,4 +258,27 @@ fn protocol_error(line: &str) -> Option<serde_json::Value> {
         );
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol_error;
+
+    #[test]
+    fn only_lines_rmcp_would_mishandle_are_answered_here() {
+        assert_eq!(protocol_error("not json").unwrap()["error"]["code"], -32700);
+        let call = |params: &str| {
+            protocol_error(&format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{params}}}"#
+            ))
+        };
+        assert_eq!(
+            call(r#"{"name":"X","arguments":5}"#).unwrap()["error"]["code"],
+            -32602
+        );
+        assert_eq!(call(r#"{"name":42}"#).unwrap()["id"], 3);
+        assert!(call(r#"{"name":"X","arguments":{}}"#).is_none());
+        assert!(call(r#"{"name":"X"}"#).is_none());
+        assert!(protocol_error(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).is_none());
+    }
 }

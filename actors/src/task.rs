@@ -355,16 +355,18 @@ impl Handler<AgentExited> for TaskActor {
                 Some(exit.max_rss_kb),
             ),
             RunResult::Lost(reason) => {
+                self.release(None);
                 let event = TaskEvent::Lost {
                     at: now_ms(),
                     reason,
                 };
-                return self.finish_until_durable(event, ctx, |act, ctx| {
-                    act.release(None);
-                    act.end(ctx);
-                });
+                return self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
             }
         };
+        // The agent has exited: its slot, CPU and memory are free now. Releasing them
+        // before the result is journaled lets the next task start while this one's
+        // checkpoint and commit run (nothing here is reported to anyone).
+        self.release(rss);
         let settings = (self.deps.settings)();
         if outcome.rate_limited
             && let Some(plan) = rate_limit::plan_retry(
@@ -375,16 +377,13 @@ impl Handler<AgentExited> for TaskActor {
                 outcome.rate_limit_reset,
             )
         {
-            return self.wait_for_rate_limit(outcome, rss, plan, settings.rate_limit_retries, ctx);
+            return self.wait_for_rate_limit(outcome, plan, settings.rate_limit_retries, ctx);
         }
         let event = TaskEvent::Finished {
             at: now_ms(),
             outcome,
         };
-        self.finish_until_durable(event, ctx, move |act, ctx| {
-            act.release(rss);
-            act.end(ctx);
-        });
+        self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
     }
 }
 
@@ -413,7 +412,6 @@ impl TaskActor {
     fn wait_for_rate_limit(
         &mut self,
         mut outcome: crate::model::ExitOutcome,
-        rss: Option<u64>,
         plan: rate_limit::RetryPlan,
         max_retries: u32,
         ctx: &mut Context<Self>,
@@ -432,10 +430,7 @@ impl TaskActor {
                 not_before,
                 outcome,
             };
-            act.commit_until_durable(vec![event], ctx, move |act, ctx| {
-                act.release(rss);
-                act.pick_up(ctx);
-            });
+            act.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         }));
     }
 }

@@ -237,6 +237,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_become_iso_at_any_depth_and_nothing_else_changes() {
+        let mut v = serde_json::json!({
+            "createdAt": 0, "timeoutMs": 5000, "notBefore": 1000,
+            "checkpoint": { "createdAt": 0, "lines": 3 },
+            "steps": [{ "startedAt": 0, "completedAt": null }]
+        });
+        iso_times(&mut v);
+        assert_eq!(v["createdAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["notBefore"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(v["checkpoint"]["createdAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["steps"][0]["startedAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["steps"][0]["completedAt"], serde_json::Value::Null);
+        assert_eq!(
+            (v["timeoutMs"].clone(), v["checkpoint"]["lines"].clone()),
+            (5000.into(), 3.into())
+        );
+    }
+
+    #[test]
     fn durations_read_like_people_write_them() {
         assert_eq!(parse_duration("1500").unwrap(), 1500);
         assert_eq!(parse_duration("30s").unwrap(), 30_000);

@@ -223,3 +223,45 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_in_flight_are_answered_once_the_daemon_is_gone() {
+        let mut s = Session::default();
+        s.outgoing(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#);
+        s.outgoing(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert!(s.incoming(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+        s.outgoing(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{}}"#);
+        s.outgoing(r#"{"jsonrpc":"2.0","id":"b","method":"tools/list"}"#);
+        assert!(s.incoming(r#"{"jsonrpc":"2.0","id":"b","result":{}}"#));
+        let lost: Vec<Value> = s
+            .lost_replies()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lost.len(), 1, "only the unanswered request: {lost:?}");
+        assert_eq!(lost[0]["id"], 2);
+        assert_eq!(lost[0]["result"]["isError"], true);
+        assert!(s.lost_replies().is_empty(), "answered once");
+        assert!(s.initialize.is_some() && s.initialized.is_some());
+    }
+
+    #[test]
+    fn the_replayed_handshake_reply_is_dropped_and_other_methods_get_errors() {
+        let mut s = Session::default();
+        assert!(!s.incoming(&format!(
+            r#"{{"jsonrpc":"2.0","id":"{REPLAY_ID}","result":{{}}}}"#
+        )));
+        let other = lost_reply(&json!(7), "tools/list");
+        assert_eq!(other["error"]["code"], -32603);
+        assert!(
+            other["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("retry")
+        );
+    }
+}

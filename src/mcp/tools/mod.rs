@@ -5,7 +5,7 @@
 //! from the very struct its arguments are parsed into (and that the CLI serializes), so
 //! what is advertised is what is accepted.
 //!
-//! Owns: the table, the context every handler gets, argument parsing.
+//! Owns: the table and the schemas. What handlers share is in `context.rs`.
 //! Must never: import the MCP server (the server reads this table, not the reverse).
 
 pub mod agents;
