@@ -525,3 +525,71 @@ fn daemon_install_writes_the_systemd_user_unit() {
         assert!(v["instructions"].as_str().unwrap().contains("daemon start"));
     }
 }
+
+#[test]
+fn buffer_one_runs_once_more_when_the_running_run_ends() {
+    let c = Clocked::at("2030-01-01T08:59:30Z");
+    let go = c.beat.workdir.path().join("go");
+    let script = format!("await {}", go.display());
+    let id = id_of(&c.create(&[
+        "--cron",
+        "* * * * *",
+        "--overlap",
+        "bufferOne",
+        "--",
+        &script,
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the first run", |r| r.len() == 1);
+    c.set("2030-01-01T09:01:00Z");
+    c.wait_schedule(&id, "the 09:01 occurrence to be held", |s| {
+        s.buffered_run == Some(ms("2030-01-01T09:01:00Z"))
+    });
+    c.set("2030-01-01T09:02:00Z");
+    c.wait_runs(
+        &id,
+        "a second occurrence while one is held to be skipped",
+        |r| r.len() == 2 && r[1].status == ExecutionStatus::Skipped,
+    );
+    std::fs::write(&go, "").unwrap();
+    // Rows come ordered by the occurrence they are for: 09:00, 09:01 (held), 09:02.
+    c.wait_runs(&id, "the held run to fire and complete", |r| {
+        r.len() == 3 && r[1].status == ExecutionStatus::Completed
+    });
+    let runs = c.runs(&id);
+    assert_eq!(runs[0].status, ExecutionStatus::Completed);
+    assert_eq!(runs[1].scheduled_for, ms("2030-01-01T09:01:00Z"));
+    assert_eq!(runs[2].status, ExecutionStatus::Skipped);
+}
+
+#[test]
+fn cancel_other_cancels_the_running_run_and_starts_the_new_one() {
+    let c = Clocked::at("2030-01-01T08:59:30Z");
+    let never = c.beat.workdir.path().join("never");
+    let script = format!("await {}", never.display());
+    let id = id_of(&c.create(&[
+        "--cron",
+        "* * * * *",
+        "--overlap",
+        "cancelOther",
+        "--",
+        &script,
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the first run", |r| r.len() == 1);
+    c.set("2030-01-01T09:01:00Z");
+    c.wait_runs(&id, "the first run to be cancelled for the second", |r| {
+        r.len() == 2 && r[0].status == ExecutionStatus::Cancelled
+    });
+    assert_eq!(c.runs(&id)[1].status, ExecutionStatus::Triggered);
+    let v = c
+        .beat
+        .json(&["schedule", "cancel", &id, "--cancel-tasks", "--json"]);
+    assert_eq!(v["cancelTasksRequested"], true);
+    c.wait_runs(&id, "cancelTasks to cancel the second run", |r| {
+        r[1].status == ExecutionStatus::Cancelled
+    });
+    c.wait_schedule(&id, "the schedule to let go of its runs", |s| {
+        s.running.is_empty()
+    });
+}
