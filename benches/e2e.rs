@@ -2,7 +2,7 @@
 //!
 //! Run with `cargo bench --bench e2e`; `cargo bench --bench e2e -- journal memory` runs
 //! only the named measurements (`status`, `start`, `throughput`, `journal`, `memory`,
-//! `dag`, `admission`).
+//! `dag`, `admission`, `loop`, `schedules`).
 //! Arguments that start with `-` (cargo passes `--bench`) are ignored.
 //!
 //! Every measurement works in a fresh `BACKBEAT_HOME` under the temp folder, talks to
@@ -45,7 +45,7 @@ fn main() {
         .collect();
     let bin = beat_binary();
     print_context(&bin);
-    let measurements: [(&str, Measure); 8] = [
+    let measurements: [(&str, Measure); 9] = [
         ("status", status_latency),
         ("start", start_latency),
         ("throughput", throughput),
@@ -54,6 +54,7 @@ fn main() {
         ("dag", dag),
         ("admission", admission),
         ("loop", loop_gap),
+        ("schedules", schedules),
     ];
     let mut figures = Vec::new();
     let mut failed = Vec::new();
@@ -1580,6 +1581,101 @@ fn cpu_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
             makespan_s / ideal_s,
             "x",
             1.25,
+        ),
+    ])
+}
+
+// 9. 10 000 active schedules: creation rate through one MCP session, the daemon's
+//    memory, its CPU between fires, and the lateness of fires under that load
+
+const SCHEDULES: usize = 10_000;
+/// One-time schedules that fire during the lateness measurement.
+const FIRING: usize = 500;
+
+fn schedules(bin: &Path) -> Result<Vec<Figure>> {
+    let home = BeatHome::new(bin)?;
+    home.explain(schedules_in(&home))
+}
+
+fn schedules_in(home: &BeatHome) -> Result<Vec<Figure>> {
+    home.configure(&[("maxWorkers", "2"), ("memoryReserve", "0")])?;
+    let pid = home.start_daemon()?;
+    let mut mcp = home.mcp()?;
+    // Cron schedules that will not fire during the bench (once a year, on 1 January).
+    let dir = home.workdir().display().to_string();
+    let cron = |n: usize| {
+        json!({
+            "prompt": format!("true {n}"),
+            "agent": "shell",
+            "workingDirectory": dir,
+            "scheduleType": "cron",
+            "cronExpression": format!("{} {} 1 1 *", n % 60, (n / 60) % 24),
+        })
+    };
+    let began = Instant::now();
+    mcp.call_many("ScheduleTask", (0..SCHEDULES).map(cron), PIPELINE_WINDOW)?;
+    let create_s = began.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = rss_mib(pid)?;
+    // Between fires: the daemon only sleeps (one timer for all schedules).
+    let before = one_process_cpu(pid)?.own;
+    let idle_window = Duration::from_secs(5);
+    std::thread::sleep(idle_window);
+    let idle_cpu = (one_process_cpu(pid)?.own - before) / idle_window.as_secs_f64() * 100.0;
+    // Lateness: FIRING one-time schedules due within one second, 3 s from now.
+    let due = epoch_ms() + 3_000;
+    let at = |n: usize| {
+        let t = due + (n as i64 * 1000) / FIRING as i64;
+        let iso = chrono::DateTime::from_timestamp_millis(t)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        json!({
+            "prompt": "true",
+            "agent": "shell",
+            "workingDirectory": dir,
+            "scheduleType": "one_time",
+            "scheduledAt": iso,
+        })
+    };
+    mcp.call_many("ScheduleTask", (0..FIRING).map(at), PIPELINE_WINDOW)?;
+    let db = home.path().join("beat.db");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while count_rows(&db, "SELECT COUNT(*) FROM schedule_runs")? < FIRING {
+        if Instant::now() > deadline {
+            return Err("the one-time schedules did not all fire".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let conn = rusqlite::Connection::open(&db).map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("SELECT json_extract(record, '$.firedAt') - scheduled_for FROM schedule_runs")
+        .map_err(|e| e.to_string())?;
+    let lateness: Vec<f64> = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(|e| e.to_string())?
+        .filter_map(|r| r.ok())
+        .map(|v| v as f64)
+        .collect();
+    Ok(vec![
+        Figure::at_least(
+            "schedule_create_rate",
+            SCHEDULES as f64 / create_s,
+            "schedules/s",
+            1000.0,
+        ),
+        Figure::at_most("daemon_rss_10k_schedules", rss, "MiB", 100.0),
+        Figure::at_most("idle_cpu_10k_schedules", idle_cpu, "% of a core", 1.0),
+        Figure::at_most(
+            "fire_lateness_p50",
+            percentile(&lateness, 50.0),
+            "ms",
+            1000.0,
+        ),
+        Figure::at_most(
+            "fire_lateness_p99",
+            percentile(&lateness, 99.0),
+            "ms",
+            1000.0,
         ),
     ])
 }

@@ -75,6 +75,12 @@ pub const KEYS: &[Key] = &[
         help: "time between TERM and KILL, ms",
     },
     Key {
+        name: "scheduleGracePeriodMs",
+        env: "SCHEDULE_GRACE_PERIOD_MS",
+        kind: Kind::Int(0, 1 << 40),
+        help: "how late a schedule's run may start before its missed-run policy applies, ms",
+    },
+    Key {
         name: "rateLimitRetries",
         env: "RATE_LIMIT_RETRIES",
         kind: Kind::Int(0, 100),
@@ -340,6 +346,9 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     }
     if let Some(v) = get("killGracePeriodMs", warnings).and_then(|v| v.as_u64()) {
         s.kill_grace_period_ms = v;
+    }
+    if let Some(v) = get("scheduleGracePeriodMs", warnings).and_then(|v| v.as_u64()) {
+        s.schedule_grace_period_ms = v;
     }
     if let Some(v) = get("rateLimitRetries", warnings).and_then(|v| v.as_u64()) {
         s.rate_limit_retries = v as u32;

@@ -122,6 +122,7 @@ async fn serve(
         shim_command: vec![exe.into_os_string(), "shim".into()],
         spawner,
         settings: crate::config::settings_source(home.config()),
+        clock: backbeat_actors::clock_timer::daemon_clock(),
     })?;
     tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");
     // Queued now, before any connection is accepted: the engine recovers before it

@@ -31,6 +31,35 @@ impl Clock for SystemClock {
     }
 }
 
+/// TEST ONLY: a clock read from a file, so that integration tests through the real
+/// binary can move the daemon's time (`BACKBEAT_TEST_CLOCK_FILE`). The file holds one
+/// integer, milliseconds since the epoch, and is read again at every `now()`; the shared
+/// timer re-reads the time at least once a second, so a test that writes a later time
+/// sees what became due fire within a second. A missing or unreadable file reads as the
+/// machine's clock. Never set this variable outside tests.
+#[derive(Debug, Clone)]
+pub struct FileClock {
+    pub path: std::path::PathBuf,
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now)
+    }
+}
+
+/// The daemon's clock: the machine's, or (tests only) `BACKBEAT_TEST_CLOCK_FILE`'s.
+pub fn daemon_clock() -> std::sync::Arc<dyn Clock> {
+    match std::env::var_os("BACKBEAT_TEST_CLOCK_FILE") {
+        Some(path) if !path.is_empty() => std::sync::Arc::new(FileClock { path: path.into() }),
+        _ => std::sync::Arc::new(SystemClock),
+    }
+}
+
 /// The longest the waiter trusts the monotonic timer before reading the wall clock again.
 pub const RECHECK: Duration = Duration::from_secs(1);
 

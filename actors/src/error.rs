@@ -36,6 +36,10 @@ pub enum EngineError {
         action: &'static str,
         status: crate::model::loops::LoopStatus,
     },
+    #[error(
+        "schedule {0} not found. Schedule ids look like schedule-…; ListSchedules (beat schedule list) shows them"
+    )]
+    ScheduleNotFound(String),
     #[error("{0}")]
     InvalidInput(String),
     #[error(transparent)]

@@ -19,6 +19,8 @@ pub mod loops;
 pub mod measure;
 pub mod model;
 pub mod pipeline;
+pub mod schedule;
+pub mod schedule_timer;
 pub mod service_unit;
 pub mod settings;
 pub mod task;

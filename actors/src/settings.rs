@@ -68,6 +68,8 @@ pub struct Settings {
     pub rate_limit_backoff_ms: u64,
     /// Finished tasks and pipelines are removed this many days after they ended.
     pub task_retention_days: u32,
+    /// A schedule's occurrence later than this (ms) follows its missed-run policy.
+    pub schedule_grace_period_ms: u64,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
@@ -91,6 +93,7 @@ impl Default for Settings {
             rate_limit_retries: 3,
             rate_limit_backoff_ms: 60_000,
             task_retention_days: DEFAULT_TASK_RETENTION_DAYS,
+            schedule_grace_period_ms: crate::model::schedule::DEFAULT_GRACE_PERIOD_MS as u64,
         }
     }
 }

@@ -511,6 +511,7 @@ impl Model {
                 self.pipelines.insert(p.id.clone(), p);
             }
             Record::Loop(_) => unreachable!("the generator makes no loops"),
+            Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
         }
     }
 
@@ -1169,6 +1170,7 @@ fn check_fold(path: &Path, model: &Model) -> usize {
             Record::Task(t) => folded_tasks.insert(id, t),
             Record::Pipeline(p) => folded_pipelines.insert(id, p).map(|_| unreachable!()),
             Record::Loop(_) => unreachable!("the generator makes no loops"),
+            Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
         };
     }
 
@@ -1312,6 +1314,7 @@ fn check_event(prev: Option<&Record>, id: &str, event: &Event) -> Option<Record>
                 Record::Task(t) => t.status.as_str(),
                 Record::Pipeline(p) => p.status.as_str(),
                 Record::Loop(l) => l.status.as_str(),
+                Record::Schedule(_) | Record::ScheduleRun(_) => unreachable!("no schedules here"),
             };
             assert_eq!(got, status, "{event:?} on {prev:?}");
             assert_eq!(next.id(), id, "{event:?} changed the entity's id");
@@ -1410,6 +1413,9 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
                         Event::Task(e) => e.name().to_string(),
                         Event::Pipeline(e) => format!("pipeline/{}", e.name()),
                         Event::Loop(e) => format!("loop/{}", e.name()),
+                        Event::Schedule(_) | Event::ScheduleRun(_) => {
+                            unreachable!("no schedules here")
+                        }
                     };
                     *journaled.entry(name).or_default() += 1;
                     transitions.push(match (event, &next) {

@@ -1,4 +1,4 @@
-//! `beat daemon start|stop|status`.
+//! `beat daemon start|stop|status|install`.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -19,6 +19,15 @@ pub enum DaemonCommand {
     Stop,
     /// Whether the daemon runs, its PID and socket
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a user service that starts the daemon at login/boot (systemd), so that
+    /// schedules fire after a reboot; elsewhere, say how to start it at login
+    Install {
+        /// Write the systemd unit even where systemd does not seem to run
+        #[arg(long)]
+        systemd: bool,
         #[arg(long)]
         json: bool,
     },
@@ -50,6 +59,7 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             }
             Ok(0)
         }
+        DaemonCommand::Install { systemd, json } => install(home, systemd, json),
         DaemonCommand::Status { json } => {
             let pid = crate::launcher::running_pid(home);
             let socket = home.socket().display().to_string();
@@ -65,4 +75,42 @@ pub fn run(cmd: DaemonCommand, home: &Home) -> Result<i32, CliError> {
             Ok(0)
         }
     }
+}
+
+/// `beat daemon install`: the plan is `service_unit`'s; this writes the file and prints.
+fn install(home: &Home, force_systemd: bool, json: bool) -> Result<i32, CliError> {
+    use backbeat_actors::service_unit::{ServiceSpec, install_plan};
+    let beat = std::env::current_exe()?;
+    let root = std::path::absolute(&home.root)?;
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))
+        .ok_or_else(|| CliError::Usage("neither XDG_CONFIG_HOME nor HOME is set".into()))?;
+    let systemd_runs = force_systemd || std::path::Path::new("/run/systemd/system").exists();
+    let plan = install_plan(
+        &ServiceSpec {
+            beat: &beat,
+            home: &root,
+        },
+        systemd_runs,
+        &config_home,
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let (Some(path), Some(text)) = (&plan.unit_path, &plan.unit_text) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    if json {
+        print_json(&json!({
+            "unitPath": plan.unit_path.as_ref().map(|p| p.display().to_string()),
+            "systemd": systemd_runs,
+            "instructions": plan.instructions,
+        }));
+    } else {
+        super::write_stderr(plan.instructions.as_bytes());
+    }
+    Ok(0)
 }

@@ -13,6 +13,7 @@ mod mcp;
 mod pipeline;
 mod prune;
 mod run;
+mod schedule;
 mod tasks;
 
 use std::io::Write;
@@ -68,6 +69,9 @@ enum Command {
     /// Remove finished tasks and pipelines now (the daemon does it daily after taskRetentionDays)
     Prune(prune::PruneCliArgs),
     Loop(loops::LoopArgs),
+    /// Cron and one-time schedules of tasks and pipelines
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Show or change the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -117,6 +121,7 @@ pub fn main() -> i32 {
         Command::Pipeline(args) => block_on(pipeline::run(args, &home)),
         Command::Prune(args) => block_on(prune::run(args, &home)),
         Command::Loop(args) => block_on(loops::run(args, &home)),
+        Command::Schedule(cmd) => block_on(schedule::run(cmd, &home)),
     };
     match result {
         Ok(code) => code,

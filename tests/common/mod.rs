@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use backbeat_actors::journal::{Store, TaskQuery};
+use backbeat_actors::model::schedule::{ExecutionRecord, ScheduleRecord};
 use backbeat_actors::model::{PipelineRecord, Record};
 use serde_json::{Value, json};
 
@@ -222,6 +223,20 @@ impl Beat {
                 .expect("loops")
                 .into_iter()
                 .map(|l| (l.id.clone(), Record::Loop(l))),
+        );
+        table.extend(
+            store
+                .all::<ScheduleRecord>()
+                .expect("schedules")
+                .into_iter()
+                .map(|s| (s.id.clone(), Record::Schedule(s))),
+        );
+        table.extend(
+            store
+                .all::<ExecutionRecord>()
+                .expect("schedule runs")
+                .into_iter()
+                .map(|e| (e.id.clone(), Record::ScheduleRun(e))),
         );
         assert_eq!(
             folded, table,

@@ -46,7 +46,18 @@ impl Engine {
         records: Vec<TaskRecord>,
         pipeline: Option<PipelineRecord>,
     ) -> ResponseActFuture<Self, Result<Vec<TaskRecord>, EngineError>> {
-        let mut transitions = Vec::with_capacity(records.len() + 1);
+        self.admit_all_with(records, pipeline, Vec::new())
+    }
+
+    /// `admit_all`, with `joint` transitions of other entities in the same transaction
+    /// (a schedule's fire and its execution row).
+    pub(super) fn admit_all_with(
+        &mut self,
+        records: Vec<TaskRecord>,
+        pipeline: Option<PipelineRecord>,
+        joint: Vec<crate::model::Transition>,
+    ) -> ResponseActFuture<Self, Result<Vec<TaskRecord>, EngineError>> {
+        let mut transitions = Vec::with_capacity(records.len() + 1 + joint.len());
         for record in &records {
             let event = TaskEvent::Submitted {
                 task: Box::new(record.clone()),
@@ -65,6 +76,7 @@ impl Engine {
             }
             transitions.push(PipelineRecord::transition(event, p.clone()));
         }
+        transitions.extend(joint);
         let commit = self.journal.send(Append::new(transitions));
         Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
             let res = match res {

@@ -16,6 +16,7 @@ mod pipelines;
 mod recovery;
 mod registry;
 mod retention;
+mod schedules;
 mod validation;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
 pub use self::retention::{Prune, PruneReport};
+pub use self::schedules::{CreateSchedule, ScheduleOp, ScheduleTarget};
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
@@ -43,9 +45,12 @@ use crate::entity::{EntityEnded, OwnedTaskEnded};
 use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
 use crate::journal::{Journal, JournalWriter, Store};
+use crate::model::clock::Clock;
 use crate::model::dag::{DependencyGraph, Resolution};
 pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
 use crate::model::{Priority, Record, TaskRecord, TaskStatus};
+use crate::schedule::PipelineRunEnded;
+use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
 
@@ -109,6 +114,10 @@ pub struct Engine {
     writer: JournalWriter,
     /// Opened once recovery settled (`RecoveryGate`).
     recovered: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The wall clock schedules fire by (a test's clock in tests).
+    clock: Arc<dyn Clock>,
+    /// The one timer every schedule waits on.
+    timer: Addr<ScheduleTimer>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -130,6 +139,8 @@ pub struct EngineConfig {
     /// Forks shims without exec when the host started one (before its first thread).
     pub spawner: Option<Arc<crate::agents::spawner::Spawner>>,
     pub settings: SettingsSource,
+    /// The wall clock schedules fire by: `SystemClock` in the daemon.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Engine {
@@ -169,6 +180,8 @@ impl Engine {
             early: HashMap::new(),
             writer: writer.clone(),
             recovered: Arc::new(recovered),
+            timer: ScheduleTimer::new(config.clock.clone()).start(),
+            clock: config.clock,
         }
         .start();
         Ok(EngineHandle {
@@ -327,7 +340,7 @@ impl Handler<Resume> for Engine {
 impl Handler<EntityEnded> for Engine {
     type Result = ();
 
-    fn handle(&mut self, msg: EntityEnded, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: EntityEnded, ctx: &mut Context<Self>) {
         match msg.0 {
             Record::Task(t) => {
                 self.live.remove_task(&t.id);
@@ -347,9 +360,45 @@ impl Handler<EntityEnded> for Engine {
                     self.deliver(r);
                 }
             }
-            Record::Pipeline(p) => self.live.remove_pipeline(&p.id),
+            Record::Pipeline(p) => {
+                self.live.remove_pipeline(&p.id);
+                self.tell_schedule_of_pipeline(p, ctx);
+            }
             Record::Loop(l) => self.live.remove_loop(&l.id),
+            Record::Schedule(s) => self.live.remove_schedule(&s.id),
+            Record::ScheduleRun(_) => {}
         }
+    }
+}
+
+impl Engine {
+    /// A pipeline that a schedule launched ended: its schedule hears of it (found by the
+    /// execution row, so it holds after a restart too).
+    fn tell_schedule_of_pipeline(
+        &mut self,
+        p: crate::model::PipelineRecord,
+        ctx: &mut Context<Self>,
+    ) {
+        use crate::model::schedule::ExecutionStatus;
+        let status = match p.status {
+            crate::model::PipelineStatus::Completed => ExecutionStatus::Completed,
+            crate::model::PipelineStatus::Cancelled => ExecutionStatus::Cancelled,
+            _ => ExecutionStatus::Failed,
+        };
+        let store = self.store.clone();
+        let id = p.id.clone();
+        let read =
+            async move { tokio::task::spawn_blocking(move || store.run_of_pipeline(&id)).await };
+        ctx.spawn(read.into_actor(self).map(move |res, act, _| {
+            if let Ok(Ok(Some(run))) = res
+                && let Some(s) = act.live.schedule(&run.schedule_id)
+            {
+                s.do_send(PipelineRunEnded {
+                    pipeline_id: p.id,
+                    status,
+                });
+            }
+        }));
     }
 }
 

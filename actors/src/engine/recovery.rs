@@ -55,6 +55,7 @@ pub struct Recover;
 
 /// What recovery reads from the journal.
 struct Unfinished {
+    schedules: Vec<crate::model::schedule::ScheduleRecord>,
     pipelines: Vec<PipelineRecord>,
     loops: Vec<LoopRecord>,
     tasks: Vec<TaskRecord>,
@@ -86,6 +87,7 @@ impl Handler<Recover> for Engine {
         let runs_root = self.runs_root.clone();
         let read = async move {
             tokio::task::spawn_blocking(move || {
+                let schedules = store.live_schedules()?;
                 let pipelines = store.live_pipelines()?;
                 let loops = store.live_loops()?;
                 let tasks = store.live_tasks()?;
@@ -104,6 +106,7 @@ impl Handler<Recover> for Engine {
                     .map(|t| t.id.clone())
                     .collect();
                 Ok::<_, rusqlite::Error>(Unfinished {
+                    schedules,
                     pipelines,
                     loops,
                     tasks,
@@ -126,6 +129,10 @@ impl Handler<Recover> for Engine {
             };
             // Subscribed before any actor exists, so no end they journal is missed.
             let committed = act.writer.subscribe();
+            // Owners first: schedules, then pipelines, then tasks.
+            for s in unfinished.schedules {
+                act.spawn_schedule_actor(s, ctx);
+            }
             act.recover_pipelines(unfinished.pipelines, ctx);
             act.recover_loops(unfinished.loops, ctx);
             let count = act.recover_tasks(unfinished.tasks, unfinished.finished_deps, ctx);

@@ -15,6 +15,7 @@ use crate::entity::OwnedTaskEnded;
 use crate::loops::actor::LoopActor;
 use crate::model::{EntityKind, EntityRef};
 use crate::pipeline::PipelineActor;
+use crate::schedule::ScheduleActor;
 use crate::task::{JoinCancel, TaskActor};
 
 /// A live pipeline and its steps' task ids.
@@ -28,6 +29,7 @@ pub(super) struct Registry {
     tasks: HashMap<String, Addr<TaskActor>>,
     pipelines: HashMap<String, LivePipeline>,
     loops: HashMap<String, Addr<LoopActor>>,
+    schedules: HashMap<String, Addr<ScheduleActor>>,
 }
 
 impl Registry {
@@ -75,6 +77,25 @@ impl Registry {
         self.loops.remove(id);
     }
 
+    pub fn schedule(&self, id: &str) -> Option<&Addr<ScheduleActor>> {
+        self.schedules.get(id)
+    }
+
+    pub fn add_schedule(&mut self, id: String, addr: Addr<ScheduleActor>) {
+        self.schedules.insert(id, addr);
+    }
+
+    pub fn remove_schedule(&mut self, id: &str) {
+        self.schedules.remove(id);
+    }
+
+    /// The last step of a live pipeline.
+    pub fn pipeline_last_step(&self, pipeline: &str) -> Option<String> {
+        self.pipelines
+            .get(pipeline)
+            .and_then(|p| p.steps.last().cloned())
+    }
+
     /// The live step actors of a live pipeline, in order.
     pub fn live_steps(&self, pipeline: &str) -> Vec<Recipient<JoinCancel>> {
         self.pipelines
@@ -103,7 +124,12 @@ impl Registry {
                     l.do_send(ended);
                 }
             }
-            EntityKind::Task => {
+            EntityKind::Schedule => {
+                if let Some(s) = self.schedules.get(&owner.id) {
+                    s.do_send(ended);
+                }
+            }
+            EntityKind::Task | EntityKind::ScheduleRun => {
                 tracing::warn!(owner = %owner.id, "a task cannot own tasks; ignoring");
             }
         }

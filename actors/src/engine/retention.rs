@@ -115,7 +115,10 @@ fn run_prune(db: &Path, runs_root: &Path, older_than_ms: u64) -> Result<PruneRep
     for p in pruned {
         match p.entity.kind {
             EntityKind::Pipeline => report.pipelines.push(p.entity.id.clone()),
-            EntityKind::Task | EntityKind::Loop => {}
+            EntityKind::Task
+            | EntityKind::Loop
+            | EntityKind::Schedule
+            | EntityKind::ScheduleRun => {}
         }
         report.tasks.extend(p.task_ids().map(String::from));
     }

@@ -124,6 +124,10 @@ fn delete_rows(conn: &Connection, member: &EntityRef) -> rusqlite::Result<()> {
         EntityKind::Task => TaskRecord::remove(conn, &member.id),
         EntityKind::Pipeline => PipelineRecord::remove(conn, &member.id),
         EntityKind::Loop => crate::model::loops::LoopRecord::remove(conn, &member.id),
+        EntityKind::Schedule => crate::model::schedule::ScheduleRecord::remove(conn, &member.id),
+        EntityKind::ScheduleRun => {
+            crate::model::schedule::ExecutionRecord::remove(conn, &member.id)
+        }
     }
 }
 
@@ -174,8 +178,8 @@ pub fn prune(
         let rule = match pruned.entity.kind {
             EntityKind::Pipeline => removable_pipelines,
             EntityKind::Task => removable_tasks,
-            // No rule chooses loops yet (KINDS): they are kept.
-            EntityKind::Loop => continue,
+            // No rule chooses loops or schedules yet (KINDS): they are kept.
+            EntityKind::Loop | EntityKind::Schedule | EntityKind::ScheduleRun => continue,
         };
         // Something may have started to need it since the listing: check again.
         let Some(now) = rule(&tx, finished_before, Some(&pruned.entity.id))?

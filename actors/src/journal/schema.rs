@@ -194,6 +194,35 @@ const MIGRATIONS: &[(&str, &[Step])] = &[
     "#,
         )],
     ),
+    (
+        "schedules and their executions",
+        &[Step::Sql(
+            r#"
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('active','paused','completed','cancelled','expired')),
+        live INTEGER NOT NULL, -- active, paused, or following a run that has not ended
+        created_at INTEGER NOT NULL,
+        next_run_at INTEGER,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX schedules_live ON schedules(live) WHERE live;
+    CREATE INDEX schedules_by_created ON schedules(created_at);
+    CREATE TABLE schedule_runs (
+        id TEXT PRIMARY KEY,
+        schedule_id TEXT NOT NULL,
+        scheduled_for INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('triggered','completed','failed','cancelled','missed','skipped')),
+        task_id TEXT,
+        pipeline_id TEXT,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX schedule_runs_by_schedule ON schedule_runs(schedule_id, scheduled_for);
+    CREATE INDEX schedule_runs_by_task ON schedule_runs(task_id) WHERE task_id IS NOT NULL;
+    CREATE INDEX schedule_runs_by_pipeline ON schedule_runs(pipeline_id) WHERE pipeline_id IS NOT NULL;
+    "#,
+        )],
+    ),
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

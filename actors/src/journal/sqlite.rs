@@ -80,6 +80,22 @@ impl SqliteBackend {
                         &mut self.event_json,
                         &mut self.record_json,
                     )?,
+                    Transition::Schedule(e, r) => write_transition(
+                        &tx,
+                        at,
+                        e,
+                        r,
+                        &mut self.event_json,
+                        &mut self.record_json,
+                    )?,
+                    Transition::ScheduleRun(e, r) => write_transition(
+                        &tx,
+                        at,
+                        e,
+                        r,
+                        &mut self.event_json,
+                        &mut self.record_json,
+                    )?,
                 }
             }
         }

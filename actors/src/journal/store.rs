@@ -9,6 +9,7 @@ use rusqlite::{Connection, params};
 use super::schema::open_read_connection;
 use super::tables::{self, Table, read_record};
 use crate::model::loops::{IterationRecord, LoopRecord};
+use crate::model::schedule::{ExecutionRecord, ScheduleRecord, ScheduleStatus};
 use crate::model::{EntityKind, Event, PipelineRecord, TaskRecord, TaskStatus};
 
 /// Read access to the journal's state tables.
@@ -203,6 +204,55 @@ impl Store {
         })
     }
 
+    /// Schedules that are active, paused, or following a run: what recovery brings back.
+    pub fn live_schedules(&self) -> rusqlite::Result<Vec<ScheduleRecord>> {
+        self.with(|c| {
+            c.prepare("SELECT record FROM schedules WHERE live ORDER BY created_at, rowid")?
+                .query_map([], |r| read_record(r, 0))?
+                .collect()
+        })
+    }
+
+    /// Schedules, newest first (`ListSchedules`).
+    pub fn schedules(
+        &self,
+        status: Option<ScheduleStatus>,
+        limit: usize,
+        offset: usize,
+    ) -> rusqlite::Result<Vec<ScheduleRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT record FROM schedules WHERE (?1 IS NULL OR status = ?1)
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(
+                params![status.map(|s| s.as_str()), limit as i64, offset as i64],
+                |r| read_record(r, 0),
+            )?
+            .collect()
+        })
+    }
+
+    pub fn schedule(&self, id: &str) -> rusqlite::Result<Option<ScheduleRecord>> {
+        self.get(id)
+    }
+
+    /// A schedule's executions, the newest occurrence first.
+    pub fn schedule_runs(
+        &self,
+        schedule_id: &str,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<ExecutionRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT record FROM schedule_runs WHERE schedule_id = ?1
+                 ORDER BY scheduled_for DESC, rowid DESC LIMIT ?2",
+            )?
+            .query_map(params![schedule_id, limit as i64], |r| read_record(r, 0))?
+            .collect()
+        })
+    }
+
     /// A loop's iterations, oldest first.
     pub fn loop_iterations(&self, loop_id: &str) -> rusqlite::Result<Vec<IterationRecord>> {
         self.with(|c| {
@@ -214,6 +264,44 @@ impl Store {
                 serde_json::from_str(text).map_err(|e| conversion_error(0, e.to_string()))
             })?
             .collect()
+        })
+    }
+
+    /// The schedule's most recent execution that ran or was refused (not one that a
+    /// policy dropped): what `afterSchedule` follows.
+    pub fn latest_run(&self, schedule_id: &str) -> rusqlite::Result<Option<ExecutionRecord>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT record FROM schedule_runs WHERE schedule_id = ?1
+                 AND status IN ('triggered','completed','failed','cancelled')
+                 ORDER BY rowid DESC LIMIT 1",
+            )?
+            .query_map(params![schedule_id], |r| read_record(r, 0))?
+            .next()
+            .transpose()
+        })
+    }
+
+    /// Executions by id (those that exist).
+    pub fn runs_by_id(&self, ids: &[String]) -> rusqlite::Result<Vec<ExecutionRecord>> {
+        self.with(|c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(e) = tables::get::<ExecutionRecord>(c, id)? {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The execution that launched pipeline `id`, if a schedule did.
+    pub fn run_of_pipeline(&self, id: &str) -> rusqlite::Result<Option<ExecutionRecord>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT record FROM schedule_runs WHERE pipeline_id = ?1")?
+                .query_map(params![id], |r| read_record(r, 0))?
+                .next()
+                .transpose()
         })
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::loops::{LoopEvent, LoopRecord};
 use super::pipeline::{PipelineEvent, PipelineRecord};
+use super::schedule::{ExecutionEvent, ExecutionRecord, ScheduleEvent, ScheduleRecord};
 use super::task::{TaskEvent, TaskRecord};
 
 /// The kinds of entity the journal records.
@@ -20,10 +21,19 @@ pub enum EntityKind {
     Task,
     Pipeline,
     Loop,
+    Schedule,
+    /// One execution (occurrence) of a schedule: a row of `schedule_runs`.
+    ScheduleRun,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 3] = [EntityKind::Task, EntityKind::Pipeline, EntityKind::Loop];
+    pub const ALL: [EntityKind; 5] = [
+        EntityKind::Task,
+        EntityKind::Pipeline,
+        EntityKind::Loop,
+        EntityKind::Schedule,
+        EntityKind::ScheduleRun,
+    ];
 
     /// The kind's name in the `events` table and in messages.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +41,8 @@ impl EntityKind {
             EntityKind::Task => "task",
             EntityKind::Pipeline => "pipeline",
             EntityKind::Loop => "loop",
+            EntityKind::Schedule => "schedule",
+            EntityKind::ScheduleRun => "schedule_run",
         }
     }
 
@@ -108,6 +120,8 @@ pub enum Transition {
     Task(TaskEvent, TaskRecord),
     Pipeline(PipelineEvent, PipelineRecord),
     Loop(LoopEvent, LoopRecord),
+    Schedule(ScheduleEvent, ScheduleRecord),
+    ScheduleRun(ExecutionEvent, ExecutionRecord),
 }
 
 /// An event of any kind, as read back from the journal.
@@ -116,6 +130,8 @@ pub enum Event {
     Task(TaskEvent),
     Pipeline(PipelineEvent),
     Loop(LoopEvent),
+    Schedule(ScheduleEvent),
+    ScheduleRun(ExecutionEvent),
 }
 
 /// A record of any kind.
@@ -125,6 +141,8 @@ pub enum Record {
     Task(TaskRecord),
     Pipeline(PipelineRecord),
     Loop(LoopRecord),
+    Schedule(ScheduleRecord),
+    ScheduleRun(ExecutionRecord),
 }
 
 impl Transition {
@@ -133,6 +151,8 @@ impl Transition {
             Transition::Task(..) => EntityKind::Task,
             Transition::Pipeline(..) => EntityKind::Pipeline,
             Transition::Loop(..) => EntityKind::Loop,
+            Transition::Schedule(..) => EntityKind::Schedule,
+            Transition::ScheduleRun(..) => EntityKind::ScheduleRun,
         }
     }
 
@@ -141,6 +161,8 @@ impl Transition {
             Transition::Task(_, r) => &r.id,
             Transition::Pipeline(_, r) => &r.id,
             Transition::Loop(_, r) => &r.id,
+            Transition::Schedule(_, r) => &r.id,
+            Transition::ScheduleRun(_, r) => &r.id,
         }
     }
 
@@ -149,6 +171,8 @@ impl Transition {
             Transition::Task(e, _) => e.name(),
             Transition::Pipeline(e, _) => e.name(),
             Transition::Loop(e, _) => e.name(),
+            Transition::Schedule(e, _) => e.name(),
+            Transition::ScheduleRun(e, _) => e.name(),
         }
     }
 
@@ -157,6 +181,8 @@ impl Transition {
             Transition::Task(_, r) => Record::Task(r.clone()),
             Transition::Pipeline(_, r) => Record::Pipeline(r.clone()),
             Transition::Loop(_, r) => Record::Loop(r.clone()),
+            Transition::Schedule(_, r) => Record::Schedule(r.clone()),
+            Transition::ScheduleRun(_, r) => Record::ScheduleRun(r.clone()),
         }
     }
 }
@@ -167,6 +193,8 @@ impl Event {
             Event::Task(_) => EntityKind::Task,
             Event::Pipeline(_) => EntityKind::Pipeline,
             Event::Loop(_) => EntityKind::Loop,
+            Event::Schedule(_) => EntityKind::Schedule,
+            Event::ScheduleRun(_) => EntityKind::ScheduleRun,
         }
     }
 
@@ -175,6 +203,8 @@ impl Event {
             Event::Task(e) => e.name(),
             Event::Pipeline(e) => e.name(),
             Event::Loop(e) => e.name(),
+            Event::Schedule(e) => e.name(),
+            Event::ScheduleRun(e) => e.name(),
         }
     }
 
@@ -184,6 +214,8 @@ impl Event {
             EntityKind::Task => Event::Task(serde_json::from_str(payload)?),
             EntityKind::Pipeline => Event::Pipeline(serde_json::from_str(payload)?),
             EntityKind::Loop => Event::Loop(serde_json::from_str(payload)?),
+            EntityKind::Schedule => Event::Schedule(serde_json::from_str(payload)?),
+            EntityKind::ScheduleRun => Event::ScheduleRun(serde_json::from_str(payload)?),
         })
     }
 }
@@ -194,6 +226,8 @@ impl Record {
             Record::Task(_) => EntityKind::Task,
             Record::Pipeline(_) => EntityKind::Pipeline,
             Record::Loop(_) => EntityKind::Loop,
+            Record::Schedule(_) => EntityKind::Schedule,
+            Record::ScheduleRun(_) => EntityKind::ScheduleRun,
         }
     }
 
@@ -202,6 +236,8 @@ impl Record {
             Record::Task(r) => &r.id,
             Record::Pipeline(r) => &r.id,
             Record::Loop(r) => &r.id,
+            Record::Schedule(r) => &r.id,
+            Record::ScheduleRun(r) => &r.id,
         }
     }
 
@@ -228,6 +264,8 @@ impl Record {
             Event::Task(e) => Record::Task(typed::<TaskRecord>(prev, e)?),
             Event::Pipeline(e) => Record::Pipeline(typed::<PipelineRecord>(prev, e)?),
             Event::Loop(e) => Record::Loop(typed::<LoopRecord>(prev, e)?),
+            Event::Schedule(e) => Record::Schedule(typed::<ScheduleRecord>(prev, e)?),
+            Event::ScheduleRun(e) => Record::ScheduleRun(typed::<ExecutionRecord>(prev, e)?),
         })
     }
 }

@@ -21,6 +21,7 @@
 //! never by timing (W18); cancelling a finished schedule is refused (W17).
 
 pub mod cron;
+mod entity;
 
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -512,7 +513,7 @@ impl ExecutionStatus {
     }
 }
 
-/// One occurrence of a schedule (the `schedule_executions` table).
+/// One occurrence of a schedule (the `schedule_runs` table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionRecord {

@@ -14,6 +14,7 @@ pub mod context;
 pub mod loops;
 pub mod pipelines;
 pub mod retention;
+pub mod schedules;
 pub mod tasks;
 
 use rmcp::model::Tool;
@@ -102,6 +103,22 @@ tools! {
         "Pause a running loop: no new iteration starts; with force the running iteration is cancelled too.";
     "ResumeLoop" => loops::ResumeLoopArgs, loops::resume,
         "Resume a paused loop.";
+    "ScheduleTask" => schedules::ScheduleTaskArgs, schedules::schedule_task,
+        "Schedule a task: cron (cronExpression, in timezone) or one_time (scheduledAt). The daemon fires it on time with no client connected. Returns the scheduleId and nextRunAt.";
+    "SchedulePipeline" => schedules::SchedulePipelineArgs, schedules::schedule_pipeline,
+        "Schedule a pipeline: each fire creates its 2 to 20 steps, each starting when the one before completed. Returns the scheduleId and nextRunAt.";
+    "ListSchedules" => schedules::ListSchedulesArgs, schedules::list,
+        "List schedules, newest first, optionally by status.";
+    "ScheduleStatus" => schedules::ScheduleStatusArgs, schedules::status,
+        "A schedule's settings and state; with includeHistory its executions (triggered, completed, failed, cancelled, missed, skipped) with their task or pipeline ids.";
+    "CancelSchedule" => schedules::CancelScheduleArgs, schedules::cancel,
+        "Cancel an active or paused schedule; with cancelTasks also its running tasks and pipelines.";
+    "PauseSchedule" => schedules::PauseScheduleArgs, schedules::pause,
+        "Pause an active schedule: nothing fires until it is resumed.";
+    "ResumeSchedule" => schedules::ResumeScheduleArgs, schedules::resume,
+        "Resume a paused schedule; a cron schedule's next run is its next time from now.";
+    "TriggerSchedule" => schedules::TriggerScheduleArgs, schedules::trigger,
+        "Fire a schedule once now, without changing its timing (it counts toward maxRuns).";
     "ListAgents" => agents::ListAgentsArgs, agents::list,
         "List the agents Backbeat can run, whether each is ready, and the default agent.";
     "ConfigureAgent" => agents::ConfigureAgentArgs, agents::configure,

@@ -9,6 +9,7 @@
 
 mod loops;
 mod pipeline;
+mod schedule;
 mod task;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};

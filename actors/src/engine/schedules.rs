@@ -1,0 +1,429 @@
+//! Schedules: creation (validated timing and template, one `Created` append), the fire
+//! of a run (its tasks or pipeline, the schedule's events and the execution row in ONE
+//! append), and the commands routed to a schedule's actor.
+//!
+//! Owns: turning a schedule's template into task records at each fire, and the wiring
+//! of a run to its schedule (the task's `owner`; a pipeline's run found by its id).
+//! Must never: decide when or whether a schedule fires (`model::schedule::decide`, in
+//! the `ScheduleActor`), or read the machine's clock (the engine's `Clock`).
+
+use actix::prelude::*;
+
+use super::validation::Lineage;
+use super::{Cancel, CancelPipeline, Engine, NewTask};
+use crate::error::EngineError;
+use crate::model::schedule::{
+    self, ExecutionEvent, ExecutionRecord, ExecutionStatus, InvalidSchedule, Launched,
+    MissedRunPolicy, NewSchedule, OverlapPolicy, ScheduleEvent, ScheduleRecord, TargetKind,
+    TimingRequest,
+};
+use crate::model::{Entity, EntityKind, EntityRef, TaskRecord, TaskStatus, Transition};
+use crate::schedule::{
+    Command, FireRun, PipelineTemplate, ScheduleActor, ScheduleCommand, ScheduleDeps, TaskTemplate,
+};
+
+/// What a new schedule runs.
+#[derive(Debug, Clone)]
+pub enum ScheduleTarget {
+    Task(TaskTemplate),
+    Pipeline(PipelineTemplate),
+}
+
+/// A new schedule, as the front ends send it (times as the user wrote them).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<ScheduleRecord, EngineError>")]
+pub struct CreateSchedule {
+    pub schedule_type: schedule::ScheduleType,
+    pub cron_expression: Option<String>,
+    pub scheduled_at: Option<String>,
+    pub timezone: Option<String>,
+    pub expires_at: Option<String>,
+    pub max_runs: Option<i64>,
+    pub missed_run_policy: MissedRunPolicy,
+    pub overlap_policy: OverlapPolicy,
+    pub after_schedule_id: Option<String>,
+    pub target: ScheduleTarget,
+}
+
+/// Pause, resume, cancel (optionally its running tasks and pipelines) or run now.
+/// Answers the schedule after the command and, for a run now, the new execution.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(ScheduleRecord, Vec<ExecutionRecord>), EngineError>")]
+pub struct ScheduleOp {
+    pub schedule_id: String,
+    pub command: Command,
+    /// With a cancel: also cancel the runs still running.
+    pub cancel_tasks: bool,
+}
+
+fn new_task(t: &TaskTemplate) -> NewTask {
+    NewTask {
+        prompt: t.prompt.clone(),
+        priority: t.priority,
+        agent: t.agent.clone(),
+        working_directory: t.working_directory.clone(),
+        timeout: t.timeout,
+        model: t.model.clone(),
+        system_prompt: t.system_prompt.clone(),
+        ..Default::default()
+    }
+}
+
+fn invalid(e: InvalidSchedule) -> EngineError {
+    EngineError::InvalidInput(e.to_string())
+}
+
+impl Engine {
+    pub(super) fn schedule_deps(&self, ctx: &Context<Self>) -> ScheduleDeps {
+        ScheduleDeps {
+            journal: self.journal.clone().recipient(),
+            registry: ctx.address().recipient(),
+            fire: ctx.address().recipient(),
+            timer: self.timer.clone(),
+            clock: self.clock.clone(),
+            grace_ms: (self.settings)().schedule_grace_period_ms as i64,
+            store: self.store.clone(),
+        }
+    }
+
+    pub(super) fn spawn_schedule_actor(&mut self, record: ScheduleRecord, ctx: &Context<Self>) {
+        if self.live.schedule(&record.id).is_some() {
+            return;
+        }
+        let deps = self.schedule_deps(ctx);
+        let id = record.id.clone();
+        let addr = actix::Supervisor::start(move |_| ScheduleActor::new(record, deps));
+        self.live.add_schedule(id, addr);
+    }
+
+    /// The task records one fire creates (not yet journaled), and the pipeline's record
+    /// if the target is one. A template that no longer validates is an error.
+    fn build_run(
+        &mut self,
+        s: &ScheduleRecord,
+        depends_on: Option<String>,
+    ) -> Result<(Vec<TaskRecord>, Option<crate::model::PipelineRecord>), EngineError> {
+        let owner = EntityRef::new(EntityKind::Schedule, s.id.clone());
+        let template_error = |e: serde_json::Error| {
+            EngineError::Internal(format!("schedule {}'s template: {e}", s.id))
+        };
+        match s.target {
+            TargetKind::Task => {
+                let t: TaskTemplate =
+                    serde_json::from_value(s.template.clone()).map_err(template_error)?;
+                let mut record = self.build(new_task(&t), Lineage::default())?;
+                record.owner = Some(owner);
+                if let Some(dep) = depends_on {
+                    self.wait_on(&mut record, dep);
+                }
+                Ok((vec![record], None))
+            }
+            // Scheduled loops need the loop engine, which is not here yet; nothing
+            // creates such a schedule.
+            TargetKind::Loop => Err(EngineError::InvalidInput(format!(
+                "schedule {} runs a loop, which this daemon cannot start yet",
+                s.id
+            ))),
+            TargetKind::Pipeline => {
+                let p: PipelineTemplate =
+                    serde_json::from_value(s.template.clone()).map_err(template_error)?;
+                let mut records = Vec::with_capacity(p.steps.len());
+                for (i, step) in p.steps.iter().enumerate() {
+                    let r = self
+                        .build(new_task(step), Lineage::default())
+                        .map_err(|e| EngineError::InvalidInput(format!("step {}: {e}", i + 1)))?;
+                    records.push(r);
+                }
+                let id = format!("pipeline-{}", uuid::Uuid::new_v4());
+                let delays = vec![None; records.len()];
+                let pipeline =
+                    crate::model::pipeline::wire(&id, &mut records, &delays, self.clock.now_ms());
+                if let Some(dep) = depends_on
+                    && let Some(first) = records.first_mut()
+                {
+                    self.wait_on(first, dep);
+                }
+                for r in &records {
+                    for dep in &r.depends_on {
+                        if r.status == TaskStatus::Blocked {
+                            self.graph.wait_for(&r.id, dep);
+                        }
+                    }
+                }
+                Ok((records, Some(pipeline)))
+            }
+        }
+    }
+
+    /// `afterSchedule`: the new run's first task waits for `dep` if `dep` still runs.
+    fn wait_on(&mut self, record: &mut TaskRecord, dep: String) {
+        if self.live.is_live_task(&dep) {
+            record.status = TaskStatus::Blocked;
+            if !record.depends_on.contains(&dep) {
+                record.depends_on.push(dep.clone());
+            }
+            self.graph.wait_for(&record.id, &dep);
+        }
+    }
+
+    /// The task that a run of another schedule ends with (its task, or its pipeline's
+    /// last step), if it is still live.
+    fn last_task_of(&self, run: &ExecutionRecord) -> Option<String> {
+        if let Some(t) = &run.task_id {
+            return Some(t.clone());
+        }
+        run.pipeline_id
+            .as_deref()
+            .and_then(|p| self.live.pipeline_last_step(p))
+    }
+
+    /// The transitions of the schedule's `events` and its execution row, applied in order.
+    fn schedule_transitions(
+        s: &ScheduleRecord,
+        events: Vec<ScheduleEvent>,
+        execution_id: &str,
+    ) -> Result<(Vec<Transition>, ScheduleRecord, Option<ExecutionRecord>), EngineError> {
+        let mut next = s.clone();
+        let mut transitions = Vec::new();
+        let mut row = None;
+        for event in events {
+            if let Some(r) = schedule::execution_for(&s.id, execution_id, &event) {
+                row = Some(r);
+            }
+            next = ScheduleRecord::apply(Some(&next), &event)?;
+            transitions.push(ScheduleRecord::transition(event, next.clone()));
+        }
+        if let Some(r) = &row {
+            transitions.push(ExecutionRecord::transition(
+                ExecutionEvent::Recorded {
+                    execution: Box::new(r.clone()),
+                },
+                r.clone(),
+            ));
+        }
+        Ok((transitions, next, row))
+    }
+}
+
+impl Handler<CreateSchedule> for Engine {
+    type Result = ResponseActFuture<Self, Result<ScheduleRecord, EngineError>>;
+
+    fn handle(&mut self, msg: CreateSchedule, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now_ms();
+        let made = (|| {
+            let timing = schedule::validate_timing(
+                &TimingRequest {
+                    schedule_type: msg.schedule_type,
+                    cron_expression: msg.cron_expression.as_deref(),
+                    scheduled_at: msg.scheduled_at.as_deref(),
+                    timezone: msg.timezone.as_deref(),
+                    expires_at: msg.expires_at.as_deref(),
+                    max_runs: msg.max_runs,
+                },
+                now,
+            )
+            .map_err(invalid)?;
+            // The template is checked now (and its agent resolved), not at the first fire.
+            let (target, template) = match msg.target {
+                ScheduleTarget::Task(mut t) => {
+                    let built = self.build(new_task(&t), Lineage::default())?;
+                    t.agent = Some(built.agent);
+                    (TargetKind::Task, serde_json::to_value(t))
+                }
+                ScheduleTarget::Pipeline(mut p) => {
+                    schedule::validate_pipeline_steps(p.steps.len()).map_err(invalid)?;
+                    for (i, step) in p.steps.iter_mut().enumerate() {
+                        let built =
+                            self.build(new_task(step), Lineage::default())
+                                .map_err(|e| {
+                                    EngineError::InvalidInput(format!("step {}: {e}", i + 1))
+                                })?;
+                        step.agent = Some(built.agent);
+                    }
+                    (TargetKind::Pipeline, serde_json::to_value(p))
+                }
+            };
+            let template = template.map_err(|e| EngineError::Internal(e.to_string()))?;
+            let after = msg.after_schedule_id.map(|a| a.trim().to_string());
+            if let Some(a) = &after
+                && a.is_empty()
+            {
+                return Err(EngineError::InvalidInput(
+                    "afterSchedule is empty: give the id of the schedule to follow".into(),
+                ));
+            }
+            let event = NewSchedule {
+                id: format!("schedule-{}", uuid::Uuid::new_v4()),
+                timing,
+                missed_run_policy: msg.missed_run_policy,
+                overlap_policy: msg.overlap_policy,
+                after_schedule_id: after,
+                target,
+                template,
+            }
+            .created(now);
+            let record = ScheduleRecord::apply(None, &event)?;
+            Ok((event, record))
+        })();
+        let (event, record) = match made {
+            Ok(made) => made,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let _ = ctx;
+        let append =
+            crate::journal::Append::new(vec![ScheduleRecord::transition(event, record.clone())]);
+        let commit = self.journal.send(append);
+        Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(EngineError::from(e)),
+                Err(e) => return Err(EngineError::from(e)),
+            }
+            act.spawn_schedule_actor(record.clone(), ctx);
+            Ok(record)
+        }))
+    }
+}
+
+impl Handler<FireRun> for Engine {
+    type Result = ResponseActFuture<Self, Result<(ScheduleRecord, ExecutionRecord), EngineError>>;
+
+    fn handle(&mut self, msg: FireRun, ctx: &mut Context<Self>) -> Self::Result {
+        let at = self.clock.now_ms();
+        let s = msg.schedule;
+        let plan = msg.plan;
+        let dep = plan.wait_for.as_ref().and_then(|w| self.last_task_of(w));
+        let built = self.build_run(&s, dep);
+        let (records, pipeline, events) = match built {
+            Ok((records, pipeline)) => {
+                let launched = Launched {
+                    task_id: pipeline
+                        .is_none()
+                        .then(|| records.first().map(|r| r.id.clone()))
+                        .flatten(),
+                    pipeline_id: pipeline.as_ref().map(|p| p.id.clone()),
+                    loop_id: None,
+                };
+                let events = plan.events(at, &msg.execution_id, launched);
+                (records, pipeline, events)
+            }
+            // The run cannot be created (its directory is gone, its agent unknown): the
+            // occurrence is refused with the reason, and the schedule goes on.
+            Err(e) => {
+                let mut events = vec![ScheduleEvent::Refused {
+                    at,
+                    scheduled_for: plan.scheduled_for,
+                    next_run_at: plan.next_run_at,
+                    reason: format!("its run could not be created: {e}"),
+                    buffered: plan.buffered,
+                }];
+                if let Some(reason) = plan.complete_reason.clone() {
+                    events.push(ScheduleEvent::Completed { at, reason });
+                }
+                (Vec::new(), None, events)
+            }
+        };
+        let (joint, next, row) = match Self::schedule_transitions(&s, events, &msg.execution_id) {
+            Ok(t) => t,
+            Err(e) => {
+                for r in &records {
+                    self.forget(&r.id);
+                }
+                return Box::pin(fut::ready(Err(e)));
+            }
+        };
+        let Some(row) = row else {
+            return Box::pin(fut::ready(Err(EngineError::Internal(
+                "a fire left no execution row".into(),
+            ))));
+        };
+        let cancel = msg.cancel;
+        let _ = ctx;
+        Box::pin(
+            self.admit_all_with(records, pipeline, joint)
+                .map(move |res, act, ctx| {
+                    res?;
+                    // cancelOther: the new run is durable; now stop the old ones.
+                    for old in cancel {
+                        act.cancel_run(
+                            &old,
+                            "a newer run started (overlapPolicy cancelOther)",
+                            ctx,
+                        );
+                    }
+                    Ok((next, row))
+                }),
+        )
+    }
+}
+
+impl Engine {
+    /// Asks the run's task or pipeline to cancel (its end reaches the schedule as usual).
+    fn cancel_run(&mut self, run: &ExecutionRecord, reason: &str, ctx: &mut Context<Self>) {
+        let engine = ctx.address();
+        if let Some(p) = &run.pipeline_id {
+            engine.do_send(CancelPipeline {
+                pipeline_id: p.clone(),
+                reason: Some(reason.to_string()),
+            });
+        } else if let Some(t) = &run.task_id {
+            engine.do_send(Cancel {
+                task_id: t.clone(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+impl Handler<ScheduleOp> for Engine {
+    type Result =
+        ResponseActFuture<Self, Result<(ScheduleRecord, Vec<ExecutionRecord>), EngineError>>;
+
+    fn handle(&mut self, msg: ScheduleOp, _ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.schedule_id.clone();
+        if let Some(actor) = self.live.schedule(&id) {
+            let req = actor.send(ScheduleCommand(msg.command));
+            let cancel_tasks = msg.cancel_tasks;
+            return Box::pin(async move { req.await? }.into_actor(self).map(
+                move |res, act, ctx| {
+                    let (record, runs) = res?;
+                    if cancel_tasks {
+                        for run in runs
+                            .iter()
+                            .filter(|r| r.status == ExecutionStatus::Triggered)
+                        {
+                            act.cancel_run(run, "its schedule was cancelled (cancelTasks)", ctx);
+                        }
+                    }
+                    Ok((record, runs))
+                },
+            ));
+        }
+        let store = self.store.clone();
+        let command = msg.command;
+        Box::pin(
+            async move {
+                let found = tokio::task::spawn_blocking(move || store.schedule(&id))
+                    .await
+                    .map_err(|e| EngineError::Internal(e.to_string()))?
+                    .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))?;
+                let s = found.ok_or(EngineError::ScheduleNotFound(msg.schedule_id))?;
+                // Not live means finished: the model says why the command is refused.
+                let now = crate::model::now_ms();
+                let refused = match command {
+                    Command::Pause => schedule::plan_pause(&s, now).err(),
+                    Command::Resume => schedule::plan_resume(&s, now).err(),
+                    Command::Cancel { reason } => {
+                        schedule::plan_cancel(&s, now, reason.as_deref()).err()
+                    }
+                    Command::Trigger => schedule::plan_manual_fire(&s, now).err(),
+                };
+                Err(match refused {
+                    Some(e) => EngineError::InvalidInput(e.to_string()),
+                    None => EngineError::Internal(format!("schedule {} has no actor", s.id)),
+                })
+            }
+            .into_actor(self),
+        )
+    }
+}

@@ -1,0 +1,101 @@
+//! Schedules and their executions as journaled entities (`Entity`): the glue between
+//! `model::schedule`'s state machines and the journal's kind-tagged transitions.
+//!
+//! Owns: the two `Entity` implementations. Must never: hold a rule of its own (the
+//! rules are `apply` and `apply_execution`).
+
+use super::{
+    ExecutionEvent, ExecutionRecord, ScheduleEvent, ScheduleRecord, apply, apply_execution,
+};
+use crate::model::{Entity, EntityKind, InvalidTransition, Record, Transition};
+
+impl Entity for ScheduleRecord {
+    const KIND: EntityKind = EntityKind::Schedule;
+    type Event = ScheduleEvent;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    /// A finished schedule whose runs still run stays live: it follows them to the end.
+    fn is_terminal(&self) -> bool {
+        self.status.is_finished() && self.running.is_empty()
+    }
+
+    fn apply(prev: Option<&Self>, event: &ScheduleEvent) -> Result<Self, InvalidTransition> {
+        apply(prev, event).map_err(|e| InvalidTransition {
+            kind: EntityKind::Schedule,
+            id: e.schedule_id,
+            event: e.event,
+            from: e.from,
+        })
+    }
+
+    fn event_name(event: &ScheduleEvent) -> &'static str {
+        event.name()
+    }
+
+    fn transition(event: ScheduleEvent, record: Self) -> Transition {
+        Transition::Schedule(event, record)
+    }
+
+    fn from_record(record: &Record) -> Option<&Self> {
+        match record {
+            Record::Schedule(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn into_record(self) -> Record {
+        Record::Schedule(self)
+    }
+}
+
+impl Entity for ExecutionRecord {
+    const KIND: EntityKind = EntityKind::ScheduleRun;
+    type Event = ExecutionEvent;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.status.is_final()
+    }
+
+    fn apply(prev: Option<&Self>, event: &ExecutionEvent) -> Result<Self, InvalidTransition> {
+        apply_execution(prev, event).map_err(|e| InvalidTransition {
+            kind: EntityKind::ScheduleRun,
+            id: e.execution_id,
+            event: e.event,
+            from: e.from,
+        })
+    }
+
+    fn event_name(event: &ExecutionEvent) -> &'static str {
+        event.name()
+    }
+
+    fn transition(event: ExecutionEvent, record: Self) -> Transition {
+        Transition::ScheduleRun(event, record)
+    }
+
+    fn from_record(record: &Record) -> Option<&Self> {
+        match record {
+            Record::ScheduleRun(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn into_record(self) -> Record {
+        Record::ScheduleRun(self)
+    }
+}
