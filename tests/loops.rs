@@ -853,3 +853,31 @@ fn a_worktree_loop_leaves_the_user_s_checkout_alone_and_keeps_its_branch() {
     assert!(!Path::new(&worktree).exists(), "the worktree was removed");
     assert_eq!(git(dir, &["show", "loop/wt:work1.txt"]), "work 1");
 }
+
+#[test]
+fn prune_removes_a_finished_loop_with_its_iterations_and_tasks() {
+    let beat = Beat::new();
+    let id = create(&beat, &["print work", "--until", "true"]);
+    assert_eq!(wait_loop(&beat, &id), 0);
+    let tasks: Vec<String> = beat
+        .store()
+        .all::<backbeat_actors::TaskRecord>()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.owner.as_ref().is_some_and(|o| o.id == id))
+        .map(|t| t.id)
+        .collect();
+    assert!(!tasks.is_empty(), "the loop ran tasks");
+    let v = beat.json(&["prune", "--older-than", "0s", "--json"]);
+    assert_eq!(v["removedLoops"], serde_json::json!([id]), "{v}");
+    for t in &tasks {
+        assert!(
+            v["removedTasks"].as_array().unwrap().iter().any(|r| r == t),
+            "the loop's task {t} goes with it: {v}"
+        );
+    }
+    assert!(beat.store().eval_loop(&id).unwrap().is_none());
+    assert!(beat.store().loop_iterations(&id).unwrap().is_empty());
+    assert!(!beat.output(&["loop", "status", &id]).status.success());
+    beat.assert_fold_matches_state();
+}

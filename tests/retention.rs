@@ -173,7 +173,8 @@ fn prune_removes_finished_work_with_its_events_and_run_folders_and_never_what_li
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("removed 0 tasks and 0 pipelines"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("removed 0 tasks, 0 pipelines, 0 loops and 0 schedule executions"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

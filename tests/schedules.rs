@@ -593,3 +593,49 @@ fn cancel_other_cancels_the_running_run_and_starts_the_new_one() {
         s.running.is_empty()
     });
 }
+
+#[test]
+fn prune_removes_ended_executions_with_their_tasks_but_keeps_each_schedule_s_latest_run() {
+    // The test clock stands in the past, so every execution ended before now.
+    let c = Clocked::at("2020-01-01T00:00:30Z");
+    let id = id_of(&c.create(&["--cron", "* * * * *", "--", "print minutely"]));
+    c.set("2020-01-01T00:01:00Z");
+    c.wait_runs(&id, "the first run to complete", |r| {
+        r.len() == 1 && r[0].status == ExecutionStatus::Completed
+    });
+    c.set("2020-01-01T00:02:00Z");
+    c.wait_runs(&id, "the second run to complete", |r| {
+        r.len() == 2 && r[1].status == ExecutionStatus::Completed
+    });
+    let runs = c.runs(&id);
+    let first_task = runs[0].task_id.clone().expect("the first run's task");
+    let v = c.beat.json(&["prune", "--older-than", "0s", "--json"]);
+    let removed: Vec<&str> = v["removedScheduleRuns"]
+        .as_array()
+        .expect("removedScheduleRuns")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        removed,
+        [runs[0].id.as_str()],
+        "only the older run goes: {v}"
+    );
+    assert!(
+        v["removedTasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == &first_task),
+        "its task goes with it: {v}"
+    );
+    let left = c.runs(&id);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, runs[1].id, "the latest run stays");
+    assert_eq!(
+        c.schedule(&id).status.as_str(),
+        "active",
+        "the schedule stays"
+    );
+    c.beat.assert_fold_matches_state();
+}

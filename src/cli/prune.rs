@@ -45,16 +45,18 @@ pub async fn run(args: PruneCliArgs, home: &Home) -> Result<i32, CliError> {
             .collect()
     };
     let (tasks, pipelines) = (ids("removedTasks"), ids("removedPipelines"));
+    let (loops, runs) = (ids("removedLoops"), ids("removedScheduleRuns"));
     let bytes = v["runFolderBytes"].as_u64().unwrap_or(0);
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     eprintln!(
-        "removed {} task{} and {} pipeline{} ({:.1} MiB of output)",
-        tasks.len(),
-        if tasks.len() == 1 { "" } else { "s" },
-        pipelines.len(),
-        if pipelines.len() == 1 { "" } else { "s" },
+        "removed {}, {}, {} and {} ({:.1} MiB of output)",
+        count(tasks.len(), "task"),
+        count(pipelines.len(), "pipeline"),
+        count(loops.len(), "loop"),
+        count(runs.len(), "schedule execution"),
         bytes as f64 / (1024.0 * 1024.0)
     );
-    for id in pipelines.iter().chain(&tasks) {
+    for id in loops.iter().chain(&runs).chain(&pipelines).chain(&tasks) {
         outln!("{id}");
     }
     Ok(0)

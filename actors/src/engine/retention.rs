@@ -38,6 +38,9 @@ pub struct PruneReport {
     pub older_than_ms: u64,
     pub tasks: Vec<String>,
     pub pipelines: Vec<String>,
+    pub loops: Vec<String>,
+    /// Executions of schedules (`schedule_runs` rows).
+    pub schedule_runs: Vec<String>,
     /// Bytes of run folders removed.
     pub run_folder_bytes: u64,
 }
@@ -115,10 +118,9 @@ fn run_prune(db: &Path, runs_root: &Path, older_than_ms: u64) -> Result<PruneRep
     for p in pruned {
         match p.entity.kind {
             EntityKind::Pipeline => report.pipelines.push(p.entity.id.clone()),
-            EntityKind::Task
-            | EntityKind::Loop
-            | EntityKind::Schedule
-            | EntityKind::ScheduleRun => {}
+            EntityKind::Loop => report.loops.push(p.entity.id.clone()),
+            EntityKind::ScheduleRun => report.schedule_runs.push(p.entity.id.clone()),
+            EntityKind::Task | EntityKind::Schedule => {}
         }
         report.tasks.extend(p.task_ids().map(String::from));
     }

@@ -44,8 +44,14 @@ impl Pruned {
 /// its transaction).
 type Removable = fn(&Connection, Millis, Option<&str>) -> rusqlite::Result<Vec<Pruned>>;
 
-/// Every kind that is pruned. Loops and schedule executions add their rule here.
-const KINDS: &[Removable] = &[removable_pipelines, removable_tasks];
+/// Every kind that is pruned. A schedule itself is never pruned while it exists (it is
+/// cancelled, not finished by age); its executions are.
+const KINDS: &[Removable] = &[
+    removable_loops,
+    removable_schedule_runs,
+    removable_pipelines,
+    removable_tasks,
+];
 
 /// Statuses of entities that are not finished, as SQL.
 const LIVE_TASK: &str = "('blocked', 'queued', 'running')";
@@ -77,6 +83,91 @@ fn removable_tasks(
                 entity,
             })
         })?
+        .collect()
+}
+
+/// Finished loops whose tasks (iterations and evals, owned by the loop) are all
+/// finished and needed by no unfinished task; each takes its tasks and its iteration
+/// rows with it.
+fn removable_loops(
+    conn: &Connection,
+    finished_before: Millis,
+    only: Option<&str>,
+) -> rusqlite::Result<Vec<Pruned>> {
+    let sql = format!(
+        "SELECT l.id FROM loops l
+         WHERE l.status IN ('completed', 'failed', 'cancelled')
+           AND COALESCE(json_extract(l.record, '$.completedAt'), l.created_at) <= ?1
+           AND (?2 IS NULL OR l.id = ?2)
+           AND NOT EXISTS (SELECT 1 FROM tasks s
+                           WHERE json_extract(s.record, '$.owner.id') = l.id
+                             AND s.status IN {LIVE_TASK})
+           AND NOT EXISTS (SELECT 1 FROM tasks s
+                           JOIN task_edges e ON e.depends_on = s.id
+                           JOIN tasks d ON d.id = e.task_id
+                           WHERE json_extract(s.record, '$.owner.id') = l.id
+                             AND d.status IN {LIVE_TASK})
+         ORDER BY l.created_at, l.rowid"
+    );
+    let ids: Vec<String> = conn
+        .prepare_cached(&sql)?
+        .query_map(params![finished_before, only], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut owned = conn.prepare_cached(
+        "SELECT id FROM tasks WHERE json_extract(record, '$.owner.id') = ?1 ORDER BY rowid",
+    )?;
+    ids.into_iter()
+        .map(|id| {
+            let entity = EntityRef::new(EntityKind::Loop, id.clone());
+            let mut members = vec![entity.clone()];
+            for task in owned.query_map(params![id], |r| r.get::<_, String>(0))? {
+                members.push(EntityRef::new(EntityKind::Task, task?));
+            }
+            Ok(Pruned { entity, members })
+        })
+        .collect()
+}
+
+/// Ended executions of schedules (completed, failed, cancelled, missed, skipped) whose
+/// task is finished and needed by no unfinished task; each takes its task with it. The
+/// latest run of each schedule stays: `afterSchedule` followers read it.
+fn removable_schedule_runs(
+    conn: &Connection,
+    finished_before: Millis,
+    only: Option<&str>,
+) -> rusqlite::Result<Vec<Pruned>> {
+    let sql = format!(
+        "SELECT r.id, r.task_id FROM schedule_runs r
+         WHERE r.status IN ('completed', 'failed', 'cancelled', 'missed', 'skipped')
+           AND COALESCE(json_extract(r.record, '$.endedAt'), json_extract(r.record, '$.firedAt'),
+                        r.scheduled_for) <= ?1
+           AND (?2 IS NULL OR r.id = ?2)
+           AND r.rowid <> (SELECT MAX(x.rowid) FROM schedule_runs x
+                           WHERE x.schedule_id = r.schedule_id
+                             AND x.status IN ('triggered', 'completed', 'failed', 'cancelled'))
+           AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.id = r.task_id AND s.status IN {LIVE_TASK})
+           AND NOT EXISTS (SELECT 1 FROM task_edges e JOIN tasks d ON d.id = e.task_id
+                           WHERE e.depends_on = r.task_id AND d.status IN {LIVE_TASK})
+         ORDER BY r.scheduled_for, r.rowid"
+    );
+    let mut task_exists = conn.prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?;
+    let rows: Vec<(String, Option<String>)> = conn
+        .prepare_cached(&sql)?
+        .query_map(params![finished_before, only], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter()
+        .map(|(id, task)| {
+            let entity = EntityRef::new(EntityKind::ScheduleRun, id);
+            let mut members = vec![entity.clone()];
+            if let Some(task) = task
+                && task_exists.exists(params![task])?
+            {
+                members.push(EntityRef::new(EntityKind::Task, task));
+            }
+            Ok(Pruned { entity, members })
+        })
         .collect()
 }
 
@@ -178,8 +269,10 @@ pub fn prune(
         let rule = match pruned.entity.kind {
             EntityKind::Pipeline => removable_pipelines,
             EntityKind::Task => removable_tasks,
-            // No rule chooses loops or schedules yet (KINDS): they are kept.
-            EntityKind::Loop | EntityKind::Schedule | EntityKind::ScheduleRun => continue,
+            EntityKind::Loop => removable_loops,
+            EntityKind::ScheduleRun => removable_schedule_runs,
+            // No rule chooses schedules (KINDS): they are kept.
+            EntityKind::Schedule => continue,
         };
         // Something may have started to need it since the listing: check again.
         let Some(now) = rule(&tx, finished_before, Some(&pruned.entity.id))?

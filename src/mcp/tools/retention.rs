@@ -34,6 +34,8 @@ pub async fn prune(server: &ToolContext, args: PruneArgs) -> ToolOutcome {
         "olderThanMs": report.older_than_ms,
         "removedTasks": report.tasks,
         "removedPipelines": report.pipelines,
+        "removedLoops": report.loops,
+        "removedScheduleRuns": report.schedule_runs,
         "runFolderBytes": report.run_folder_bytes,
     }))
 }
