@@ -640,3 +640,53 @@ fn claude_code_oauth_token_login_works() {
     );
     announce("claude: CLAUDE_CODE_OAUTH_TOKEN login through beat");
 }
+
+/// `beat loop --checkpoint` with Claude Code: the second iteration resumes the first
+/// one's session (`claude --resume`), so the provider receives the first run's
+/// conversation, not only the checkpoint text in the new prompt.
+#[test]
+fn claude_code_checkpoint_loop_continues_the_session() {
+    let Some(bin) = require_clis("claude_code_checkpoint_loop_continues_the_session") else {
+        return;
+    };
+    let (beat, mock, scratch) = setup("claude", &bin, Retries::Off);
+    mock.script(json!({ "text": "working on it" }));
+    // The eval fails the first time and passes the second.
+    let marker = scratch.path().join("evaluated-once");
+    let eval = format!(
+        "test -f {m} || {{ touch {m}; exit 1; }}",
+        m = marker.display()
+    );
+    let created = beat.json(&[
+        "loop",
+        "remember the word banana",
+        "--until",
+        &eval,
+        "--checkpoint",
+        "--max-iterations",
+        "3",
+        "--json",
+    ]);
+    let id = created["loopId"].as_str().expect("loopId").to_string();
+    let done = beat.output(&["wait", &id]);
+    let status = beat.json(&["loop", "status", &id, "--history", "--json"]);
+    assert!(done.status.success(), "the loop completed: {status}");
+    let mut its = status["iterations"].as_array().cloned().unwrap_or_default();
+    its.sort_by_key(|i| i["iterationNumber"].as_u64());
+    assert_eq!(its.len(), 2, "{status}");
+    let first = beat.status(its[0]["taskId"].as_str().unwrap());
+    let second = beat.status(its[1]["taskId"].as_str().unwrap());
+    let session = first["sessionId"]
+        .as_str()
+        .expect("the first run's session");
+    assert_eq!(second["resumeSession"], session, "{second}");
+    assert_eq!(second["sessionId"], session, "the same session continues");
+    let last = mock.requests().last().cloned().expect("requests");
+    assert!(
+        last["messageCount"].as_u64().unwrap_or(0) >= 3,
+        "the provider saw the first run's conversation: {last}"
+    );
+    announce(&format!(
+        "claude: --checkpoint loop continued session {session}"
+    ));
+}
