@@ -9,7 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backbeat_actors::model::schedule::{ExecutionRecord, ExecutionStatus, ScheduleRecord};
+use backbeat_actors::model::schedule::{
+    ExecutionRecord, ExecutionStatus, ScheduleRecord, TargetKind,
+};
 use common::{Beat, wait_until};
 use serde_json::{Value, json};
 
@@ -638,4 +640,112 @@ fn prune_removes_ended_executions_with_their_tasks_but_keeps_each_schedule_s_lat
         "the schedule stays"
     );
     c.beat.assert_fold_matches_state();
+}
+
+#[test]
+fn a_cron_schedule_loop_fires_a_loop_and_its_row_follows_the_loop_to_its_end() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let v = c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        "print looping",
+    ]);
+    let id = id_of(&v);
+    assert_eq!(v["nextRunAt"], "2030-01-01T09:00:00.000Z", "{v}");
+    assert_eq!(c.schedule(&id).target, TargetKind::Loop);
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to complete", |r| {
+        r.len() == 1 && r[0].status == ExecutionStatus::Completed
+    });
+    let run = &c.runs(&id)[0];
+    let loop_id = run.loop_id.clone().expect("the run names its loop");
+    assert!(run.task_id.is_none() && run.pipeline_id.is_none());
+    let l = c
+        .beat
+        .store()
+        .eval_loop(&loop_id)
+        .unwrap()
+        .expect("the loop");
+    assert_eq!(l.status.as_str(), "completed");
+    assert_eq!(l.schedule_id.as_deref(), Some(id.as_str()));
+    let s = c
+        .beat
+        .json(&["schedule", "status", &id, "--history", "--json"]);
+    assert_eq!(s["history"][0]["loopId"], loop_id.as_str(), "{s}");
+}
+
+#[test]
+fn a_schedule_loop_with_invalid_loop_settings_is_refused_at_creation() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    // An optimize loop needs its direction; a shell eval needs its command.
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--git-branch",
+        "bad..name",
+        "--",
+        "print x",
+    ]);
+    assert!(!out.status.success(), "an invalid branch was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("branch"), "{err}");
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--agent",
+        "no-such-agent",
+        "--",
+        "print x",
+    ]);
+    assert!(!out.status.success(), "an unknown agent was accepted");
+    assert!(
+        c.beat.store().schedules(None, 10, 0).unwrap().is_empty(),
+        "a refused schedule was stored"
+    );
+}
+
+#[test]
+fn cancelling_a_schedule_cancels_its_running_loop() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let never = c.beat.workdir.path().join("never");
+    let prompt = format!("await {}", never.display());
+    let id = id_of(&c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        &prompt,
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to be triggered", |r| r.len() == 1);
+    let loop_id = c.runs(&id)[0].loop_id.clone().expect("the loop id");
+    // Without --cancel-tasks: a schedule's loops end with it all the same (spec 9.10).
+    c.beat.ok(&["schedule", "cancel", &id]);
+    c.wait_runs(&id, "the loop run to be cancelled", |r| {
+        r[0].status == ExecutionStatus::Cancelled
+    });
+    let l = c
+        .beat
+        .store()
+        .eval_loop(&loop_id)
+        .unwrap()
+        .expect("the loop");
+    assert_eq!(l.status.as_str(), "cancelled");
+    assert_eq!(c.schedule(&id).status.as_str(), "cancelled");
 }
