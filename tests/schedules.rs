@@ -9,7 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backbeat_actors::model::schedule::{ExecutionRecord, ExecutionStatus, ScheduleRecord};
+use backbeat_actors::model::schedule::{
+    ExecutionRecord, ExecutionStatus, ScheduleRecord, TargetKind,
+};
 use common::{Beat, wait_until};
 use serde_json::{Value, json};
 
@@ -638,4 +640,175 @@ fn prune_removes_ended_executions_with_their_tasks_but_keeps_each_schedule_s_lat
         "the schedule stays"
     );
     c.beat.assert_fold_matches_state();
+}
+
+#[test]
+fn a_cron_schedule_loop_fires_a_loop_and_its_row_follows_the_loop_to_its_end() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let v = c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        "print looping",
+    ]);
+    let id = id_of(&v);
+    assert_eq!(v["nextRunAt"], "2030-01-01T09:00:00.000Z", "{v}");
+    assert_eq!(c.schedule(&id).target, TargetKind::Loop);
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to complete", |r| {
+        r.len() == 1 && r[0].status == ExecutionStatus::Completed
+    });
+    let run = &c.runs(&id)[0];
+    let loop_id = run.loop_id.clone().expect("the run names its loop");
+    assert!(run.task_id.is_none() && run.pipeline_id.is_none());
+    let l = c
+        .beat
+        .store()
+        .eval_loop(&loop_id)
+        .unwrap()
+        .expect("the loop");
+    assert_eq!(l.status.as_str(), "completed");
+    assert_eq!(l.schedule_id.as_deref(), Some(id.as_str()));
+    let s = c
+        .beat
+        .json(&["schedule", "status", &id, "--history", "--json"]);
+    assert_eq!(s["history"][0]["loopId"], loop_id.as_str(), "{s}");
+}
+
+#[test]
+fn a_schedule_loop_with_invalid_loop_settings_is_refused_at_creation() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    // An optimize loop needs its direction; a shell eval needs its command.
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--git-branch",
+        "bad..name",
+        "--",
+        "print x",
+    ]);
+    assert!(!out.status.success(), "an invalid branch was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("branch"), "{err}");
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--agent",
+        "no-such-agent",
+        "--",
+        "print x",
+    ]);
+    assert!(!out.status.success(), "an unknown agent was accepted");
+    assert!(
+        c.beat.store().schedules(None, 10, 0).unwrap().is_empty(),
+        "a refused schedule was stored"
+    );
+}
+
+#[test]
+fn cancelling_a_schedule_cancels_its_running_loop() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let never = c.beat.workdir.path().join("never");
+    let prompt = format!("await {}", never.display());
+    let id = id_of(&c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        &prompt,
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to be triggered", |r| r.len() == 1);
+    let loop_id = c.runs(&id)[0].loop_id.clone().expect("the loop id");
+    // The running loop is the schedule's running execution: overlap skip holds.
+    c.set("2030-01-02T09:00:00Z");
+    c.wait_runs(&id, "the next occurrence to be skipped", |r| r.len() == 2);
+    assert_eq!(c.runs(&id)[1].status, ExecutionStatus::Skipped);
+    // Without --cancel-tasks: a schedule's loops end with it all the same (spec 9.10).
+    c.beat.ok(&["schedule", "cancel", &id]);
+    c.wait_runs(&id, "the loop run to be cancelled", |r| {
+        r[0].status == ExecutionStatus::Cancelled
+    });
+    let l = c
+        .beat
+        .store()
+        .eval_loop(&loop_id)
+        .unwrap()
+        .expect("the loop");
+    assert_eq!(l.status.as_str(), "cancelled");
+    assert_eq!(c.schedule(&id).status.as_str(), "cancelled");
+}
+
+#[test]
+fn schedule_loop_over_mcp_answers_the_original_s_keys_and_suffixes_the_branch() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let dir = c.beat.workdir.path().join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("f"), "x").unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "start"]);
+    let mut mcp = c.beat.mcp();
+    let (refused, is_error) = mcp.call(
+        "ScheduleLoop",
+        json!({"strategy": "retry", "prompt": "print x", "scheduleType": "cron",
+               "cronExpression": "0 9 * * *", "workingDirectory": dir}),
+    );
+    assert!(
+        is_error,
+        "a retry loop without exitCondition was accepted: {refused}"
+    );
+    assert!(refused.to_string().contains("exitCondition"), "{refused}");
+    let v = mcp.ok(
+        "ScheduleLoop",
+        json!({"strategy": "retry", "prompt": "print x", "exitCondition": "true",
+               "gitBranch": "nightly", "scheduleType": "cron",
+               "cronExpression": "0 9 * * *", "workingDirectory": dir}),
+    );
+    assert_eq!(v["loopStrategy"], "retry", "{v}");
+    assert_eq!(v["nextRunAt"], "2030-01-01T09:00:00.000Z", "{v}");
+    assert_eq!(v["status"], "active");
+    let id = id_of(&v);
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to complete", |r| {
+        r.len() == 1 && r[0].status == ExecutionStatus::Completed
+    });
+    let l = c
+        .beat
+        .store()
+        .eval_loop(c.runs(&id)[0].loop_id.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.git_branch.as_deref(), Some("nightly-20300101-090000"));
+    git(&["rev-parse", "--verify", "nightly-20300101-090000"]);
+    mcp.close();
 }

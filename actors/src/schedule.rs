@@ -9,7 +9,7 @@
 //! schedule's `Fired` and the execution row in ONE append (`FireRun`), so a crash
 //! never leaves a run without its row or a row without its run.
 //! Its runs are tasks it owns (the Engine tells it `OwnedTaskEnded`) or pipelines (the
-//! Engine tells it `PipelineRunEnded`); each end moves the execution row to its final
+//! Engine tells it `PipelineRunEnded`) or loops (`LoopRunEnded`); each end moves the execution row to its final
 //! status.
 //! Must never: read the machine's clock (it reads the engine's `Clock`), create tasks
 //! itself, or poll its runs.
@@ -78,6 +78,14 @@ pub struct FireRun {
 #[rtype(result = "()")]
 pub struct PipelineRunEnded {
     pub pipeline_id: String,
+    pub status: ExecutionStatus,
+}
+
+/// A loop a schedule launched ended.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct LoopRunEnded {
+    pub loop_id: String,
     pub status: ExecutionStatus,
 }
 
@@ -161,6 +169,17 @@ impl ScheduleActor {
                 for run in &runs {
                     let status = if let Some(t) = &run.task_id {
                         store.task(t)?.map(|t| t.status).filter(|s| s.is_terminal())
+                    } else if let Some(l) = &run.loop_id {
+                        store.eval_loop(l)?.and_then(|l| match l.status {
+                            crate::model::loops::LoopStatus::Completed => {
+                                Some(TaskStatus::Completed)
+                            }
+                            crate::model::loops::LoopStatus::Failed => Some(TaskStatus::Failed),
+                            crate::model::loops::LoopStatus::Cancelled => {
+                                Some(TaskStatus::Cancelled)
+                            }
+                            _ => None,
+                        })
                     } else if let Some(p) = &run.pipeline_id {
                         store.pipeline(p)?.and_then(|p| match p.status {
                             crate::model::PipelineStatus::Completed => Some(TaskStatus::Completed),
@@ -481,6 +500,20 @@ impl Handler<PipelineRunEnded> for ScheduleActor {
         let ended: Vec<_> = runs
             .values()
             .filter(|r| r.pipeline_id.as_deref() == Some(&msg.pipeline_id))
+            .map(|r| (r.id.clone(), msg.status))
+            .collect();
+        self.end_runs(ended, ctx);
+    }
+}
+
+impl Handler<LoopRunEnded> for ScheduleActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LoopRunEnded, ctx: &mut Context<Self>) {
+        let Some(runs) = &self.runs else { return };
+        let ended: Vec<_> = runs
+            .values()
+            .filter(|r| r.loop_id.as_deref() == Some(&msg.loop_id))
             .map(|r| (r.id.clone(), msg.status))
             .collect();
         self.end_runs(ended, ctx);

@@ -27,31 +27,8 @@ pub struct LoopArgs {
     command: Option<LoopCommand>,
     /// The prompt of every iteration (a prompt starting with a sub-command's name goes after `--`)
     prompt: Vec<String>,
-    /// Retry until this shell command exits 0
-    #[arg(long, conflicts_with = "eval")]
-    until: Option<String>,
-    /// Optimize the score this shell command prints as its last line
-    #[arg(long)]
-    eval: Option<String>,
-    #[arg(long, requires = "eval", conflicts_with = "maximize")]
-    minimize: bool,
-    #[arg(long, requires = "eval")]
-    maximize: bool,
-    /// 0 = unlimited (default 10)
-    #[arg(long)]
-    max_iterations: Option<u32>,
-    /// Consecutive failures that end the loop; 0 = unlimited (default 3)
-    #[arg(long)]
-    max_failures: Option<u32>,
-    /// Pause between iterations: ms, or 30s, 5m
-    #[arg(long, value_parser = parse_duration)]
-    cooldown: Option<u64>,
-    /// Eval time limit: ms (1000 to 300000), or 30s, 5m
-    #[arg(long, value_parser = parse_duration)]
-    eval_timeout: Option<u64>,
-    /// Each iteration continues from the previous one's checkpoint and session
-    #[arg(long)]
-    checkpoint: bool,
+    #[command(flatten)]
+    flags: LoopFlags,
     /// A pipeline loop: each iteration runs the --step prompts in order
     #[arg(long)]
     pipeline: bool,
@@ -63,26 +40,57 @@ pub struct LoopArgs {
     working_directory: Option<PathBuf>,
     #[arg(short, long)]
     agent: Option<String>,
-    /// Work on this new git branch: commit kept work, reset the rest
-    #[arg(long)]
-    git_branch: Option<String>,
-    /// Run in a git worktree of the loop's own (needs --git-branch)
-    #[arg(long)]
-    worktree: bool,
-    /// Budget in USD (agents that report cost only)
-    #[arg(long)]
-    max_cost: Option<f64>,
-    #[arg(long)]
-    max_tokens: Option<u64>,
-    /// Budget of running time: ms, or 30m, 2h
-    #[arg(long, value_parser = parse_duration)]
-    max_duration: Option<u64>,
-    /// Optimize: stop after N iterations without a better score
-    #[arg(long)]
-    patience: Option<u32>,
     /// Print {"loopId": …}
     #[arg(long)]
     json: bool,
+}
+
+/// What a loop is and how it is judged: `beat loop`'s flags, which `beat schedule create
+/// --loop` takes too.
+#[derive(Args, Clone, Default)]
+pub struct LoopFlags {
+    /// Retry until this shell command exits 0
+    #[arg(long, conflicts_with = "eval")]
+    pub until: Option<String>,
+    /// Optimize the score this shell command prints as its last line
+    #[arg(long)]
+    pub eval: Option<String>,
+    #[arg(long, requires = "eval", conflicts_with = "maximize")]
+    pub minimize: bool,
+    #[arg(long, requires = "eval")]
+    pub maximize: bool,
+    /// 0 = unlimited (default 10)
+    #[arg(long)]
+    pub max_iterations: Option<u32>,
+    /// Consecutive failures that end the loop; 0 = unlimited (default 3)
+    #[arg(long)]
+    pub max_failures: Option<u32>,
+    /// Pause between iterations: ms, or 30s, 5m
+    #[arg(long, value_parser = parse_duration)]
+    pub cooldown: Option<u64>,
+    /// Eval time limit: ms (1000 to 300000), or 30s, 5m
+    #[arg(long, value_parser = parse_duration)]
+    pub eval_timeout: Option<u64>,
+    /// Each iteration continues from the previous one's checkpoint and session
+    #[arg(long)]
+    pub checkpoint: bool,
+    /// Work on this new git branch: commit kept work, reset the rest
+    #[arg(long)]
+    pub git_branch: Option<String>,
+    /// Run in a git worktree of the loop's own (needs --git-branch)
+    #[arg(long)]
+    pub worktree: bool,
+    /// Budget in USD (agents that report cost only)
+    #[arg(long)]
+    pub max_cost: Option<f64>,
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Budget of running time: ms, or 30m, 2h
+    #[arg(long, value_parser = parse_duration)]
+    pub max_duration: Option<u64>,
+    /// Optimize: stop after N iterations without a better score
+    #[arg(long)]
+    pub patience: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +207,35 @@ fn create_request(args: &LoopArgs) -> Result<CreateLoopArgs, CliError> {
             "`beat loop get` is now `beat loop status <id>`".into(),
         ));
     }
+    loop_request(
+        prompt,
+        &args.flags,
+        LoopShared {
+            pipeline: args.pipeline,
+            steps: &args.steps,
+            priority: args.priority,
+            working_directory: args.working_directory.clone(),
+            agent: args.agent.clone(),
+        },
+    )
+}
+
+/// The flags `beat loop` shares with the commands around it (`beat schedule create`).
+pub struct LoopShared<'a> {
+    pub pipeline: bool,
+    pub steps: &'a [String],
+    pub priority: Option<PriorityField>,
+    pub working_directory: Option<PathBuf>,
+    pub agent: Option<String>,
+}
+
+/// A CreateLoop request from the command line's prompt and flags.
+pub fn loop_request(
+    prompt: String,
+    flags: &LoopFlags,
+    shared: LoopShared<'_>,
+) -> Result<CreateLoopArgs, CliError> {
+    let args = flags;
     let (strategy, exit_condition, direction) = match (&args.until, &args.eval) {
         (Some(until), None) => (StrategyField::Retry, until.clone(), None),
         (None, Some(eval)) => {
@@ -219,8 +256,8 @@ fn create_request(args: &LoopArgs) -> Result<CreateLoopArgs, CliError> {
             ));
         }
     };
-    let pipeline_steps = if args.pipeline || !args.steps.is_empty() {
-        let mut steps = args.steps.clone();
+    let pipeline_steps = if shared.pipeline || !shared.steps.is_empty() {
+        let mut steps = shared.steps.to_vec();
         if !prompt.trim().is_empty() {
             steps.insert(0, prompt.clone());
         }
@@ -237,10 +274,7 @@ fn create_request(args: &LoopArgs) -> Result<CreateLoopArgs, CliError> {
         eval_timeout: args.eval_timeout,
         working_directory: Some(
             absolute(
-                &args
-                    .working_directory
-                    .clone()
-                    .unwrap_or_else(|| cwd.clone()),
+                &shared.working_directory.unwrap_or_else(|| cwd.clone()),
                 &cwd,
             )
             .display()
@@ -251,8 +285,8 @@ fn create_request(args: &LoopArgs) -> Result<CreateLoopArgs, CliError> {
         cooldown_ms: args.cooldown,
         fresh_context: args.checkpoint.then_some(false),
         pipeline_steps,
-        priority: args.priority,
-        agent: args.agent.clone(),
+        priority: shared.priority,
+        agent: shared.agent,
         git_branch: args.git_branch.clone(),
         worktree: args.worktree.then_some(true),
         max_cost: args.max_cost,

@@ -3,22 +3,23 @@
 //!
 //! Thin: every command is one MCP tool call (`ScheduleTask`, `SchedulePipeline`,
 //! `ListSchedules`, `ScheduleStatus`, `CancelSchedule`, `PauseSchedule`,
-//! `ResumeSchedule`, `TriggerSchedule`). `--loop` is not here yet: the loop engine is
-//! not on main.
+//! `ResumeSchedule`, `TriggerSchedule`, `ScheduleLoop` for `--loop`, which takes
+//! `beat loop`'s flags).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::loops::{LoopFlags, LoopShared, loop_request};
 use super::{outln, parse_priority, print_json};
 use crate::error::CliError;
 use crate::mcp::client::DaemonClient;
 use crate::mcp::tools::schedules::{
     CancelScheduleArgs, ListSchedulesArgs, MissedRunPolicyField, OverlapPolicyField,
-    PauseScheduleArgs, ResumeScheduleArgs, SchedulePipelineArgs, ScheduleStatusArgs,
-    ScheduleStatusField, ScheduleStepArgs, ScheduleTaskArgs, ScheduleTypeField, TimingArgs,
-    TriggerScheduleArgs,
+    PauseScheduleArgs, ResumeScheduleArgs, ScheduleLoopArgs, SchedulePipelineArgs,
+    ScheduleStatusArgs, ScheduleStatusField, ScheduleStepArgs, ScheduleTaskArgs, ScheduleTypeField,
+    TimingArgs, TriggerScheduleArgs,
 };
 use crate::mcp::tools::tasks::PriorityField;
 use crate::paths::{Home, absolute};
@@ -26,7 +27,7 @@ use crate::paths::{Home, absolute};
 #[derive(Subcommand)]
 pub enum ScheduleCommand {
     /// Create a schedule: --cron EXPR (repeats) or --at TIME (once)
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List schedules, newest first
     List {
         #[arg(long, value_parser = parse_status)]
@@ -123,6 +124,12 @@ pub struct CreateArgs {
     /// A pipeline step's prompt (repeatable, with --pipeline)
     #[arg(long = "step")]
     steps: Vec<String>,
+    /// Schedule a loop (with `beat loop`'s flags: --until CMD, or --eval CMD
+    /// --minimize|--maximize, …); --pipeline --step makes it a pipeline loop
+    #[arg(long = "loop")]
+    r#loop: bool,
+    #[command(flatten)]
+    loop_flags: LoopFlags,
     #[arg(long)]
     json: bool,
 }
@@ -199,6 +206,11 @@ async fn create(client: &DaemonClient, a: CreateArgs) -> Result<i32, CliError> {
             ));
         }
     };
+    if !a.r#loop && (a.loop_flags.until.is_some() || a.loop_flags.eval.is_some()) {
+        return Err(CliError::Usage(
+            "--until and --eval judge a loop: add --loop to schedule one".into(),
+        ));
+    }
     if !a.steps.is_empty() && !a.pipeline {
         return Err(CliError::Usage("--step needs --pipeline".into()));
     }
@@ -222,7 +234,20 @@ async fn create(client: &DaemonClient, a: CreateArgs) -> Result<i32, CliError> {
         expires_at: a.expires_at,
         after_schedule: a.after,
     };
-    let v = if a.pipeline {
+    let v = if a.r#loop {
+        let r#loop = loop_request(
+            a.prompt.join(" "),
+            &a.loop_flags,
+            LoopShared {
+                pipeline: a.pipeline,
+                steps: &a.steps,
+                priority: a.priority,
+                working_directory: a.working_directory.clone(),
+                agent: a.agent.clone(),
+            },
+        )?;
+        client.call(&ScheduleLoopArgs { r#loop, timing }).await?
+    } else if a.pipeline {
         let mut steps: Vec<String> = Vec::new();
         if !a.prompt.is_empty() {
             steps.push(a.prompt.join(" "));
@@ -282,7 +307,7 @@ async fn create(client: &DaemonClient, a: CreateArgs) -> Result<i32, CliError> {
 pub async fn run(cmd: ScheduleCommand, home: &Home) -> Result<i32, CliError> {
     let client = DaemonClient::connect(home).await?;
     let code = match cmd {
-        ScheduleCommand::Create(a) => create(&client, a).await?,
+        ScheduleCommand::Create(a) => create(&client, *a).await?,
         ScheduleCommand::List {
             status,
             limit,

@@ -76,6 +76,30 @@ fn reports_cost(agent: &str) -> bool {
     agent == "claude"
 }
 
+/// Checks `req` as `prepare_loop` would (its agents resolved, its settings, its
+/// directory) without touching git: a scheduled loop's settings are refused when the
+/// schedule is created, not at each fire. Answers the request with its agent resolved.
+pub fn check_loop_request(
+    mut req: CreateLoopRequest,
+    settings: &Settings,
+) -> Result<CreateLoopRequest, EngineError> {
+    let agent =
+        crate::agents::resolve_agent(Some(req.agent.as_str()).filter(|a| !a.is_empty()), settings)?;
+    req.agent = agent.name().to_string();
+    if let Some(judge) = &req.eval_agent {
+        crate::agents::resolve_agent(Some(judge), settings)?;
+    }
+    let mut probe = req.clone();
+    // The branch each fire gets carries the fire time: check that form of it.
+    probe.git_branch = probe
+        .git_branch
+        .map(|b| loops::scheduled_branch_name(&b, now_ms()));
+    let record = loops::new_loop("loop-check".into(), &probe, false, now_ms())
+        .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+    check_working_directory(Path::new(&record.working_directory))?;
+    Ok(req)
+}
+
 /// Validates `req` and prepares the loop's git branch (or worktree under
 /// `worktrees_root`): the loop's first record and its `Created` transition, not yet
 /// committed. Blocking (git, the store): call it off the actix thread.
@@ -155,7 +179,7 @@ impl Engine {
         self.live.add_loop(id, addr);
     }
 
-    fn worktrees_root(&self) -> PathBuf {
+    pub(super) fn worktrees_root(&self) -> PathBuf {
         self.runs_root
             .parent()
             .unwrap_or(&self.runs_root)

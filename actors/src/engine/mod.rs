@@ -26,8 +26,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 pub use self::loops::{
-    AdoptOwnedTasks, CancelLoop, CreateLoop, PauseLoop, ResumeLoop, StartLoop, owned_task,
-    prepare_loop,
+    AdoptOwnedTasks, CancelLoop, CreateLoop, PauseLoop, ResumeLoop, StartLoop, check_loop_request,
+    owned_task, prepare_loop,
 };
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
@@ -49,7 +49,7 @@ use crate::model::clock::Clock;
 use crate::model::dag::{DependencyGraph, Resolution};
 pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
 use crate::model::{Priority, Record, TaskRecord, TaskStatus};
-use crate::schedule::PipelineRunEnded;
+use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
@@ -364,7 +364,10 @@ impl Handler<EntityEnded> for Engine {
                 self.live.remove_pipeline(&p.id);
                 self.tell_schedule_of_pipeline(p, ctx);
             }
-            Record::Loop(l) => self.live.remove_loop(&l.id),
+            Record::Loop(l) => {
+                self.live.remove_loop(&l.id);
+                self.tell_schedule_of_loop(&l);
+            }
             Record::Schedule(s) => self.live.remove_schedule(&s.id),
             Record::ScheduleRun(_) => {}
         }
@@ -399,6 +402,27 @@ impl Engine {
                 });
             }
         }));
+    }
+}
+
+impl Engine {
+    /// A loop that a schedule launched ended: its schedule hears of it (the loop names
+    /// its schedule; a finished schedule's actor is gone and needs no word).
+    fn tell_schedule_of_loop(&mut self, l: &crate::model::loops::LoopRecord) {
+        use crate::model::loops::LoopStatus;
+        use crate::model::schedule::ExecutionStatus;
+        let Some(s) = l.schedule_id.as_deref().and_then(|s| self.live.schedule(s)) else {
+            return;
+        };
+        let status = match l.status {
+            LoopStatus::Completed => ExecutionStatus::Completed,
+            LoopStatus::Cancelled => ExecutionStatus::Cancelled,
+            _ => ExecutionStatus::Failed,
+        };
+        s.do_send(LoopRunEnded {
+            loop_id: l.id.clone(),
+            status,
+        });
     }
 }
 

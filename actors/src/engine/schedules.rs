@@ -10,8 +10,10 @@
 use actix::prelude::*;
 
 use super::validation::Lineage;
-use super::{Cancel, CancelPipeline, Engine, NewTask};
+use super::{Cancel, CancelLoop, CancelPipeline, Engine, NewTask, prepare_loop};
 use crate::error::EngineError;
+use crate::journal::Append;
+use crate::model::loops::CreateLoopRequest;
 use crate::model::schedule::{
     self, ExecutionEvent, ExecutionRecord, ExecutionStatus, InvalidSchedule, Launched,
     MissedRunPolicy, NewSchedule, OverlapPolicy, ScheduleEvent, ScheduleRecord, TargetKind,
@@ -27,6 +29,8 @@ use crate::schedule::{
 pub enum ScheduleTarget {
     Task(TaskTemplate),
     Pipeline(PipelineTemplate),
+    /// A loop's request (its `scheduleId` is set at each fire).
+    Loop(Box<CreateLoopRequest>),
 }
 
 /// A new schedule, as the front ends send it (times as the user wrote them).
@@ -118,10 +122,9 @@ impl Engine {
                 }
                 Ok((vec![record], None))
             }
-            // Scheduled loops need the loop engine, which is not here yet; nothing
-            // creates such a schedule.
-            TargetKind::Loop => Err(EngineError::InvalidInput(format!(
-                "schedule {} runs a loop, which this daemon cannot start yet",
+            // A loop's run is prepared off the actix thread (`fire_loop`), never here.
+            TargetKind::Loop => Err(EngineError::Internal(format!(
+                "schedule {} runs a loop: its fire goes through fire_loop",
                 s.id
             ))),
             TargetKind::Pipeline => {
@@ -242,6 +245,15 @@ impl Handler<CreateSchedule> for Engine {
                     }
                     (TargetKind::Pipeline, serde_json::to_value(p))
                 }
+                ScheduleTarget::Loop(_) if msg.after_schedule_id.is_some() => {
+                    return Err(EngineError::InvalidInput(
+                        "afterSchedule is for task and pipeline schedules; a loop schedule cannot follow another schedule".into(),
+                    ));
+                }
+                ScheduleTarget::Loop(req) => {
+                    let req = super::check_loop_request(*req, &(self.settings)())?;
+                    (TargetKind::Loop, serde_json::to_value(req))
+                }
             };
             let template = template.map_err(|e| EngineError::Internal(e.to_string()))?;
             let after = msg.after_schedule_id.map(|a| a.trim().to_string());
@@ -289,6 +301,9 @@ impl Handler<FireRun> for Engine {
     type Result = ResponseActFuture<Self, Result<(ScheduleRecord, ExecutionRecord), EngineError>>;
 
     fn handle(&mut self, msg: FireRun, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.schedule.target == TargetKind::Loop {
+            return self.fire_loop(msg);
+        }
         let at = self.clock.now_ms();
         let s = msg.schedule;
         let plan = msg.plan;
@@ -357,11 +372,106 @@ impl Handler<FireRun> for Engine {
     }
 }
 
+/// What a fire answers: the schedule's new record and the execution row.
+type Fired = ResponseActFuture<Engine, Result<(ScheduleRecord, ExecutionRecord), EngineError>>;
+
 impl Engine {
-    /// Asks the run's task or pipeline to cancel (its end reaches the schedule as usual).
+    /// A loop schedule's fire: the loop is prepared (validated, its branch, suffixed
+    /// with the fire time, created) off the actix thread; then its `Created`, the
+    /// schedule's events and the execution row go in ONE append, and the loop starts.
+    /// A loop that cannot be prepared refuses the occurrence with the reason.
+    fn fire_loop(&mut self, msg: FireRun) -> Fired {
+        let at = self.clock.now_ms();
+        let settings = (self.settings)();
+        let store = self.store.clone();
+        let root = self.worktrees_root();
+        let template: Result<CreateLoopRequest, _> =
+            serde_json::from_value(msg.schedule.template.clone());
+        let schedule_id = msg.schedule.id.clone();
+        let prepare = async move {
+            let mut req = template.map_err(|e| {
+                EngineError::Internal(format!("schedule {schedule_id}'s template: {e}"))
+            })?;
+            req.schedule_id = Some(schedule_id);
+            req.git_branch = req
+                .git_branch
+                .map(|b| crate::model::loops::scheduled_branch_name(&b, at));
+            tokio::task::spawn_blocking(move || prepare_loop(req, &settings, &store, &root))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+        };
+        Box::pin(prepare.into_actor(self).then(move |prepared, act, _ctx| {
+            let s = msg.schedule;
+            let plan = msg.plan;
+            let (created, events) = match prepared {
+                Ok((record, created)) => {
+                    let launched = Launched {
+                        task_id: None,
+                        pipeline_id: None,
+                        loop_id: Some(record.id.clone()),
+                    };
+                    let events = plan.events(at, &msg.execution_id, launched);
+                    (Some((record, created)), events)
+                }
+                Err(e) => {
+                    let mut events = vec![ScheduleEvent::Refused {
+                        at,
+                        scheduled_for: plan.scheduled_for,
+                        next_run_at: plan.next_run_at,
+                        reason: format!("its loop could not be created: {e}"),
+                        buffered: plan.buffered,
+                    }];
+                    if let Some(reason) = plan.complete_reason.clone() {
+                        events.push(ScheduleEvent::Completed { at, reason });
+                    }
+                    (None, events)
+                }
+            };
+            let (joint, next, row) = match Self::schedule_transitions(&s, events, &msg.execution_id)
+            {
+                Ok(t) => t,
+                Err(e) => return Box::pin(fut::ready(Err(e))) as Fired,
+            };
+            let Some(row) = row else {
+                return Box::pin(fut::ready(Err(EngineError::Internal(
+                    "a fire left no execution row".into(),
+                ))));
+            };
+            let (record, mut transitions) = match created {
+                Some((record, t)) => (Some(record), vec![t]),
+                None => (None, Vec::new()),
+            };
+            transitions.extend(joint);
+            let cancel = msg.cancel;
+            let commit = act.journal.send(Append::new(transitions));
+            Box::pin(commit.into_actor(act).map(move |res, act, ctx| {
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(EngineError::from(e)),
+                    Err(e) => return Err(EngineError::from(e)),
+                }
+                if let Some(record) = record {
+                    act.spawn_loop_actor(record, ctx);
+                }
+                for old in cancel {
+                    act.cancel_run(&old, "a newer run started (overlapPolicy cancelOther)", ctx);
+                }
+                Ok((next, row))
+            }))
+        }))
+    }
+
+    /// Asks the run's task, pipeline or loop to cancel (its end reaches the schedule as
+    /// usual).
     fn cancel_run(&mut self, run: &ExecutionRecord, reason: &str, ctx: &mut Context<Self>) {
         let engine = ctx.address();
-        if let Some(p) = &run.pipeline_id {
+        if let Some(l) = &run.loop_id {
+            engine.do_send(CancelLoop {
+                loop_id: l.clone(),
+                reason: Some(reason.to_string()),
+                cancel_tasks: true,
+            });
+        } else if let Some(p) = &run.pipeline_id {
             engine.do_send(CancelPipeline {
                 pipeline_id: p.clone(),
                 reason: Some(reason.to_string()),
@@ -382,16 +492,21 @@ impl Handler<ScheduleOp> for Engine {
     fn handle(&mut self, msg: ScheduleOp, _ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.schedule_id.clone();
         if let Some(actor) = self.live.schedule(&id) {
+            let cancelling = matches!(msg.command, Command::Cancel { .. });
             let req = actor.send(ScheduleCommand(msg.command));
             let cancel_tasks = msg.cancel_tasks;
             return Box::pin(async move { req.await? }.into_actor(self).map(
                 move |res, act, ctx| {
                     let (record, runs) = res?;
-                    if cancel_tasks {
-                        for run in runs
-                            .iter()
-                            .filter(|r| r.status == ExecutionStatus::Triggered)
-                        {
+                    // Spec 9.10: a schedule's running loops always end with it; its
+                    // tasks and pipelines only with cancelTasks.
+                    for run in runs
+                        .iter()
+                        .filter(|r| r.status == ExecutionStatus::Triggered)
+                    {
+                        if cancelling && run.loop_id.is_some() {
+                            act.cancel_run(run, "its schedule was cancelled", ctx);
+                        } else if cancel_tasks {
                             act.cancel_run(run, "its schedule was cancelled (cancelTasks)", ctx);
                         }
                     }

@@ -164,7 +164,10 @@ pub struct ResumeLoopArgs {
     pub loop_id: String,
 }
 
-fn request(server: &ToolContext, a: CreateLoopArgs) -> Result<CreateLoopRequest, String> {
+pub(super) fn request(
+    server: &ToolContext,
+    a: CreateLoopArgs,
+) -> Result<CreateLoopRequest, String> {
     let Some(strategy) = a.strategy else {
         return Err("strategy is required: retry or optimize".into());
     };

@@ -107,10 +107,12 @@ tools! {
         "Schedule a task: cron (cronExpression, in timezone) or one_time (scheduledAt). The daemon fires it on time with no client connected. Returns the scheduleId and nextRunAt.";
     "SchedulePipeline" => schedules::SchedulePipelineArgs, schedules::schedule_pipeline,
         "Schedule a pipeline: each fire creates its 2 to 20 steps, each starting when the one before completed. Returns the scheduleId and nextRunAt.";
+    "ScheduleLoop" => schedules::ScheduleLoopArgs, schedules::schedule_loop,
+        "Schedule a loop: CreateLoop's fields plus the schedule's timing. Each fire creates the loop (a gitBranch gets the fire time as a suffix); cancelling the schedule cancels its running loops. Returns the scheduleId and nextRunAt.";
     "ListSchedules" => schedules::ListSchedulesArgs, schedules::list,
         "List schedules, newest first, optionally by status.";
     "ScheduleStatus" => schedules::ScheduleStatusArgs, schedules::status,
-        "A schedule's settings and state; with includeHistory its executions (triggered, completed, failed, cancelled, missed, skipped) with their task or pipeline ids.";
+        "A schedule's settings and state; with includeHistory its executions (triggered, completed, failed, cancelled, missed, skipped) with their task, pipeline or loop ids.";
     "CancelSchedule" => schedules::CancelScheduleArgs, schedules::cancel,
         "Cancel an active or paused schedule; with cancelTasks also its running tasks and pipelines.";
     "PauseSchedule" => schedules::PauseScheduleArgs, schedules::pause,

@@ -1,4 +1,4 @@
-//! Schedule tools (spec 3.2): ScheduleTask, SchedulePipeline, ListSchedules,
+//! Schedule tools (spec 3.2, 3.3): ScheduleTask, SchedulePipeline, ScheduleLoop, ListSchedules,
 //! ScheduleStatus, CancelSchedule, PauseSchedule, ResumeSchedule with the original's
 //! names, fields, defaults and response keys (`nextRunAt` is returned at creation), plus
 //! `overlapPolicy` and TriggerSchedule (fire once now) beyond the original. Times in
@@ -6,7 +6,7 @@
 //!
 //! Thin: a schedule is an entity of the engine (`ScheduleActor` over `model::schedule`);
 //! these handlers parse arguments, send one Engine message or read the store, and shape
-//! the answer. ScheduleLoop is not here yet: the loop engine is not on main.
+//! the answer. ScheduleLoop takes CreateLoop's fields (its loop is checked at creation).
 
 use std::path::Path;
 
@@ -122,6 +122,17 @@ pub struct SchedulePipelineArgs {
     pub priority: Option<PriorityField>,
     pub working_directory: Option<String>,
     pub agent: Option<String>,
+    #[serde(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// Schedule a loop: each fire creates a loop with CreateLoop's fields (its gitBranch
+/// gets the fire time as a suffix).
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScheduleLoopArgs {
+    #[serde(flatten)]
+    pub r#loop: super::loops::CreateLoopArgs,
     #[serde(flatten)]
     pub timing: TimingArgs,
 }
@@ -297,6 +308,21 @@ pub async fn schedule_pipeline(server: &ToolContext, args: SchedulePipelineArgs)
     }))
 }
 
+pub async fn schedule_loop(server: &ToolContext, args: ScheduleLoopArgs) -> ToolOutcome {
+    let req = super::loops::request(server, args.r#loop)?;
+    let target = ScheduleTarget::Loop(Box::new(req));
+    let s = create(server, create_request(args.timing, target)?).await?;
+    Ok(json!({
+        "success": true,
+        "scheduleId": s.id,
+        "scheduleType": s.schedule_type.as_str(),
+        "nextRunAt": iso(s.next_run_at),
+        "status": s.status.as_str(),
+        "timezone": s.timezone,
+        "loopStrategy": s.template.get("strategy"),
+    }))
+}
+
 fn step_count(s: &ScheduleRecord) -> usize {
     s.template["steps"].as_array().map_or(1, |a| a.len())
 }
@@ -339,6 +365,7 @@ fn history_json(e: &ExecutionRecord) -> Value {
         "status": e.status.as_str(),
         "taskId": e.task_id,
         "pipelineId": e.pipeline_id,
+        "loopId": e.loop_id,
         "errorMessage": e.reason,
         "endedAt": iso(e.ended_at),
     })
@@ -516,6 +543,7 @@ pub async fn trigger(server: &ToolContext, args: TriggerScheduleArgs) -> ToolOut
         "executionId": run.map(|r| &r.id),
         "taskId": run.and_then(|r| r.task_id.clone()),
         "pipelineId": run.and_then(|r| r.pipeline_id.clone()),
+        "loopId": run.and_then(|r| r.loop_id.clone()),
         "status": s.status.as_str(),
         "nextRunAt": iso(s.next_run_at),
         "runCount": s.run_count,
