@@ -812,3 +812,38 @@ fn schedule_loop_over_mcp_answers_the_original_s_keys_and_suffixes_the_branch() 
     git(&["rev-parse", "--verify", "nightly-20300101-090000"]);
     mcp.close();
 }
+
+#[test]
+fn a_scheduled_loop_s_row_follows_it_to_its_end_across_a_daemon_restart() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let go = c.beat.workdir.path().join("go");
+    let prompt = format!("await {}; print done", go.display());
+    let id = id_of(&c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        &prompt,
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&id, "the loop run to be triggered", |r| r.len() == 1);
+    let loop_id = c.runs(&id)[0].loop_id.clone().expect("the loop id");
+    c.beat.kill_daemon();
+    std::fs::write(&go, "").unwrap();
+    c.beat.ok(&["schedule", "list"]); // a new daemon starts and recovers
+    let store = c.beat.store();
+    wait_until("the loop to end", Duration::from_secs(30), || {
+        store
+            .eval_loop(&loop_id)
+            .unwrap()
+            .is_some_and(|l| l.status.is_terminal())
+    });
+    // Its task outlived the daemon (the shim), so the recovered loop passes.
+    let l = store.eval_loop(&loop_id).unwrap().unwrap();
+    assert_eq!(l.status.as_str(), "completed");
+    c.wait_runs(&id, "the row to follow the loop's end", |r| {
+        r[0].status == ExecutionStatus::Completed
+    });
+}

@@ -47,7 +47,7 @@ pub enum ScheduleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a schedule (--cancel-tasks: also its running tasks and pipelines)
+    /// Cancel a schedule and its running loops (--cancel-tasks: also its running tasks and pipelines)
     Cancel {
         id: String,
         #[arg(long = "cancel-tasks")]

@@ -114,7 +114,7 @@ tools! {
     "ScheduleStatus" => schedules::ScheduleStatusArgs, schedules::status,
         "A schedule's settings and state; with includeHistory its executions (triggered, completed, failed, cancelled, missed, skipped) with their task, pipeline or loop ids.";
     "CancelSchedule" => schedules::CancelScheduleArgs, schedules::cancel,
-        "Cancel an active or paused schedule; with cancelTasks also its running tasks and pipelines.";
+        "Cancel an active or paused schedule and its running loops; with cancelTasks also its running tasks and pipelines.";
     "PauseSchedule" => schedules::PauseScheduleArgs, schedules::pause,
         "Pause an active schedule: nothing fires until it is resumed.";
     "ResumeSchedule" => schedules::ResumeScheduleArgs, schedules::resume,
