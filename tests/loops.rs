@@ -881,3 +881,75 @@ fn prune_removes_a_finished_loop_with_its_iterations_and_tasks() {
     assert!(!beat.output(&["loop", "status", &id]).status.success());
     beat.assert_fold_matches_state();
 }
+
+/// The daemon dies while the loop's `git commit` runs (a `git` wrapper on the daemon's
+/// PATH holds the commit until the test lets it go): after the restart the loop goes
+/// on, and the iteration records the one commit that was made, once.
+#[test]
+fn a_daemon_crash_during_the_git_commit_records_the_commit_once() {
+    let mut beat = Beat::new();
+    let dir = beat.workdir.path().to_path_buf();
+    repo(&dir);
+    let real_git = common::SYSTEM_PATH
+        .split(':')
+        .map(|d| Path::new(d).join("git"))
+        .find(|p| p.exists())
+        .expect("git on the system PATH");
+    let wrap = tempfile::tempdir().unwrap();
+    let (holding, release, done) = (
+        wrap.path().join("holding"),
+        wrap.path().join("release"),
+        wrap.path().join("done"),
+    );
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" commit \"*) touch {h}; while [ ! -e {r} ]; do sleep 0.01; done; {g} \"$@\"; s=$?; touch {d}; exit $s;; esac\nexec {g} \"$@\"\n",
+        h = holding.display(),
+        r = release.display(),
+        d = done.display(),
+        g = real_git.display()
+    );
+    let wrapper = wrap.path().join("git");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    beat.env.retain(|(k, _)| k != "PATH");
+    beat.env.push((
+        "PATH".into(),
+        format!("{}:{}", wrap.path().display(), common::SYSTEM_PATH),
+    ));
+    let id = optimize_in_repo(
+        &beat,
+        &["5"],
+        &["--max-iterations", "1", "--git-branch", "loop/crash"],
+    );
+    wait_until(
+        "the loop's commit to start",
+        Duration::from_secs(30),
+        || holding.exists(),
+    );
+    beat.kill_daemon();
+    std::fs::write(&release, "").unwrap();
+    wait_until(
+        "the orphaned commit to finish",
+        Duration::from_secs(30),
+        || done.exists(),
+    );
+    assert_eq!(wait_loop(&beat, &id), 0, "{}", status(&beat, &id));
+    let v = status(&beat, &id);
+    assert_eq!(statuses(&v), ["keep"]);
+    let log = git(&dir, &["log", "--format=%s", "main..loop/crash"]);
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "one commit for the one iteration: {log}"
+    );
+    assert_eq!(
+        iterations(&v)[0]["gitCommitSha"].as_str().unwrap(),
+        git(&dir, &["rev-parse", "loop/crash"])
+    );
+    assert!(beat.start_counts().values().all(|&n| n == 1));
+    beat.assert_fold_matches_state();
+}
