@@ -196,8 +196,17 @@ impl Beat {
     }
 
     /// Asserts the journal's invariant: every state table equals the fold of the events.
+    ///
+    /// The daemon may still be committing, so both sides are read from one consistent
+    /// copy of the database (`VACUUM INTO` reads in a single transaction), never from
+    /// separate reads that a commit could fall between.
     pub fn assert_fold_matches_state(&self) {
-        let store = self.store();
+        let snapshot = tempfile::tempdir().expect("a folder for the snapshot");
+        let copy = snapshot.path().join("snapshot.db");
+        self.store()
+            .with(|c| c.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8 path")]))
+            .expect("copying the journal in one read transaction");
+        let store = Store::new(&copy);
         let mut folded: std::collections::BTreeMap<String, Record> = Default::default();
         for e in store.events().expect("events") {
             let next = Record::apply(folded.get(&e.entity_id), &e.event)
