@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use backbeat_actors::model::schedule::{
     ExecutionRecord, ExecutionStatus, ScheduleRecord, TargetKind,
 };
-use common::{Beat, wait_until};
+use common::{Beat, pid_exists, read_pidfile, wait_until};
 use serde_json::{Value, json};
 
 /// A `Beat` whose daemon reads the time from a file the test writes.
@@ -307,6 +307,12 @@ fn history_rows_reach_failed_and_max_runs_completes_the_schedule() {
     c.wait_runs(&id, "run 2 to fail", |r| {
         r.len() == 2 && r[1].status == ExecutionStatus::Failed
     });
+    // Each failed row says why, as its task does.
+    for run in c.runs(&id) {
+        let task = c.beat.status(run.task_id.as_deref().unwrap());
+        assert_eq!(run.reason.as_deref(), task["reason"].as_str(), "{run:?}");
+        assert!(run.reason.as_deref().unwrap_or("").contains('3'), "{run:?}");
+    }
     let s = c.schedule(&id);
     assert_eq!(s.run_count, 2);
     assert!(s.reason.unwrap().contains("maxRuns"));
@@ -357,6 +363,59 @@ fn a_schedule_after_a_failed_one_is_refused_naming_it() {
     assert_eq!(run.status, ExecutionStatus::Cancelled);
     assert!(run.reason.as_deref().unwrap().contains(&first), "{run:?}");
     assert!(run.task_id.is_none(), "a refused run created a task");
+}
+
+/// The run a follower waits for ends while the daemon is down, so at the restart the
+/// follower may read that run's row before it says so. Whichever it sees, the occurrence
+/// never runs as if nothing were followed: it is refused (or its task fails with its
+/// dependency), naming what failed.
+#[test]
+fn a_follower_whose_followed_run_failed_while_the_daemon_was_down_never_runs() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let dir = c.beat.workdir.path();
+    let (go, pidfile, ran) = (dir.join("go"), dir.join("agent.pid"), dir.join("ran"));
+    let script = format!(
+        "pidfile {}; await {}; exit 2",
+        pidfile.display(),
+        go.display()
+    );
+    let first = id_of(&c.create(&["--at", "2030-01-01T09:00:00Z", "--", &script]));
+    let second = id_of(&c.create(&[
+        "--at",
+        "2030-01-01T09:01:00Z",
+        "--after",
+        &first,
+        "--",
+        &format!("write {} yes", ran.display()),
+    ]));
+    c.set("2030-01-01T09:00:00Z");
+    c.wait_runs(&first, "the first run", |r| r.len() == 1);
+    let first_task = c.runs(&first)[0].task_id.clone().unwrap();
+    let (agent, _) = read_pidfile(&pidfile);
+    c.beat.kill_daemon();
+    // While no daemon runs: the followed run fails, and the follower becomes due.
+    std::fs::write(&go, "").unwrap();
+    let exit_file = c.beat.run_dir(&first_task).join("exit.json");
+    wait_until("the followed run to end", Duration::from_secs(30), || {
+        !pid_exists(agent) && exit_file.exists()
+    });
+    c.set("2030-01-01T09:01:00Z");
+    c.beat.ok(&["schedule", "list"]); // a new daemon starts and recovers
+    c.wait_runs(&second, "the follower's occurrence to end", |r| {
+        r.len() == 1 && r[0].status != ExecutionStatus::Triggered
+    });
+    let run = &c.runs(&second)[0];
+    assert_ne!(run.status, ExecutionStatus::Completed, "{run:?}");
+    let reason = run.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&first) || reason.contains(&first_task),
+        "the reason names neither the followed schedule nor its task: {run:?}"
+    );
+    assert!(
+        !ran.exists(),
+        "the follower ran although what it follows failed"
+    );
+    c.beat.assert_fold_matches_state();
 }
 
 #[test]

@@ -233,4 +233,6 @@ impl<A: EntityActor> Lifecycle for A {}
 pub struct OwnedTaskEnded {
     pub task_id: String,
     pub status: crate::model::TaskStatus,
+    /// Why it ended (its record's reason), for the owner's history.
+    pub reason: Option<String>,
 }

@@ -79,6 +79,7 @@ pub struct FireRun {
 pub struct PipelineRunEnded {
     pub pipeline_id: String,
     pub status: ExecutionStatus,
+    pub reason: Option<String>,
 }
 
 /// A loop a schedule launched ended.
@@ -87,6 +88,7 @@ pub struct PipelineRunEnded {
 pub struct LoopRunEnded {
     pub loop_id: String,
     pub status: ExecutionStatus,
+    pub reason: Option<String>,
 }
 
 /// A command on the schedule (pause, resume, cancel, run now).
@@ -128,6 +130,9 @@ pub struct ScheduleActor {
     stepping: bool,
 }
 
+/// An execution that ended: its id, final status and why.
+type EndedRun = (String, ExecutionStatus, Option<String>);
+
 fn execution_status(status: TaskStatus) -> ExecutionStatus {
     match status {
         TaskStatus::Completed => ExecutionStatus::Completed,
@@ -168,30 +173,35 @@ impl ScheduleActor {
                 let mut ended = Vec::new();
                 for run in &runs {
                     let status = if let Some(t) = &run.task_id {
-                        store.task(t)?.map(|t| t.status).filter(|s| s.is_terminal())
+                        store
+                            .task(t)?
+                            .filter(|t| t.status.is_terminal())
+                            .map(|t| (t.status, t.reason))
                     } else if let Some(l) = &run.loop_id {
-                        store.eval_loop(l)?.and_then(|l| match l.status {
-                            crate::model::loops::LoopStatus::Completed => {
-                                Some(TaskStatus::Completed)
-                            }
-                            crate::model::loops::LoopStatus::Failed => Some(TaskStatus::Failed),
-                            crate::model::loops::LoopStatus::Cancelled => {
-                                Some(TaskStatus::Cancelled)
-                            }
-                            _ => None,
+                        store.eval_loop(l)?.and_then(|l| {
+                            let status = match l.status {
+                                crate::model::loops::LoopStatus::Completed => TaskStatus::Completed,
+                                crate::model::loops::LoopStatus::Failed => TaskStatus::Failed,
+                                crate::model::loops::LoopStatus::Cancelled => TaskStatus::Cancelled,
+                                _ => return None,
+                            };
+                            Some((status, l.reason))
                         })
                     } else if let Some(p) = &run.pipeline_id {
-                        store.pipeline(p)?.and_then(|p| match p.status {
-                            crate::model::PipelineStatus::Completed => Some(TaskStatus::Completed),
-                            crate::model::PipelineStatus::Failed => Some(TaskStatus::Failed),
-                            crate::model::PipelineStatus::Cancelled => Some(TaskStatus::Cancelled),
-                            crate::model::PipelineStatus::Running => None,
+                        store.pipeline(p)?.and_then(|p| {
+                            let status = match p.status {
+                                crate::model::PipelineStatus::Completed => TaskStatus::Completed,
+                                crate::model::PipelineStatus::Failed => TaskStatus::Failed,
+                                crate::model::PipelineStatus::Cancelled => TaskStatus::Cancelled,
+                                crate::model::PipelineStatus::Running => return None,
+                            };
+                            Some((status, p.reason))
                         })
                     } else {
-                        Some(TaskStatus::Failed)
+                        Some((TaskStatus::Failed, Some("it launched nothing".into())))
                     };
-                    if let Some(s) = status {
-                        ended.push((run.id.clone(), execution_status(s)));
+                    if let Some((s, reason)) = status {
+                        ended.push((run.id.clone(), execution_status(s), reason));
                     }
                 }
                 Ok::<_, rusqlite::Error>((runs, ended))
@@ -211,21 +221,17 @@ impl ScheduleActor {
         }));
     }
 
-    /// Journals the end of each `(execution, status)`, then steps.
-    fn end_runs(&mut self, ended: Vec<(String, ExecutionStatus)>, ctx: &mut Context<Self>) {
+    /// Journals the end of each `(execution, status, reason)`, then steps.
+    fn end_runs(&mut self, ended: Vec<EndedRun>, ctx: &mut Context<Self>) {
         let at = self.deps.clock.now_ms();
         let mut events = Vec::new();
         let mut joint = Vec::new();
         let mut finals = Vec::new();
-        for (execution_id, status) in ended {
+        for (execution_id, status, reason) in ended {
             let Some(run) = self.runs.as_ref().and_then(|r| r.get(&execution_id)) else {
                 continue;
             };
-            let event = ExecutionEvent::Ended {
-                at,
-                status,
-                reason: None,
-            };
+            let event = ExecutionEvent::Ended { at, status, reason };
             match ExecutionRecord::apply(Some(run), &event) {
                 Ok(next) => {
                     joint.push(ExecutionRecord::transition(event, next.clone()));
@@ -486,7 +492,13 @@ impl Handler<OwnedTaskEnded> for ScheduleActor {
         let ended: Vec<_> = runs
             .values()
             .filter(|r| r.task_id.as_deref() == Some(&msg.task_id) && r.pipeline_id.is_none())
-            .map(|r| (r.id.clone(), execution_status(msg.status)))
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    execution_status(msg.status),
+                    msg.reason.clone(),
+                )
+            })
             .collect();
         self.end_runs(ended, ctx);
     }
@@ -500,7 +512,7 @@ impl Handler<PipelineRunEnded> for ScheduleActor {
         let ended: Vec<_> = runs
             .values()
             .filter(|r| r.pipeline_id.as_deref() == Some(&msg.pipeline_id))
-            .map(|r| (r.id.clone(), msg.status))
+            .map(|r| (r.id.clone(), msg.status, msg.reason.clone()))
             .collect();
         self.end_runs(ended, ctx);
     }
@@ -514,7 +526,7 @@ impl Handler<LoopRunEnded> for ScheduleActor {
         let ended: Vec<_> = runs
             .values()
             .filter(|r| r.loop_id.as_deref() == Some(&msg.loop_id))
-            .map(|r| (r.id.clone(), msg.status))
+            .map(|r| (r.id.clone(), msg.status, msg.reason.clone()))
             .collect();
         self.end_runs(ended, ctx);
     }

@@ -353,6 +353,7 @@ impl Handler<EntityEnded> for Engine {
                         OwnedTaskEnded {
                             task_id: t.id.clone(),
                             status: t.status,
+                            reason: t.reason.clone(),
                         },
                     );
                 }
@@ -399,6 +400,7 @@ impl Engine {
                 s.do_send(PipelineRunEnded {
                     pipeline_id: p.id,
                     status,
+                    reason: p.reason,
                 });
             }
         }));
@@ -422,6 +424,7 @@ impl Engine {
         s.do_send(LoopRunEnded {
             loop_id: l.id.clone(),
             status,
+            reason: l.reason.clone(),
         });
     }
 }

@@ -14,12 +14,15 @@ use super::{Cancel, CancelLoop, CancelPipeline, Engine, NewTask, prepare_loop};
 use crate::error::EngineError;
 use crate::journal::Append;
 use crate::model::loops::CreateLoopRequest;
+use crate::model::pipeline::PipelineStatus;
 use crate::model::schedule::{
-    self, ExecutionEvent, ExecutionRecord, ExecutionStatus, InvalidSchedule, Launched,
+    self, Decision, ExecutionEvent, ExecutionRecord, ExecutionStatus, InvalidSchedule, Launched,
     MissedRunPolicy, NewSchedule, OverlapPolicy, ScheduleEvent, ScheduleRecord, TargetKind,
     TimingRequest,
 };
-use crate::model::{Entity, EntityKind, EntityRef, TaskRecord, TaskStatus, Transition};
+use crate::model::{
+    Entity, EntityKind, EntityRef, PipelineRecord, TaskRecord, TaskStatus, Transition,
+};
 use crate::schedule::{
     Command, FireRun, PipelineTemplate, ScheduleActor, ScheduleCommand, ScheduleDeps, TaskTemplate,
 };
@@ -300,14 +303,97 @@ impl Handler<CreateSchedule> for Engine {
 impl Handler<FireRun> for Engine {
     type Result = ResponseActFuture<Self, Result<(ScheduleRecord, ExecutionRecord), EngineError>>;
 
-    fn handle(&mut self, msg: FireRun, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: FireRun, _ctx: &mut Context<Self>) -> Self::Result {
         if msg.schedule.target == TargetKind::Loop {
             return self.fire_loop(msg);
         }
+        let Some(waited) = msg.plan.wait_for.clone() else {
+            return self.fire_run(msg, None);
+        };
+        if let Some(task) = self.last_task_of(&waited)
+            && self.live.is_live_task(&task)
+        {
+            return self.fire_run(msg, Some(task));
+        }
+        // `afterSchedule`: the run this one waits for ended after the schedule's actor
+        // read it (its row may not say so yet). How it ended is committed: read it, and
+        // refuse or go ahead as the rule says, never fire as if nothing were followed.
+        let store = self.store.clone();
+        let read = async move {
+            tokio::task::spawn_blocking(move || how_run_ended(&store, waited))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
+        };
+        Box::pin(read.into_actor(self).then(move |res, act, _ctx| {
+            let ended = match res {
+                Ok(ended) => ended,
+                Err(e) => return Box::pin(fut::ready(Err(e))) as Fired,
+            };
+            let now = act.clock.now_ms();
+            let plan = msg.plan.clone();
+            match schedule::follow_ended(&msg.schedule, now, &ended, plan) {
+                Decision::Fire(plan) => act.fire_run(FireRun { plan: *plan, ..msg }, None),
+                Decision::Record(events) => act.journal_run(
+                    msg.schedule,
+                    events,
+                    &msg.execution_id,
+                    Vec::new(),
+                    None,
+                    Vec::new(),
+                ),
+                other => Box::pin(fut::ready(Err(EngineError::Internal(format!(
+                    "afterSchedule gave {other:?} for an ended run"
+                ))))),
+            }
+        }))
+    }
+}
+
+/// The run `waited` launched, with the status and reason its task or pipeline ended
+/// with (committed before the engine forgot it); unchanged if it has not ended.
+fn how_run_ended(
+    store: &crate::journal::Store,
+    mut waited: ExecutionRecord,
+) -> rusqlite::Result<ExecutionRecord> {
+    let ended = if let Some(id) = &waited.task_id {
+        store.task(id)?.and_then(|t| {
+            let status = match t.status {
+                TaskStatus::Completed => ExecutionStatus::Completed,
+                TaskStatus::Cancelled => ExecutionStatus::Cancelled,
+                TaskStatus::Failed => ExecutionStatus::Failed,
+                TaskStatus::Blocked | TaskStatus::Queued | TaskStatus::Running => return None,
+            };
+            Some((status, t.reason))
+        })
+    } else if let Some(id) = &waited.pipeline_id {
+        store.get::<PipelineRecord>(id)?.and_then(|p| {
+            let status = match p.status {
+                PipelineStatus::Completed => ExecutionStatus::Completed,
+                PipelineStatus::Cancelled => ExecutionStatus::Cancelled,
+                PipelineStatus::Failed => ExecutionStatus::Failed,
+                PipelineStatus::Running => return None,
+            };
+            Some((status, p.reason))
+        })
+    } else {
+        None
+    };
+    if let Some((status, reason)) = ended {
+        waited.status = status;
+        waited.reason = reason;
+    }
+    Ok(waited)
+}
+
+impl Engine {
+    /// Creates the run of `msg` (its first task waiting for `dep` when given) and
+    /// journals it with the schedule's events; a run that cannot be created refuses the
+    /// occurrence with the reason.
+    fn fire_run(&mut self, msg: FireRun, dep: Option<String>) -> Fired {
         let at = self.clock.now_ms();
         let s = msg.schedule;
         let plan = msg.plan;
-        let dep = plan.wait_for.as_ref().and_then(|w| self.last_task_of(w));
         let built = self.build_run(&s, dep);
         let (records, pipeline, events) = match built {
             Ok((records, pipeline)) => {
@@ -338,7 +424,21 @@ impl Handler<FireRun> for Engine {
                 (Vec::new(), None, events)
             }
         };
-        let (joint, next, row) = match Self::schedule_transitions(&s, events, &msg.execution_id) {
+        self.journal_run(s, events, &msg.execution_id, records, pipeline, msg.cancel)
+    }
+
+    /// Journals a fire's (or refusal's) schedule events, its execution row, and the
+    /// records it created in ONE append; then, for `cancelOther`, stops the old runs.
+    fn journal_run(
+        &mut self,
+        s: ScheduleRecord,
+        events: Vec<ScheduleEvent>,
+        execution_id: &str,
+        records: Vec<TaskRecord>,
+        pipeline: Option<PipelineRecord>,
+        cancel: Vec<ExecutionRecord>,
+    ) -> Fired {
+        let (joint, next, row) = match Self::schedule_transitions(&s, events, execution_id) {
             Ok(t) => t,
             Err(e) => {
                 for r in &records {
@@ -352,8 +452,6 @@ impl Handler<FireRun> for Engine {
                 "a fire left no execution row".into(),
             ))));
         };
-        let cancel = msg.cancel;
-        let _ = ctx;
         Box::pin(
             self.admit_all_with(records, pipeline, joint)
                 .map(move |res, act, ctx| {

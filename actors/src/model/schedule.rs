@@ -1118,6 +1118,31 @@ pub fn decide(s: &ScheduleRecord, ctx: &DueContext<'_>) -> Decision {
     follow_rule(s, ctx, plan)
 }
 
+/// `afterSchedule`, when the run that `plan` was to wait for has ended since `decide`
+/// read it (its row may not say so yet): the same rule as at `decide`, with how it
+/// ended. `ended` is that run with its final status (and reason).
+pub fn follow_ended(
+    s: &ScheduleRecord,
+    now: Millis,
+    ended: &ExecutionRecord,
+    mut plan: FirePlan,
+) -> Decision {
+    plan.wait_for = None;
+    let ctx = DueContext {
+        now,
+        grace_ms: 0,
+        followed: Some(ended),
+    };
+    match follow_rule(s, &ctx, plan) {
+        // Still unfinished by the caller's reading: it has nothing left to wait for.
+        Decision::Fire(mut plan) => {
+            plan.wait_for = None;
+            Decision::Fire(plan)
+        }
+        other => other,
+    }
+}
+
 /// `afterSchedule`: wait for the followed schedule's unfinished latest run, refuse when it
 /// failed or was cancelled, go ahead when it completed (or there was none).
 fn follow_rule(s: &ScheduleRecord, ctx: &DueContext<'_>, mut plan: FirePlan) -> Decision {

@@ -617,6 +617,41 @@ fn after_schedule_refuses_the_run_naming_a_failed_or_cancelled_predecessor() {
     }
 }
 
+/// The followed run ended between `decide` (which saw it running and planned to wait for
+/// it) and the fire: a failed or cancelled end refuses the occurrence as `decide` would
+/// have, naming it; a completed end fires with nothing left to wait for.
+#[test]
+fn a_followed_run_that_ended_after_the_decision_is_judged_by_how_it_ended() {
+    let mut s = daily();
+    s.after_schedule_id = Some("sched-0".into());
+    let now = ms("2026-12-01T09:00:00Z");
+    let running = followed(ExecutionStatus::Triggered);
+    let plan = fire_plan(decide(
+        &s,
+        &DueContext {
+            followed: Some(&running),
+            ..ctx(now)
+        },
+    ));
+    assert!(plan.wait_for.is_some());
+
+    for status in [ExecutionStatus::Failed, ExecutionStatus::Cancelled] {
+        let ended = followed(status);
+        let events = recorded(follow_ended(&s, now, &ended, plan.clone()));
+        let exec = execution_for("sched-1", "x", &events[0]).unwrap();
+        assert_eq!(exec.status, ExecutionStatus::Cancelled);
+        let reason = exec.reason.unwrap();
+        assert!(
+            reason.contains("schedule sched-0") && reason.contains(status.as_str()),
+            "{reason}"
+        );
+    }
+    let completed = followed(ExecutionStatus::Completed);
+    let fired = fire_plan(follow_ended(&s, now, &completed, plan.clone()));
+    assert_eq!(fired.wait_for, None);
+    assert_eq!(fired.scheduled_for, plan.scheduled_for);
+}
+
 // --- commands -------------------------------------------------------------------------------
 
 #[test]
