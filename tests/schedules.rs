@@ -418,6 +418,58 @@ fn a_follower_whose_followed_run_failed_while_the_daemon_was_down_never_runs() {
     c.beat.assert_fold_matches_state();
 }
 
+/// `afterSchedule` must name a schedule that exists and whose runs end in a task: a
+/// typo would otherwise make a follower that never waits for anything.
+#[test]
+fn after_schedule_naming_an_unknown_or_a_loop_schedule_is_refused() {
+    let c = Clocked::at("2030-01-01T08:59:00Z");
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--after",
+        "schedule-nope",
+        "--",
+        "print x",
+    ]);
+    assert!(
+        !out.status.success(),
+        "an unknown afterSchedule was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("schedule-nope") && err.contains("no such schedule"),
+        "{err}"
+    );
+    let looping = id_of(&c.create(&[
+        "--cron",
+        "0 9 * * *",
+        "--loop",
+        "--until",
+        "true",
+        "--",
+        "print x",
+    ]));
+    let out = c.beat.output(&[
+        "schedule",
+        "create",
+        "--cron",
+        "0 9 * * *",
+        "--after",
+        &looping,
+        "--",
+        "print x",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a follower of a loop schedule was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&looping) && err.contains("loop"), "{err}");
+    assert_eq!(c.beat.store().all::<ScheduleRecord>().unwrap().len(), 1);
+}
+
 #[test]
 fn a_follower_waits_for_the_running_run_it_follows() {
     let c = Clocked::at("2030-01-01T08:59:00Z");

@@ -285,6 +285,44 @@ impl Handler<CreateSchedule> for Engine {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         let _ = ctx;
+        let Some(followed) = record.after_schedule_id.clone() else {
+            return self.commit_schedule(event, record);
+        };
+        // `afterSchedule` must name a schedule whose runs end in a task (read off the
+        // actix thread).
+        let store = self.store.clone();
+        let read = async move {
+            tokio::task::spawn_blocking(move || store.schedule(&followed))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
+        };
+        let after = record.after_schedule_id.clone().unwrap_or_default();
+        Box::pin(read.into_actor(self).then(move |res, act, _ctx| {
+            let checked = res.and_then(|found| match found {
+                None => Err(EngineError::InvalidInput(format!(
+                    "afterSchedule {after}: no such schedule; `beat schedule list` shows the ids"
+                ))),
+                Some(f) if f.target == TargetKind::Loop => Err(EngineError::InvalidInput(format!(
+                    "afterSchedule {after} runs a loop; a schedule can follow only a task or pipeline schedule, whose runs end in a task"
+                ))),
+                Some(_) => Ok(()),
+            });
+            match checked {
+                Ok(()) => act.commit_schedule(event, record),
+                Err(e) => Box::pin(fut::ready(Err(e))),
+            }
+        }))
+    }
+}
+
+impl Engine {
+    /// Journals a new schedule's `Created`, then starts its actor.
+    fn commit_schedule(
+        &mut self,
+        event: ScheduleEvent,
+        record: ScheduleRecord,
+    ) -> ResponseActFuture<Self, Result<ScheduleRecord, EngineError>> {
         let append =
             crate::journal::Append::new(vec![ScheduleRecord::transition(event, record.clone())]);
         let commit = self.journal.send(append);
