@@ -71,6 +71,37 @@ fn a_diamond_runs_d_only_after_b_and_c_each_task_once() {
     beat.assert_fold_matches_state();
 }
 
+/// A task whose dependencies have all completed is queued from its first commit: the
+/// answer says `queued`, and the journal never has it blocked.
+#[test]
+fn a_task_whose_dependencies_all_completed_is_queued_from_its_first_commit() {
+    let beat = Beat::new();
+    let done = beat.submit("print done", &[]);
+    beat.wait(&done);
+    let mut mcp = beat.mcp();
+    let v = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print after", "dependsOn": [done] }),
+    );
+    assert_eq!(v["status"], "queued", "{v}");
+    let id = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(beat.wait(&id)["status"], "completed");
+    let names: Vec<String> = beat
+        .store()
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.entity_id == id)
+        .map(|e| match e.event {
+            backbeat_actors::model::Event::Task(t) => t.name().to_string(),
+            other => panic!("a task event was expected: {other:?}"),
+        })
+        .collect();
+    assert_eq!(names.first().map(String::as_str), Some("submitted"));
+    assert!(!names.iter().any(|n| n == "unblocked"), "{names:?}");
+    beat.assert_fold_matches_state();
+}
+
 #[test]
 fn dependency_rules_through_the_cli() {
     let beat = Beat::new();

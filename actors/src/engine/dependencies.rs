@@ -191,7 +191,19 @@ impl Engine {
                 act.forget(&id);
                 return act.admit_doomed(record.clone(), dependency, root, status);
             }
-            act.admit(record.clone())
+            // Every dependency has completed already: the task is queued from its first
+            // commit (answered `queued`, never `blocked` then unblocked a moment later).
+            // A continuation still unblocks in its actor, which reads the checkpoint
+            // it continues from into its prompt; a delayed step waits as it must.
+            let mut record = record.clone();
+            if classified.waiting.is_empty()
+                && !act.graph.is_waiting(&id)
+                && record.continue_from.is_none()
+                && record.start_delay.is_none()
+            {
+                record.status = TaskStatus::Queued;
+            }
+            act.admit(record)
         }))
     }
 

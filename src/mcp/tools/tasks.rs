@@ -172,40 +172,15 @@ pub async fn delegate(server: &ToolContext, args: DelegateTaskArgs) -> ToolOutco
         depends_on: args.depends_on.unwrap_or_default(),
         continue_from: args.continue_from,
     };
-    // Subscribed before submitting, so that no commit of the new task is missed.
-    let mut committed = server.engine.writer.subscribe();
-    let mut task = server
+    // The engine answers with the committed record: a task whose dependencies have
+    // all completed is queued from its first commit (engine/dependencies.rs).
+    let task = server
         .engine
         .engine
         .send(Submit(request))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    if task.status == TaskStatus::Blocked {
-        // A task whose dependencies have all completed is admitted at once (in the
-        // engine's next step): answer with that, not with the moment before it.
-        let deps = task.depends_on.clone();
-        let met = read(server, move |s| s.tasks_by_id(&deps)).await?;
-        if met.len() == task.depends_on.len()
-            && met.iter().all(|d| d.status == TaskStatus::Completed)
-        {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while task.status == TaskStatus::Blocked {
-                match tokio::time::timeout_at(deadline, committed.recv()).await {
-                    Ok(Ok(backbeat_actors::model::Record::Task(record)))
-                        if record.id == task.id =>
-                    {
-                        task = record
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                        task = find(server, &task.id).await?;
-                    }
-                    _ => break,
-                }
-            }
-        }
-    }
     Ok(json!({
         "success": true,
         "taskId": task.id,
