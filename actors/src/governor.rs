@@ -269,17 +269,14 @@ impl ResourceGovernor {
     }
 
     /// What `agent` doing work of `key` is expected to take: `expectedMemory` of its
-    /// settings wins over what earlier runs taught.
+    /// settings wins over what earlier runs taught; what runs of this kind of work
+    /// taught wins over what any run of the agent taught.
     fn expected(&self, settings: &Settings, agent: &str, key: &str) -> Footprint {
-        let learned = self.learned.get(key).copied().unwrap_or_default();
-        Footprint {
-            memory: settings
-                .agents
-                .get(agent)
-                .and_then(|a| a.expected_memory)
-                .or(learned.memory),
-            cpu: learned.cpu,
-        }
+        admission::expected_footprint(
+            settings.agents.get(agent).and_then(|a| a.expected_memory),
+            self.learned.get(key).copied().unwrap_or_default(),
+            self.learned.get(agent).copied().unwrap_or_default(),
+        )
     }
 
     fn running_agents(&self, settings: &Settings) -> Vec<RunningAgent> {
@@ -514,13 +511,16 @@ impl Handler<Release> for ResourceGovernor {
             // Only a run that ran teaches: the larger of the peak its shim measured for
             // one process and the peak sampled for its whole tree.
             let peak = (max_rss_kb * 1024).max(slot.peak_memory);
-            let learned = self.learned.entry(slot.key).or_default();
-            learned.memory = admission::learn_memory(learned.memory, peak);
-            learned.cpu = match slot.peak_cpu {
-                Some(peak) => admission::learn_cpu(learned.cpu, peak.min(self.cores)),
-                // Too short to be sampled: it took next to no CPU.
-                None => learned.cpu.or(Some(0.0)),
-            };
+            let cores = self.cores;
+            for key in admission::learning_keys(&slot.key, &slot.agent) {
+                let learned = self.learned.entry(key.to_string()).or_default();
+                learned.memory = admission::learn_memory(learned.memory, peak);
+                learned.cpu = match slot.peak_cpu {
+                    Some(peak) => admission::learn_cpu(learned.cpu, peak.min(cores)),
+                    // Too short to be sampled: it took next to no CPU.
+                    None => learned.cpu.or(Some(0.0)),
+                };
+            }
         }
         self.pump(ctx);
     }

@@ -26,7 +26,9 @@ use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Launched, Release, ResourceGovernor, WaitReason, Withdraw};
 use crate::journal::{Append, Store};
 use crate::model::task::Checkpoint;
-use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit};
+use crate::model::{
+    EntityKind, TaskEvent, TaskRecord, TaskStatus, Transition, apply, now_ms, outcome_of_exit,
+};
 use crate::model::{rate_limit, reasons};
 use crate::settings::SettingsSource;
 
@@ -200,7 +202,15 @@ impl TaskActor {
             task_id: self.core.record.id.clone(),
             priority: self.core.record.priority,
             agent: self.core.record.agent.clone(),
-            footprint_key: None,
+            // A loop's iterations and a schedule's runs repeat one kind of work: what
+            // their earlier runs took is the best guess of what the next one takes.
+            footprint_key: self
+                .core
+                .record
+                .owner
+                .as_ref()
+                .filter(|o| matches!(o.kind, EntityKind::Loop | EntityKind::Schedule))
+                .map(|o| o.id.clone()),
             recipient: ctx.address().recipient(),
             reason_to: Some(ctx.address().recipient()),
         });

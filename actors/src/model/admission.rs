@@ -278,9 +278,62 @@ pub fn learn_cpu(previous: Option<f64>, peak: f64) -> Option<f64> {
     })
 }
 
+/// What a run of `agent` doing work of `key` is expected to take: the user's
+/// `expectedMemory` first, then what earlier runs of this kind of work taught (a loop's
+/// iterations, a schedule's runs), then what any run of the agent taught.
+pub fn expected_footprint(
+    configured_memory: Option<u64>,
+    of_kind: Footprint,
+    of_agent: Footprint,
+) -> Footprint {
+    Footprint {
+        memory: configured_memory.or(of_kind.memory).or(of_agent.memory),
+        cpu: of_kind.cpu.or(of_agent.cpu),
+    }
+}
+
+/// The footprints a finished run teaches: its kind of work's and, when that is
+/// narrower, its agent's as a whole.
+pub fn learning_keys<'a>(key: &'a str, agent: &'a str) -> Vec<&'a str> {
+    if key == agent {
+        vec![key]
+    } else {
+        vec![key, agent]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_of_work_is_expected_to_take_what_it_took_before_the_agent_as_a_fallback() {
+        let kind = Footprint {
+            memory: Some(3 * GIB),
+            cpu: Some(1.0),
+        };
+        let agent = Footprint {
+            memory: Some(GIB),
+            cpu: Some(0.2),
+        };
+        assert_eq!(expected_footprint(None, kind, agent), kind);
+        // A loop's first iteration: its agent's footprint, not "unknown, start alone".
+        assert_eq!(expected_footprint(None, Footprint::default(), agent), agent);
+        // The user's figure wins for memory.
+        assert_eq!(
+            expected_footprint(Some(5 * GIB), kind, agent).memory,
+            Some(5 * GIB)
+        );
+        assert_eq!(
+            expected_footprint(None, Footprint::default(), Footprint::default()),
+            Footprint::default()
+        );
+        assert_eq!(
+            learning_keys("claude/loop-1", "claude"),
+            ["claude/loop-1", "claude"]
+        );
+        assert_eq!(learning_keys("claude", "claude"), ["claude"]);
+    }
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
