@@ -162,3 +162,54 @@ fn when_memory_runs_short_starts_stop_and_nothing_running_is_killed() {
     beat.config_set("memoryReserve", "0");
     assert_eq!(beat.wait(&second)["status"], "completed");
 }
+
+/// What runs taught survives a restart: a kind of agent that ran before the daemon
+/// restarted is not held to "one alone first" again (two agents that can only finish
+/// together do), and the footprint is in `footprints.json` beside the journal.
+#[test]
+fn learned_footprints_survive_a_daemon_restart() {
+    let beat = Beat::with_config(json!({ "memoryReserve": 1u64 << 20, "maxWorkers": 4 }));
+    let first = beat.submit("hold 8; print learned", &[]);
+    assert_eq!(beat.wait(&first)["status"], "completed");
+    let file = beat.path().join("footprints.json");
+    wait_until(
+        "the learned footprint to be kept",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v["footprints"]["fake"]["memory"].as_u64() > Some(8 << 20))
+        },
+    );
+    beat.ok(&["daemon", "stop"]);
+
+    let meeting = beat.workdir.path().join("meeting");
+    std::fs::create_dir(&meeting).unwrap();
+    let ids: Vec<String> = (0..2)
+        .map(|n| {
+            beat.submit(
+                &format!("rendezvous {} 2; print {n}", meeting.display()),
+                &[],
+            )
+        })
+        .collect();
+    for id in &ids {
+        let t = beat.wait(id);
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let alone = beat
+        .store()
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| ids.contains(&e.entity_id))
+        .filter_map(|e| match e.event {
+            backbeat_actors::model::Event::Task(
+                backbeat_actors::model::TaskEvent::Waiting { reason },
+            ) => reason,
+            _ => None,
+        })
+        .find(|r| r.contains("alone"));
+    assert_eq!(alone, None, "a kind learned before the restart was run alone");
+}

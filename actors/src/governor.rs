@@ -3,8 +3,9 @@
 //! Owns: the queue of tasks waiting for a slot (by priority, first come first served
 //! within one), the granted slots and what each running agent's process tree uses (sampled
 //! from `/proc` for as long as it runs), the expected footprint learned for each kind of
-//! work, and telling waiting tasks why they wait. The decision itself is the pure
-//! `model::admission::decide`, fed the figures measured here.
+//! work (kept across restarts in `footprints.json` beside the journal, written off the
+//! actix thread), and telling waiting tasks why they wait. The decision itself is the
+//! pure `model::admission::decide`, fed the figures measured here.
 //! Must never: read the machine's figures on the actix thread (they are measured on the
 //! blocking pool), sleep between starts, or stop a running agent: when memory runs short
 //! anyway, starts stop and the log and the waiting tasks say why. A start is granted the
@@ -13,6 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,6 +24,7 @@ use crate::model::Priority;
 use crate::model::admission::{
     self, Candidate, Decision, Footprint, Limits, Measured, RunningAgent, Shortage,
 };
+use crate::model::footprints::LearnedFootprints;
 use crate::settings::{Settings, SettingsSource};
 
 /// A task may start its agent now. The task answers with `Release` if it cannot use it.
@@ -110,6 +113,8 @@ struct Slot {
 /// How often running agents and the machine are sampled while a reserve is set and
 /// anything runs or waits.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// Learned footprints are written at most this often.
+const SAVE_FOOTPRINTS_AFTER: Duration = Duration::from_secs(1);
 /// A measurement younger than this is used as it is.
 const MEASUREMENT_FRESH: Duration = Duration::from_millis(100);
 /// CPU use is read over at least this long (clock ticks are 10 ms).
@@ -135,7 +140,10 @@ pub struct ResourceGovernor {
     waiting: HashMap<String, Waiter>,
     running: HashMap<String, Slot>,
     next_seq: u64,
-    learned: HashMap<String, Footprint>,
+    learned: LearnedFootprints,
+    /// Where `learned` is kept across restarts (`None`: in memory only).
+    footprints_file: Option<PathBuf>,
+    save_scheduled: bool,
     cores: f64,
     page_size: u64,
     ticks_per_second: u64,
@@ -157,7 +165,9 @@ impl ResourceGovernor {
             waiting: HashMap::new(),
             running: HashMap::new(),
             next_seq: 0,
-            learned: HashMap::new(),
+            learned: LearnedFootprints::default(),
+            footprints_file: None,
+            save_scheduled: false,
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1) as f64,
@@ -170,6 +180,55 @@ impl ResourceGovernor {
             shortage: None,
             memory_ran_out: false,
         }
+    }
+
+    /// Keeps what runs teach in `path` across restarts (read when the actor starts).
+    pub fn with_footprints_file(mut self, path: PathBuf) -> ResourceGovernor {
+        self.footprints_file = Some(path);
+        self
+    }
+
+    /// Reads what earlier daemons learned, on the blocking pool.
+    fn load_footprints(&mut self, ctx: &mut Context<Self>) {
+        let Some(path) = self.footprints_file.clone() else {
+            return;
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let learned = LearnedFootprints::from_json(&text);
+            if learned.is_none() {
+                tracing::warn!(path = %path.display(), "footprints file unreadable; learning afresh");
+            }
+            learned
+        });
+        ctx.spawn(read.into_actor(self).map(|res, act, ctx| {
+            if let Ok(Some(older)) = res {
+                act.learned.merge_older(older);
+                act.pump(ctx);
+            }
+        }));
+    }
+
+    /// Writes the learned footprints soon (at most once a second), on the blocking pool,
+    /// by an atomic rename. Not fsynced: losing it costs one lone first run per kind.
+    fn save_footprints_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.footprints_file.is_none() || self.save_scheduled {
+            return;
+        }
+        self.save_scheduled = true;
+        ctx.run_later(SAVE_FOOTPRINTS_AFTER, |act, _ctx| {
+            act.save_scheduled = false;
+            let (Some(path), json) = (act.footprints_file.clone(), act.learned.to_json()) else {
+                return;
+            };
+            tokio::task::spawn_blocking(move || {
+                let tmp = path.with_extension("json.tmp");
+                let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "could not keep the learned footprints");
+                }
+            });
+        });
     }
 
     fn limits(settings: &Settings) -> Limits {
@@ -274,8 +333,8 @@ impl ResourceGovernor {
     fn expected(&self, settings: &Settings, agent: &str, key: &str) -> Footprint {
         admission::expected_footprint(
             settings.agents.get(agent).and_then(|a| a.expected_memory),
-            self.learned.get(key).copied().unwrap_or_default(),
-            self.learned.get(agent).copied().unwrap_or_default(),
+            self.learned.get(key).unwrap_or_default(),
+            self.learned.get(agent).unwrap_or_default(),
         )
     }
 
@@ -420,6 +479,7 @@ impl Actor for ResourceGovernor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_footprints(ctx);
         // Running agents are sampled for as long as they run: their growth is what the
         // reserve is kept against. An idle daemon, or one without reserves, reads nothing.
         ctx.run_interval(SAMPLE_EVERY, |act, ctx| {
@@ -513,14 +573,10 @@ impl Handler<Release> for ResourceGovernor {
             let peak = (max_rss_kb * 1024).max(slot.peak_memory);
             let cores = self.cores;
             for key in admission::learning_keys(&slot.key, &slot.agent) {
-                let learned = self.learned.entry(key.to_string()).or_default();
-                learned.memory = admission::learn_memory(learned.memory, peak);
-                learned.cpu = match slot.peak_cpu {
-                    Some(peak) => admission::learn_cpu(learned.cpu, peak.min(cores)),
-                    // Too short to be sampled: it took next to no CPU.
-                    None => learned.cpu.or(Some(0.0)),
-                };
+                self.learned
+                    .learn(key, peak, slot.peak_cpu.map(|c| c.min(cores)));
             }
+            self.save_footprints_soon(ctx);
         }
         self.pump(ctx);
     }

@@ -156,7 +156,9 @@ impl Engine {
         })?;
         let writer = JournalWriter::start(conn, &config.db_path);
         let journal = Journal::new(writer.clone()).start();
-        let governor = ResourceGovernor::new(config.settings.clone()).start();
+        let governor = ResourceGovernor::new(config.settings.clone())
+            .with_footprints_file(config.db_path.with_file_name("footprints.json"))
+            .start();
         let store = Store::new(&config.db_path);
         let runs_root: Arc<Path> = config.runs_root.clone().into();
         let launcher = Launcher {

@@ -40,7 +40,7 @@ pub struct Measured {
 }
 
 /// What a kind of work is expected to take at its peak; `None` where nothing is known.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Footprint {
     pub memory: Option<u64>,
     /// Cores.

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod clock;
 pub mod dag;
 pub mod entity;
+pub mod footprints;
 pub mod loops;
 pub mod pipeline;
 pub mod rate_limit;
