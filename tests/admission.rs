@@ -205,11 +205,14 @@ fn learned_footprints_survive_a_daemon_restart() {
         .into_iter()
         .filter(|e| ids.contains(&e.entity_id))
         .filter_map(|e| match e.event {
-            backbeat_actors::model::Event::Task(
-                backbeat_actors::model::TaskEvent::Waiting { reason },
-            ) => reason,
+            backbeat_actors::model::Event::Task(backbeat_actors::model::TaskEvent::Waiting {
+                reason,
+            }) => reason,
             _ => None,
         })
         .find(|r| r.contains("alone"));
-    assert_eq!(alone, None, "a kind learned before the restart was run alone");
+    assert_eq!(
+        alone, None,
+        "a kind learned before the restart was run alone"
+    );
 }

@@ -490,7 +490,7 @@ impl Handler<Resolved> for TaskActor {
             {
                 let event = TaskEvent::DependencyFailed {
                     at: now_ms(),
-                    reason: reasons::dependency_failed(&dependency, &root, status),
+                    reason: crate::model::dag::dependency_failed(&dependency, &root, status),
                     dependency,
                     root,
                 };

@@ -12,15 +12,16 @@ use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
 
-use super::validation::{Lineage, build, check_working_directory};
-use super::{Engine, NewTask};
+use super::Engine;
+use super::requests::AdoptOwnedTasks;
+use super::validation::check_working_directory;
 use crate::error::EngineError;
 use crate::journal::{Append, Store};
 use crate::loops::actor::{CancelLoopNow, LoopActor, LoopDeps, PauseLoopNow, ResumeLoopNow};
 use crate::loops::git::Git;
 use crate::model::dag::Resolution;
 use crate::model::loops::{self, CreateLoopRequest, LoopEvent, LoopRecord};
-use crate::model::{Entity, EntityRef, TaskRecord, TaskStatus, Transition, now_ms};
+use crate::model::{Entity, TaskStatus, Transition, now_ms};
 use crate::settings::Settings;
 
 /// Create a loop: validated, its git branch prepared, durable, then running.
@@ -53,22 +54,6 @@ pub struct CancelLoop {
     pub loop_id: String,
     pub reason: Option<String>,
     pub cancel_tasks: bool,
-}
-
-/// Start the actors of tasks an entity (a loop) created and journaled itself.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AdoptOwnedTasks(pub Vec<TaskRecord>);
-
-/// A validated task owned by `owner` (a loop's iteration or eval task).
-pub fn owned_task(
-    req: NewTask,
-    owner: EntityRef,
-    settings: &Settings,
-) -> Result<TaskRecord, EngineError> {
-    let mut t = build(req, Lineage::default(), settings)?;
-    t.owner = Some(owner);
-    Ok(t)
 }
 
 /// Whether an agent reports what its runs cost (only Claude Code does).
@@ -162,7 +147,8 @@ impl Engine {
         LoopDeps {
             journal: self.journal.clone().recipient(),
             registry: ctx.address().recipient(),
-            engine: ctx.address(),
+            cancel: ctx.address().recipient(),
+            adopt: ctx.address().recipient(),
             store: self.store.clone(),
             settings: self.settings.clone(),
             runs_root: self.runs_root.clone(),

@@ -15,9 +15,10 @@ mod loops;
 mod pipelines;
 mod recovery;
 mod registry;
+pub mod requests;
 mod retention;
 mod schedules;
-mod validation;
+pub mod validation;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,18 +27,18 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 pub use self::loops::{
-    AdoptOwnedTasks, CancelLoop, CreateLoop, PauseLoop, ResumeLoop, StartLoop, check_loop_request,
-    owned_task, prepare_loop,
+    CancelLoop, CreateLoop, PauseLoop, ResumeLoop, StartLoop, check_loop_request, prepare_loop,
 };
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
+pub use self::requests::{AdoptOwnedTasks, Cancel, NewTask};
 pub use self::retention::{Prune, PruneReport};
 pub use self::schedules::{CreateSchedule, ScheduleOp, ScheduleTarget};
 use self::validation::{Lineage, again, build, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
-    MIN_TIMEOUT_MS, check_working_directory,
+    MIN_TIMEOUT_MS, check_working_directory, owned_task,
 };
 use crate::agents::programs::ProgramCache;
 use crate::agents::{AgentPool, Launcher};
@@ -48,29 +49,11 @@ use crate::journal::{Journal, JournalWriter, Store};
 use crate::model::clock::Clock;
 use crate::model::dag::{DependencyGraph, Resolution};
 pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
-use crate::model::{Priority, Record, TaskRecord, TaskStatus};
+use crate::model::{Record, TaskRecord, TaskStatus};
 use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
-
-/// A request for new work, as the front ends send it.
-#[derive(Debug, Clone, Default)]
-pub struct NewTask {
-    pub prompt: String,
-    pub priority: Priority,
-    pub agent: Option<String>,
-    pub working_directory: PathBuf,
-    pub timeout: Option<u64>,
-    pub idle_timeout: Option<u64>,
-    pub max_output_buffer: Option<u64>,
-    pub model: Option<String>,
-    pub system_prompt: Option<String>,
-    /// Tasks that must complete first.
-    pub depends_on: Vec<String>,
-    /// A task whose checkpoint this one's prompt carries (added to `depends_on`).
-    pub continue_from: Option<String>,
-}
 
 #[derive(Message)]
 #[rtype(result = "Result<TaskRecord, EngineError>")]
@@ -83,13 +66,6 @@ pub struct Submit(pub NewTask);
 pub struct Resume {
     pub task_id: String,
     pub additional_context: Option<String>,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<TaskRecord, EngineError>")]
-pub struct Cancel {
-    pub task_id: String,
-    pub reason: String,
 }
 
 #[derive(Message)]

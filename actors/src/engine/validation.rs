@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::NewTask;
+use super::requests::NewTask;
 use crate::agents::resolve_agent;
 use crate::error::EngineError;
 use crate::model::{TaskRecord, TaskStatus, now_ms};
@@ -168,4 +168,15 @@ pub fn check_working_directory(dir: &Path) -> Result<(), EngineError> {
             dir.display()
         ))),
     }
+}
+
+/// A validated task owned by `owner` (a loop's iteration or eval task).
+pub fn owned_task(
+    req: NewTask,
+    owner: crate::model::EntityRef,
+    settings: &Settings,
+) -> Result<TaskRecord, EngineError> {
+    let mut t = build(req, Lineage::default(), settings)?;
+    t.owner = Some(owner);
+    Ok(t)
 }

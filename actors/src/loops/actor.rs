@@ -17,7 +17,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::agents::run_dir::RunDir;
-use crate::engine::{AdoptOwnedTasks, Cancel, Engine, NewTask, owned_task};
+use crate::engine::requests::{AdoptOwnedTasks, Cancel, NewTask};
+use crate::engine::validation::owned_task;
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle, OwnedTaskEnded};
 use crate::error::EngineError;
 use crate::journal::{Append, Store};
@@ -34,7 +35,8 @@ use crate::settings::SettingsSource;
 pub struct LoopDeps {
     pub journal: Recipient<Append>,
     pub registry: Recipient<EntityEnded>,
-    pub engine: Addr<Engine>,
+    pub cancel: Recipient<Cancel>,
+    pub adopt: Recipient<AdoptOwnedTasks>,
     pub store: Store,
     pub settings: SettingsSource,
     pub runs_root: Arc<Path>,
@@ -184,7 +186,7 @@ impl LoopActor {
 
     fn cancel_tasks(&self, task_ids: Vec<String>, reason: &str) {
         for task_id in task_ids {
-            self.deps.engine.do_send(Cancel {
+            self.deps.cancel.do_send(Cancel {
                 task_id,
                 reason: reason.to_string(),
             });
@@ -299,7 +301,7 @@ impl LoopActor {
         }
         self.commit(vec![event], joint, ctx, move |act, ctx, res| match res {
             Ok(()) => {
-                act.deps.engine.do_send(AdoptOwnedTasks(tasks));
+                act.deps.adopt.do_send(AdoptOwnedTasks(tasks));
                 act.drive(ctx);
             }
             Err(EngineError::Journal(e)) => {

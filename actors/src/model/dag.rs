@@ -180,9 +180,36 @@ impl DependencyGraph {
     }
 }
 
+/// "cancelled because its dependency task-B was cancelled (the cascade began at task-A)".
+pub fn dependency_failed(dependency: &str, root: &str, status: TaskStatus) -> String {
+    let what = match status {
+        TaskStatus::Failed => "failed",
+        _ => "was cancelled",
+    };
+    if dependency == root {
+        format!("cancelled because its dependency {dependency} {what}")
+    } else {
+        format!(
+            "cancelled because its dependency {dependency} {what} (the cascade began at {root})"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cascade_names_its_root_only_when_it_is_another_task() {
+        assert_eq!(
+            dependency_failed("task-a", "task-a", TaskStatus::Failed),
+            "cancelled because its dependency task-a failed"
+        );
+        assert_eq!(
+            dependency_failed("task-b", "task-a", TaskStatus::Cancelled),
+            "cancelled because its dependency task-b was cancelled (the cascade began at task-a)"
+        );
+    }
 
     #[test]
     fn classification_waits_dooms_and_names_the_unknown() {

@@ -2,86 +2,21 @@
 //! a pure `apply`; and the kind-tagged `Transition`, `Event` and `Record` that the
 //! journal carries, so that one append may hold transitions of several kinds.
 //!
-//! Owns: `EntityKind`, `EntityRef`, the `Entity` trait, `InvalidTransition`.
+//! Owns: the `Entity` trait and the kind-tagged enums (`EntityKind`, `EntityRef` and
+//! `InvalidTransition` are in `kind.rs`, which the kinds' files import instead of this
+//! one, so that no kind depends on the enums that list every kind).
 //! Must never: know how an entity is stored or run. Adding a kind adds one variant to
-//! `EntityKind`, `Transition`, `Event` and `Record` here, and nothing else in `model/`
-//! besides the kind's own file.
+//! `EntityKind` (`kind.rs`), `Transition`, `Event` and `Record` here, its `impl Entity`
+//! in `entities.rs`, and nothing else in `model/` besides the kind's own file.
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::loops::{LoopEvent, LoopRecord};
 use super::pipeline::{PipelineEvent, PipelineRecord};
 use super::schedule::{ExecutionEvent, ExecutionRecord, ScheduleEvent, ScheduleRecord};
 use super::task::{TaskEvent, TaskRecord};
 
-/// The kinds of entity the journal records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntityKind {
-    Task,
-    Pipeline,
-    Loop,
-    Schedule,
-    /// One execution (occurrence) of a schedule: a row of `schedule_runs`.
-    ScheduleRun,
-}
-
-impl EntityKind {
-    pub const ALL: [EntityKind; 5] = [
-        EntityKind::Task,
-        EntityKind::Pipeline,
-        EntityKind::Loop,
-        EntityKind::Schedule,
-        EntityKind::ScheduleRun,
-    ];
-
-    /// The kind's name in the `events` table and in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityKind::Task => "task",
-            EntityKind::Pipeline => "pipeline",
-            EntityKind::Loop => "loop",
-            EntityKind::Schedule => "schedule",
-            EntityKind::ScheduleRun => "schedule_run",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<EntityKind> {
-        EntityKind::ALL.into_iter().find(|k| k.as_str() == text)
-    }
-}
-
-impl std::fmt::Display for EntityKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One entity, named by kind and id (a task's owner, say).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EntityRef {
-    pub kind: EntityKind,
-    pub id: String,
-}
-
-impl EntityRef {
-    pub fn new(kind: EntityKind, id: impl Into<String>) -> EntityRef {
-        EntityRef {
-            kind,
-            id: id.into(),
-        }
-    }
-}
-
-/// A transition that the current state does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {id}: cannot apply '{event}' in state {from}")]
-pub struct InvalidTransition {
-    pub kind: EntityKind,
-    pub id: String,
-    pub event: &'static str,
-    pub from: String,
-}
+pub use super::kind::{EntityKind, EntityRef, InvalidTransition};
 
 /// An entity kind: its record, its events and its state machine.
 pub trait Entity:

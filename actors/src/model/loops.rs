@@ -2043,58 +2043,6 @@ pub fn score_chart(iterations: &[IterationRecord], width: usize) -> Option<Strin
     Some(line)
 }
 
-// ---------------------------------------------------------------------------------
-// The loop as a journaled entity kind
-// ---------------------------------------------------------------------------------
-
-impl super::entity::Entity for LoopRecord {
-    const KIND: super::entity::EntityKind = super::entity::EntityKind::Loop;
-    type Event = LoopEvent;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
-    }
-
-    fn is_terminal(&self) -> bool {
-        self.status.is_terminal()
-    }
-
-    fn apply(
-        prev: Option<&Self>,
-        event: &LoopEvent,
-    ) -> Result<Self, super::entity::InvalidTransition> {
-        apply(prev, event).map_err(|e| super::entity::InvalidTransition {
-            kind: super::entity::EntityKind::Loop,
-            id: e.loop_id,
-            event: e.event,
-            from: format!("{} ({})", e.from, e.why),
-        })
-    }
-
-    fn event_name(event: &LoopEvent) -> &'static str {
-        event.name()
-    }
-
-    fn transition(event: LoopEvent, record: Self) -> super::entity::Transition {
-        super::entity::Transition::Loop(event, record)
-    }
-
-    fn into_record(self) -> super::entity::Record {
-        super::entity::Record::Loop(self)
-    }
-
-    fn from_record(record: &super::entity::Record) -> Option<&Self> {
-        match record {
-            super::entity::Record::Loop(l) => Some(l),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

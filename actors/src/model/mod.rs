@@ -8,8 +8,10 @@
 pub mod admission;
 pub mod clock;
 pub mod dag;
+mod entities;
 pub mod entity;
 pub mod footprints;
+pub mod kind;
 pub mod loops;
 pub mod pipeline;
 pub mod rate_limit;

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use super::entity::{Entity, EntityKind, EntityRef, InvalidTransition, Record, Transition};
+use super::kind::{EntityKind, EntityRef, InvalidTransition};
 use super::task::{TaskRecord, TaskStatus};
 
 /// How many steps a pipeline has (as the original).
@@ -150,46 +150,6 @@ pub fn apply(
     next.completed_at = Some(at);
     next.reason = Some(reason);
     Ok(next)
-}
-
-impl Entity for PipelineRecord {
-    const KIND: EntityKind = EntityKind::Pipeline;
-    type Event = PipelineEvent;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
-    }
-
-    fn is_terminal(&self) -> bool {
-        self.status.is_terminal()
-    }
-
-    fn apply(prev: Option<&Self>, event: &PipelineEvent) -> Result<Self, InvalidTransition> {
-        apply(prev, event)
-    }
-
-    fn event_name(event: &PipelineEvent) -> &'static str {
-        event.name()
-    }
-
-    fn transition(event: PipelineEvent, record: Self) -> Transition {
-        Transition::Pipeline(event, record)
-    }
-
-    fn into_record(self) -> Record {
-        Record::Pipeline(self)
-    }
-
-    fn from_record(record: &Record) -> Option<&Self> {
-        match record {
-            Record::Pipeline(p) => Some(p),
-            _ => None,
-        }
-    }
 }
 
 /// Refuses a pipeline of the wrong length, saying what is allowed.

@@ -10,7 +10,6 @@
 
 use super::Millis;
 use super::run::RunSummary;
-use super::task::TaskStatus;
 
 /// A queued task's end, or a running one's once its agent stopped: the user's reason
 /// after the fixed words, which stand alone when the user gave none.
@@ -66,21 +65,6 @@ pub fn timed_out(after_ms: u64) -> String {
 /// The shim stopped the agent after a silence (idle timeout).
 pub fn idle(after_ms: u64) -> String {
     format!("no output for {}", human_duration(after_ms))
-}
-
-/// "cancelled because its dependency task-B was cancelled (the cascade began at task-A)".
-pub fn dependency_failed(dependency: &str, root: &str, status: TaskStatus) -> String {
-    let what = match status {
-        TaskStatus::Failed => "failed",
-        _ => "was cancelled",
-    };
-    if dependency == root {
-        format!("cancelled because its dependency {dependency} {what}")
-    } else {
-        format!(
-            "cancelled because its dependency {dependency} {what} (the cascade began at {root})"
-        )
-    }
 }
 
 /// The shim stopped an agent that kept retrying an error retrying cannot fix.
@@ -180,18 +164,6 @@ mod tests {
         assert_eq!(
             cancelled_by_user("wrong repo"),
             "cancelled by the user: wrong repo"
-        );
-    }
-
-    #[test]
-    fn a_cascade_names_its_root_only_when_it_is_another_task() {
-        assert_eq!(
-            dependency_failed("task-a", "task-a", TaskStatus::Failed),
-            "cancelled because its dependency task-a failed"
-        );
-        assert_eq!(
-            dependency_failed("task-b", "task-a", TaskStatus::Cancelled),
-            "cancelled because its dependency task-b was cancelled (the cascade began at task-a)"
         );
     }
 

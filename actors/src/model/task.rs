@@ -9,8 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use super::entity::{Entity, EntityKind, EntityRef, InvalidTransition, Record, Transition};
+use super::kind::{EntityKind, EntityRef, InvalidTransition};
 use super::reasons;
+pub use super::run::Usage;
 use super::run::{ExitRecord, KillCause};
 
 /// Where a task is in its life.
@@ -180,20 +181,6 @@ pub struct TaskRecord {
     pub role: Option<String>,
 }
 
-/// Tokens (and cost, where the agent reports it) of one run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    #[serde(default)]
-    pub cache_read_tokens: u64,
-    #[serde(default)]
-    pub cache_write_tokens: u64,
-    #[serde(default)]
-    pub cost_usd: Option<f64>,
-}
-
 /// What a finished task leaves for whoever continues from it (spec 1.5, with the real
 /// output the original lost, W3).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -319,46 +306,6 @@ fn invalid(prev: Option<&TaskRecord>, event: &TaskEvent) -> InvalidTransition {
         from: prev
             .map(|t| t.status.as_str().to_string())
             .unwrap_or_else(|| "(none)".to_string()),
-    }
-}
-
-impl Entity for TaskRecord {
-    const KIND: EntityKind = EntityKind::Task;
-    type Event = TaskEvent;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
-    }
-
-    fn is_terminal(&self) -> bool {
-        self.status.is_terminal()
-    }
-
-    fn apply(prev: Option<&Self>, event: &TaskEvent) -> Result<Self, InvalidTransition> {
-        apply(prev, event)
-    }
-
-    fn event_name(event: &TaskEvent) -> &'static str {
-        event.name()
-    }
-
-    fn transition(event: TaskEvent, record: Self) -> Transition {
-        Transition::Task(event, record)
-    }
-
-    fn into_record(self) -> Record {
-        Record::Task(self)
-    }
-
-    fn from_record(record: &Record) -> Option<&Self> {
-        match record {
-            Record::Task(t) => Some(t),
-            _ => None,
-        }
     }
 }
 
