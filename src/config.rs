@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use backbeat_actors::settings::{AgentSettings, Settings, SettingsSource};
 use serde_json::{Map, Value};
@@ -375,40 +374,132 @@ pub fn load_settings(path: &Path, warnings: &mut Vec<String>) -> Settings {
     s
 }
 
-/// Re-reads `config.json` when it changes, so `beat config set` applies to new work
-/// without a restart. The environment is the daemon's, read when it started.
-pub fn settings_source(path: PathBuf) -> SettingsSource {
-    struct Cached {
-        mtime: Option<SystemTime>,
-        settings: Arc<Settings>,
+/// The daemon's settings, kept current without a file system call on the reading
+/// thread: readers clone an `Arc`. A watcher thread waits on inotify for the file's
+/// folder and re-reads `config.json` when it is written or replaced (a hand edit applies
+/// to new work within milliseconds), and `reload` re-reads it at once: `ReloadConfig`
+/// (which `beat config set` calls) and `ConfigureAgent` do, so that a change is in
+/// force before they answer. The environment is the daemon's, read when it started.
+pub struct LiveSettings {
+    path: PathBuf,
+    current: Mutex<Arc<Settings>>,
+}
+
+/// The daemon's live settings, once it has started them (the one `config.json` a daemon
+/// serves; the tools that change it reload it here).
+static DAEMON_SETTINGS: std::sync::OnceLock<Arc<LiveSettings>> = std::sync::OnceLock::new();
+
+/// The daemon's live settings (`None` outside a daemon).
+pub fn daemon_settings() -> Option<Arc<LiveSettings>> {
+    DAEMON_SETTINGS.get().cloned()
+}
+
+/// Re-reads the daemon's settings now, if this is a daemon (off the actix thread).
+pub async fn reload_daemon_settings() {
+    if let Some(live) = daemon_settings() {
+        let _ = tokio::task::spawn_blocking(move || live.reload()).await;
     }
-    let mtime_of = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    // A file that became unreadable keeps the settings read before, and says so.
-    let load = |p: &Path, before: Option<&Arc<Settings>>| {
-        if let (Err(e), Some(before)) = (read_file(p), before) {
-            tracing::error!("{e}; the settings read before stay in use");
-            return before.clone();
+}
+
+impl LiveSettings {
+    /// Reads the settings and starts watching the file. The first started in a process
+    /// is the daemon's (`daemon_settings`).
+    pub fn start(path: PathBuf) -> Arc<LiveSettings> {
+        let live = Arc::new(LiveSettings {
+            current: Mutex::new(load_live(&path, None)),
+            path,
+        });
+        let _ = DAEMON_SETTINGS.set(live.clone());
+        let watcher = live.clone();
+        let started = std::thread::Builder::new()
+            .name("config-watch".into())
+            .spawn(move || watcher.watch());
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "config.json is not watched: hand edits apply after `beat config set` or a restart");
         }
-        let mut warnings = Vec::new();
-        let s = load_settings(p, &mut warnings);
-        for w in warnings {
-            tracing::warn!("{w}");
+        live
+    }
+
+    /// The engine's view: the current settings, no file read.
+    pub fn source(self: &Arc<Self>) -> SettingsSource {
+        let live = self.clone();
+        Arc::new(move || live.current())
+    }
+
+    pub fn current(&self) -> Arc<Settings> {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        Arc::new(s)
-    };
-    let cache = Mutex::new(Cached {
-        mtime: mtime_of(&path),
-        settings: load(&path, None),
-    });
-    Arc::new(move || {
-        let Ok(mut c) = cache.lock() else {
-            return Arc::new(Settings::default());
+    }
+
+    /// Re-reads `config.json` now. Blocking: call it off the actix thread.
+    pub fn reload(&self) {
+        let before = self.current();
+        let next = load_live(&self.path, Some(&before));
+        match self.current.lock() {
+            Ok(mut c) => *c = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    /// Waits for changes to the file (its folder's events naming it) and re-reads it.
+    fn watch(&self) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
         };
-        let now = mtime_of(&path);
-        if now != c.mtime {
-            c.mtime = now;
-            c.settings = load(&path, Some(&c.settings));
+        let watched = Inotify::init(InitFlags::IN_CLOEXEC).and_then(|fd| {
+            fd.add_watch(
+                dir,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_DELETE,
+            )?;
+            Ok(fd)
+        });
+        let fd = match watched {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "config.json is not watched: hand edits apply after `beat config set` or a restart");
+                return;
+            }
+        };
+        loop {
+            match fd.read_events() {
+                Ok(events) => {
+                    if events
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+                    {
+                        return; // the folder is gone
+                    }
+                    if events.iter().any(|e| e.name.as_deref() == Some(name)) {
+                        self.reload();
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stopped watching config.json");
+                    return;
+                }
+            }
         }
-        c.settings.clone()
-    })
+    }
+}
+
+/// Reads the settings; a file that became unreadable keeps those read before, and
+/// says so.
+fn load_live(path: &Path, before: Option<&Arc<Settings>>) -> Arc<Settings> {
+    if let (Err(e), Some(before)) = (read_file(path), before) {
+        tracing::error!("{e}; the settings read before stay in use");
+        return before.clone();
+    }
+    let mut warnings = Vec::new();
+    let s = load_settings(path, &mut warnings);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Arc::new(s)
 }

@@ -121,7 +121,7 @@ async fn serve(
         runs_root: home.runs(),
         shim_command: vec![exe.into_os_string(), "shim".into()],
         spawner,
-        settings: crate::config::settings_source(home.config()),
+        settings: crate::config::LiveSettings::start(home.config()).source(),
         clock: backbeat_actors::clock_timer::daemon_clock(),
     })?;
     tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "daemon started");

@@ -347,11 +347,7 @@ fn a_missing_cli_is_refused_at_submit_and_a_vanished_one_fails_at_start() {
         );
     }
     // No default agent: the error says how to set one.
-    std::fs::write(
-        beat.path().join("config.json"),
-        json!({ "memoryReserve": 0 }).to_string(),
-    )
-    .unwrap();
+    beat.ok(&["config", "reset", "defaultAgent"]);
     let out = beat.output(&["run", "x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("beat init --agent"));
 

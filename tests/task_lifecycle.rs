@@ -143,6 +143,40 @@ fn timeouts_end_the_agent_with_a_reason() {
     assert_eq!(beat.ok(&["logs", &idle]), "started\n");
 }
 
+/// A hand edit of config.json (replaced by a rename, as editors save, or written in
+/// place) applies to new work without any command: the daemon watches the file.
+#[test]
+fn a_hand_edit_of_config_json_applies_to_new_work() {
+    let beat = Beat::new();
+    let first = beat.submit("print before", &[]); // the daemon runs
+    assert_eq!(beat.wait(&first)["timeout"], 1_800_000);
+    let path = beat.path().join("config.json");
+    let timeout_of_new_work = || {
+        let id = beat.submit("print x", &[]);
+        beat.status(&id)["timeout"].as_u64()
+    };
+    let with_timeout = |ms: u64| {
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["timeout"] = json!(ms);
+        config.to_string()
+    };
+    let tmp = path.with_extension("edit");
+    std::fs::write(&tmp, with_timeout(7000)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    common::wait_until(
+        "new work to get the renamed file's timeout",
+        std::time::Duration::from_secs(20),
+        || timeout_of_new_work() == Some(7000),
+    );
+    std::fs::write(&path, with_timeout(9000)).unwrap();
+    common::wait_until(
+        "new work to get the rewritten file's timeout",
+        std::time::Duration::from_secs(20),
+        || timeout_of_new_work() == Some(9000),
+    );
+}
+
 #[test]
 fn the_default_timeout_applies_to_every_task() {
     let beat = Beat::new();

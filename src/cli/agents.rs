@@ -271,6 +271,7 @@ pub async fn init(args: InitArgs, home: &Home) -> Result<i32, CliError> {
         )));
     }
     super::config::set_value(home, "defaultAgent", Value::from(chosen.clone()))?;
+    super::config::tell_daemon_async(home).await?;
     eprintln!("Default agent: {chosen}");
     if let Some(a) = list.iter().find(|a| a["provider"] == chosen.as_str())
         && let Some(h) = a["hint"].as_str()

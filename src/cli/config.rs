@@ -8,7 +8,7 @@ use super::{outln, print_json};
 use crate::config::{self, KEYS, read_file, write_file};
 use crate::error::CliError;
 use crate::mcp::client::DaemonClient;
-use crate::mcp::tools::config::ShowConfigArgs;
+use crate::mcp::tools::config::{ReloadConfigArgs, ShowConfigArgs};
 use crate::paths::Home;
 
 #[derive(Subcommand)]
@@ -75,6 +75,7 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                 write_file(&path, &file).map_err(CliError::Refused)?;
             }
             eprintln!("{key} set in {}", path.display());
+            tell_daemon(home)?;
         }
         ConfigCommand::Reset { key } => {
             match key.strip_prefix("agents.") {
@@ -96,6 +97,7 @@ pub fn run(cmd: ConfigCommand, home: &Home) -> Result<i32, CliError> {
                 }
             }
             eprintln!("{key} reset to its default");
+            tell_daemon(home)?;
         }
     }
     Ok(0)
@@ -108,6 +110,23 @@ pub fn set_value(home: &Home, key: &str, value: Value) -> Result<(), CliError> {
     let mut file = read_file(&path).map_err(CliError::Refused)?;
     file.insert(key.into(), value);
     write_file(&path, &file).map_err(CliError::Refused)
+}
+
+/// A running daemon puts the changed file in force before this command returns (it
+/// would notice the change by itself a moment later); no daemon is started for it.
+pub fn tell_daemon(home: &Home) -> Result<(), CliError> {
+    super::block_on(async { tell_daemon_async(home).await.map(|()| 0) }).map(|_| ())
+}
+
+/// `tell_daemon`, from inside a command that is already async.
+pub async fn tell_daemon_async(home: &Home) -> Result<(), CliError> {
+    if crate::launcher::running_pid(home).is_none() {
+        return Ok(());
+    }
+    let client = DaemonClient::connect(home).await?;
+    client.call(&ReloadConfigArgs {}).await?;
+    client.close().await;
+    Ok(())
 }
 
 /// `beat config show`: what the daemon uses (asked of it, since its environment is the

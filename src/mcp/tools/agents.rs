@@ -157,6 +157,8 @@ pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOu
                 );
             }
             set_agent_settings(&path, &args.agent, &given)?;
+            // In force for new work before the answer, not when the watcher notices.
+            crate::config::reload_daemon_settings().await;
             let changed: Vec<String> = given
                 .iter()
                 .map(|(k, v)| match (k, v.as_str()) {
@@ -170,6 +172,7 @@ pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOu
         }
         AgentAction::Reset => {
             reset_agent_settings(&path, &args.agent, None)?;
+            crate::config::reload_daemon_settings().await;
             Ok(json!({ "success": true, "message": format!("Settings of {} reset", args.agent) }))
         }
     }

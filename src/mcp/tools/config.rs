@@ -1,6 +1,8 @@
-//! The configuration tool: ShowConfig, the settings the daemon uses. Its answer is
+//! The configuration tools: ShowConfig, the settings the daemon uses (its answer is
 //! computed in the daemon, with the daemon's environment, which is the one its tasks
-//! get; `beat config show` prints it and compares it with the calling shell's.
+//! get; `beat config show` prints it and compares it with the calling shell's), and
+//! ReloadConfig, which puts `config.json` in force now (`beat config set` calls it; the
+//! daemon also notices a hand edit by itself).
 //! Must never: show an API key unmasked.
 
 use schemars::JsonSchema;
@@ -29,8 +31,25 @@ fn masked_agents(file: &Map<String, Value>) -> Value {
     agents
 }
 
+/// Re-read `config.json` now.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfigArgs {}
+
+pub async fn reload(_server: &ToolContext, _args: ReloadConfigArgs) -> ToolOutcome {
+    crate::config::reload_daemon_settings().await;
+    Ok(json!({ "success": true, "message": "config.json is in force for new work" }))
+}
+
 pub async fn show(server: &ToolContext, _args: ShowConfigArgs) -> ToolOutcome {
+    // It reads config.json: on the blocking pool, never on the actix thread.
     let path = server.home.config();
+    tokio::task::spawn_blocking(move || show_blocking(path))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn show_blocking(path: std::path::PathBuf) -> ToolOutcome {
     let file = read_file(&path)?;
     let mut warnings = Vec::new();
     let settings = load_settings(&path, &mut warnings);

@@ -129,6 +129,8 @@ tools! {
         "Remove finished tasks and pipelines that ended at least olderThanMs ago (default: taskRetentionDays), with their events and output. Never removes running, queued or blocked work, nor a finished task that unfinished work depends on or continues from.";
     "ShowConfig" => config::ShowConfigArgs, config::show,
         "The settings the daemon uses (its environment over config.json over defaults), each with where it comes from.";
+    "ReloadConfig" => config::ReloadConfigArgs, config::reload,
+        "Put config.json in force for new work now (the daemon also re-reads it by itself when it changes).";
 }
 
 /// The tool named `name`.
