@@ -484,37 +484,43 @@ impl World {
             .cloned()
     }
 
-    /// What the `ScheduleActor` would journal now (the clock sometimes jumps first, past
-    /// the grace period).
+    /// What the `ScheduleActor` would journal next: its decision now, or, when that is to
+    /// wait, its decision once the clock has got there (sometimes jumping past the grace
+    /// period).
     fn step_schedule(&mut self, op: Op, journal: &mut Journal) {
-        let Some((id, s)) = pick(&self.schedules, op.pick) else {
+        let Some((id, _)) = pick(&self.schedules, op.pick) else {
             return;
         };
-        let (id, s) = (id.clone(), s.clone());
-        let followed = s
-            .after_schedule_id
-            .as_deref()
-            .and_then(|f| self.latest_run_of(f));
-        let decision = schedule::decide(
-            &s,
-            &DueContext {
-                now: self.now,
-                grace_ms: GRACE_MS,
-                followed: followed.as_ref(),
-            },
-        );
-        match decision {
-            Decision::Idle => {}
-            Decision::WaitUntil(at) => {
-                let late = if op.arg.is_multiple_of(4) {
-                    3 * GRACE_MS
-                } else {
-                    0
-                };
-                self.now = self.now.max(at + late);
+        let id = id.clone();
+        for _ in 0..3 {
+            let s = self.schedules[&id].clone();
+            let followed = s
+                .after_schedule_id
+                .as_deref()
+                .and_then(|f| self.latest_run_of(f));
+            let decision = schedule::decide(
+                &s,
+                &DueContext {
+                    now: self.now,
+                    grace_ms: GRACE_MS,
+                    followed: followed.as_ref(),
+                },
+            );
+            match decision {
+                Decision::Idle => return,
+                Decision::WaitUntil(at) => {
+                    let late = if op.arg.is_multiple_of(4) {
+                        3 * GRACE_MS
+                    } else {
+                        0
+                    };
+                    self.now = self.now.max(at + late);
+                }
+                Decision::Record(events) => {
+                    return self.schedule_events(journal, &id, events, Vec::new());
+                }
+                Decision::Fire(plan) => return self.fire(journal, &id, *plan),
             }
-            Decision::Record(events) => self.schedule_events(journal, &id, events, Vec::new()),
-            Decision::Fire(plan) => self.fire(journal, &id, *plan),
         }
     }
 
