@@ -402,11 +402,11 @@ fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
         pid: me,
         start_time: process_start_time(me).unwrap_or(0),
     };
-    if let Err(e) = serde_json::to_vec(&identity)
-        .map_err(std::io::Error::other)
-        .and_then(|b| write_atomically(&run.shim(), &b, false))
-    {
-        eprintln!("beat shim: cannot write {}: {e}", run.shim().display());
+    if let Err(e) = run.record_shim(&identity) {
+        eprintln!(
+            "beat shim: cannot record its identity in {}: {e}",
+            run.path.display()
+        );
         return 2;
     }
     // TERM and INT are blocked already (the spawner or the daemon started us so), and
