@@ -206,12 +206,27 @@ impl Engine {
     }
 
     fn spawn_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        self.spawn_task_actor_as(record, TaskActor::new, ctx)
+    }
+
+    /// For a task journaled as new a moment ago: its actor skips the look for an
+    /// orphaned shim (none can exist), one blocking read less per task.
+    fn spawn_new_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        self.spawn_task_actor_as(record, TaskActor::new_here, ctx)
+    }
+
+    fn spawn_task_actor_as(
+        &mut self,
+        record: TaskRecord,
+        make: fn(TaskRecord, TaskDeps) -> TaskActor,
+        ctx: &Context<Self>,
+    ) {
         if self.live.is_live_task(&record.id) {
             return; // one actor per task, ever
         }
         let deps = self.task_deps(ctx);
         let id = record.id.clone();
-        let addr = actix::Supervisor::start(move |_| TaskActor::new(record, deps));
+        let addr = actix::Supervisor::start(move |_| make(record, deps));
         self.live.add_task(id.clone(), addr);
         for r in self.early.remove(&id).unwrap_or_default() {
             self.deliver(r);
