@@ -17,6 +17,7 @@ mod recovery;
 mod registry;
 mod retention;
 mod schedules;
+mod task_watch;
 mod validation;
 
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
+pub use task_watch::{TaskUpdate, TaskWatch, Watching};
 
 /// A request for new work, as the front ends send it.
 #[derive(Debug, Clone, Default)]
@@ -127,6 +129,8 @@ pub struct EngineHandle {
     pub governor: Addr<ResourceGovernor>,
     pub store: Store,
     pub writer: JournalWriter,
+    /// Waiting for one task's commits (WaitTask) without receiving every commit.
+    pub tasks: TaskWatch,
     /// Reads of state wait on it: open once recovery has journaled what it found.
     pub recovered: RecoveryGate,
 }
@@ -188,6 +192,7 @@ impl Engine {
             engine,
             governor,
             store,
+            tasks: TaskWatch::start(writer.subscribe()),
             writer,
             recovered: RecoveryGate::new(gate),
         })
