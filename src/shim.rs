@@ -611,13 +611,16 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
                 &mut kill_at,
             );
         }
-        let mut wake = kill_at.unwrap_or(wall_deadline);
-        if killed_for.is_none() {
-            wake = wake.min(wall_deadline);
-            if let Some(ms) = spec.idle_timeout_ms {
-                wake = wake.min(sup.budget.last_output + Duration::from_millis(ms));
-            }
-        }
+        let wake = match (&killed_for, kill_at) {
+            (None, _) => match spec.idle_timeout_ms {
+                Some(ms) => wall_deadline.min(sup.budget.last_output + Duration::from_millis(ms)),
+                None => wall_deadline,
+            },
+            (Some(_), Some(at)) => at,
+            // KILL is sent: only the agent's exit (CHLD) is left to wait for. Not a
+            // deadline in the past, which would spin on an agent stuck in the kernel.
+            (Some(_), None) => now + Duration::from_secs(1),
+        };
         sup.wait(wake.saturating_duration_since(now));
     };
     // The agent is gone; nothing of its group may outlive the run.
