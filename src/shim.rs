@@ -8,13 +8,11 @@
 //! own session, so it survives the daemon; the daemon stops it with SIGTERM.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backbeat_actors::agents::parse::{
@@ -26,39 +24,26 @@ use backbeat_actors::agents::run_dir::{
 };
 use backbeat_actors::model::now_ms;
 
-enum ShimEvent {
-    Exited {
-        status: std::process::ExitStatus,
-        max_rss_kb: u64,
-    },
-    Terminate,
-    /// The agent is retrying an error that retrying cannot fix: stop it.
-    Unrecoverable,
-}
-
-/// Output accounting shared by the two stream readers: one budget for both streams.
+/// Output accounting for both streams: one budget for the two.
 struct OutputBudget {
     limit: u64,
-    kept: Mutex<(u64, bool)>, // bytes kept, truncated
-    produced: AtomicU64,
-    last_output_ms: AtomicI64,
+    kept: u64,
+    truncated: bool,
+    produced: u64,
+    last_output: Instant,
 }
 
 impl OutputBudget {
-    fn write(&self, file: &mut File, chunk: &[u8]) {
-        self.produced
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        self.last_output_ms.store(now_ms(), Ordering::Relaxed);
-        let Ok(mut kept) = self.kept.lock() else {
-            return;
-        };
-        if kept.1 {
+    fn write(&mut self, file: &mut File, chunk: &[u8]) {
+        self.produced += chunk.len() as u64;
+        self.last_output = Instant::now();
+        if self.truncated {
             return; // past the limit: drain and discard
         }
-        let room = self.limit.saturating_sub(kept.0) as usize;
+        let room = self.limit.saturating_sub(self.kept) as usize;
         if chunk.len() <= room {
             let _ = file.write_all(chunk);
-            kept.0 += chunk.len() as u64;
+            self.kept += chunk.len() as u64;
         } else {
             let mut cut = room;
             while cut > 0 && (chunk[cut] & 0xC0) == 0x80 {
@@ -66,7 +51,7 @@ impl OutputBudget {
             }
             let _ = file.write_all(&chunk[..cut]);
             let _ = file.write_all(truncation_marker(self.limit).as_bytes());
-            *kept = (self.limit, true);
+            (self.kept, self.truncated) = (self.limit, true);
         }
     }
 }
@@ -85,8 +70,8 @@ struct Transcript {
     mid_line: bool,
     /// Where the agent's retries are reported (`progress.txt`).
     progress: std::path::PathBuf,
-    /// Told once when the agent retries what retrying cannot fix.
-    stop: Option<mpsc::Sender<ShimEvent>>,
+    /// Set once when the agent retries what retrying cannot fix: the shim stops it.
+    unrecoverable: bool,
 }
 
 /// A line longer than this is parsed as it is rather than buffered further.
@@ -153,11 +138,8 @@ impl Transcript {
                 // Not durable: a lost update only leaves an older reason shown.
                 let _ = write_atomically(&self.progress, reason.as_bytes(), false);
             }
-            if self.parser.summary.unrecoverable.is_some()
-                && !self.parser.summary.result_seen
-                && let Some(stop) = self.stop.take()
-            {
-                let _ = stop.send(ShimEvent::Unrecoverable);
+            if self.parser.summary.unrecoverable.is_some() && !self.parser.summary.result_seen {
+                self.unrecoverable = true;
             }
             match (&event, deltas) {
                 // Gemini streams its text in pieces: they join into one line.
@@ -179,96 +161,202 @@ impl Transcript {
     }
 }
 
-/// Which of the agent's streams a pump reads.
-#[derive(Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-fn pump(
-    mut from: impl Read,
-    mut to: File,
-    budget: Arc<OutputBudget>,
-    transcript: Option<(Arc<Mutex<Transcript>>, Stream)>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                budget.write(&mut to, &buf[..n]);
-                if let Some((t, stream)) = &transcript
-                    && let Ok(mut t) = t.lock()
-                {
-                    match stream {
-                        Stream::Stdout => t.feed(&buf[..n]),
-                        Stream::Stderr => t.feed_stderr(&buf[..n]),
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-}
-
-fn wait_agent(pid: i32) -> (std::process::ExitStatus, u64) {
-    let mut status: libc::c_int = 0;
-    // SAFETY: plain wait4 on our own child with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    (
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss.max(0) as u64,
-    )
-}
-
 fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
     // SAFETY: kill(2) on a process group we created.
     unsafe { libc::kill(-pgid, signal) == 0 }
 }
 
-/// Reaps every finished child (orphans come to us as subreaper).
-fn reap_children() {
+/// Reaps every finished child (orphans come to us as subreaper); the agent's status and
+/// peak RSS if it was among them.
+fn reap_children(agent: i32) -> Option<(std::process::ExitStatus, u64)> {
+    let mut agent_status = None;
     loop {
         let mut status = 0;
-        // SAFETY: non-blocking waitpid on any child.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        // SAFETY: non-blocking wait4 on any child, with valid out-pointers.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
         if r <= 0 {
-            break;
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return agent_status;
+        }
+        if r == agent {
+            agent_status = Some((
+                std::process::ExitStatus::from_raw(status),
+                usage.ru_maxrss.max(0) as u64,
+            ));
         }
     }
 }
 
-/// Stops whatever is left of the group: TERM, up to `grace` for it to go, then KILL.
-fn empty_group(pgid: i32, grace: Duration) {
-    reap_children();
-    if !signal_group(pgid, 0) {
-        return;
+/// One of the agent's output streams, read by the shim's poll loop.
+struct Pipe {
+    from: Option<OwnedFd>,
+    /// Created on the first output of a plain agent (one file fewer for a silent
+    /// stream); at once for a structured one, whose readers look for it.
+    to: Option<File>,
+    path: PathBuf,
+    stream: Stream,
+}
+
+/// Which of the agent's streams a pipe carries.
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Everything the shim waits on, in one thread: the agent's two pipes and the signals
+/// (TERM and INT from the daemon, CHLD from the agent and orphans) through a signalfd.
+struct Supervisor {
+    pipes: [Pipe; 2],
+    signals: OwnedFd,
+    budget: OutputBudget,
+    transcript: Option<Transcript>,
+    agent: i32,
+    exited: Option<(std::process::ExitStatus, u64)>,
+    terminate_requested: bool,
+}
+
+impl Supervisor {
+    fn pipes_open(&self) -> bool {
+        self.pipes.iter().any(|p| p.from.is_some())
     }
-    signal_group(pgid, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        reap_children();
+
+    /// Waits up to `timeout` for output or a signal, and handles what came.
+    fn wait(&mut self, timeout: Duration) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            self.pollfd(0),
+            self.pollfd(1),
+        ];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // Round up: a deadline 0.4 ms away must not turn into a busy loop.
+        let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
+        // SAFETY: poll(2) on descriptors we own; a negative fd is ignored.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if ready <= 0 {
+            return; // timeout, or EINTR
+        }
+        if fds[0].revents != 0 {
+            self.read_signals();
+        }
+        for (i, fd) in fds[1..].iter().enumerate() {
+            if fd.revents != 0 {
+                self.read_pipe(i);
+            }
+        }
+    }
+
+    fn pollfd(&self, i: usize) -> libc::pollfd {
+        libc::pollfd {
+            fd: self.pipes[i].from.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        }
+    }
+
+    fn read_signals(&mut self) {
+        // SAFETY: reading whole signalfd_siginfo records into one we own.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        let mut child = false;
+        loop {
+            let n = unsafe {
+                libc::read(
+                    self.signals.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                break; // EAGAIN: nothing more pending
+            }
+            match info.ssi_signo as i32 {
+                libc::SIGCHLD => child = true,
+                _ => self.terminate_requested = true,
+            }
+        }
+        if child && let Some(exited) = reap_children(self.agent) {
+            self.exited.get_or_insert(exited);
+        }
+    }
+
+    fn read_pipe(&mut self, i: usize) {
+        let mut buf = [0u8; 64 * 1024];
+        let pipe = &mut self.pipes[i];
+        let Some(from) = &pipe.from else { return };
+        // SAFETY: read(2) into a buffer we own.
+        let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+            ) {
+                return;
+            }
+        }
+        if n <= 0 {
+            pipe.from = None; // end of file: every writer is gone
+            return;
+        }
+        let chunk = &buf[..n as usize];
+        if pipe.to.is_none() {
+            match File::create(&pipe.path) {
+                Ok(f) => pipe.to = Some(f),
+                Err(e) => {
+                    // Written to the daemon's log (our stderr); the output is drained.
+                    eprintln!("beat shim: cannot create {}: {e}", pipe.path.display());
+                }
+            }
+        }
+        if let Some(to) = &mut pipe.to {
+            self.budget.write(to, chunk);
+        } else {
+            self.budget.produced += chunk.len() as u64;
+            self.budget.last_output = Instant::now();
+        }
+        if let Some(t) = &mut self.transcript {
+            match pipe.stream {
+                Stream::Stdout => t.feed(chunk),
+                Stream::Stderr => t.feed_stderr(chunk),
+            }
+        }
+    }
+
+    /// Stops whatever is left of the agent's group: TERM, up to `grace` for it to go,
+    /// then KILL; its output is drained meanwhile.
+    fn empty_group(&mut self, grace: Duration) {
+        let pgid = self.agent;
+        let _ = reap_children(pgid);
         if !signal_group(pgid, 0) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    signal_group(pgid, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while signal_group(pgid, 0) && Instant::now() < deadline {
-        reap_children();
-        std::thread::sleep(Duration::from_millis(5));
+        signal_group(pgid, libc::SIGTERM);
+        let mut deadline = Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            let _ = reap_children(pgid);
+            if !signal_group(pgid, 0) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if killed {
+                    return;
+                }
+                signal_group(pgid, libc::SIGKILL);
+                killed = true;
+                deadline = now + Duration::from_secs(5);
+            }
+            self.wait(Duration::from_millis(5).min(deadline.saturating_duration_since(now)));
+        }
     }
 }
 
@@ -314,26 +402,18 @@ fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
         pid: me,
         start_time: process_start_time(me).unwrap_or(0),
     };
-    if let Err(e) = serde_json::to_vec(&identity)
-        .map_err(std::io::Error::other)
-        .and_then(|b| write_atomically(&run.shim(), &b, false))
-    {
-        eprintln!("beat shim: cannot write {}: {e}", run.shim().display());
+    if let Err(e) = run.record_shim(&identity) {
+        eprintln!(
+            "beat shim: cannot record its identity in {}: {e}",
+            run.path.display()
+        );
         return 2;
     }
-    // The handler first, then unblock (the daemon spawned us with TERM and INT blocked):
-    // a cancel that arrived meanwhile is delivered now, to the handler.
-    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]);
-    // SAFETY: changing this thread's signal mask, before any other thread exists.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
-    let signals = match signals {
-        Ok(s) => s,
+    // TERM and INT are blocked already (the spawner or the daemon started us so), and
+    // stay blocked: they are read from a signalfd, with CHLD, in the one poll loop. A
+    // cancel that arrived before this point is pending, and read first.
+    let signals = match signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]) {
+        Ok(fd) => fd,
         Err(e) => {
             eprintln!("beat shim: cannot handle signals: {e}");
             return 2;
@@ -369,18 +449,34 @@ fn spawn_error(started_at: i64, message: String) -> ExitRecord {
     }
 }
 
-fn supervise(
-    run: &RunDir,
-    spec: &RunSpec,
-    mut signals: signal_hook::iterator::Signals,
-) -> ExitRecord {
+/// Blocks `signals` in this (only) thread and opens a signalfd that reads them. The
+/// agent does not inherit the mask: its spawn resets it.
+fn signal_fd(signals: &[libc::c_int]) -> std::io::Result<OwnedFd> {
+    // SAFETY: changing the mask of the shim's only thread, then signalfd(2) on it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
     let started_at = now_ms();
-    let (tx, rx) = mpsc::channel();
-    // Created before stdout.log: whoever sees stdout.log can tell from output.txt
-    // whether the agent has a readable transcript.
-    let transcript = if spec.output_format.is_structured() {
+    // A structured agent's files are created at once, output.txt before stdout.log:
+    // whoever sees stdout.log can tell from output.txt whether the agent has a readable
+    // transcript. A plain agent's output files are created when output comes.
+    let structured = spec.output_format.is_structured();
+    let transcript = if structured {
         match File::create(run.readable()) {
-            Ok(readable) => Some(Arc::new(Mutex::new(Transcript {
+            Ok(readable) => Some(Transcript {
                 parser: StreamParser::new(spec.output_format),
                 partial: Vec::new(),
                 err_partial: Vec::new(),
@@ -389,8 +485,8 @@ fn supervise(
                 limit: spec.max_output_bytes,
                 mid_line: false,
                 progress: run.progress(),
-                stop: Some(tx.clone()),
-            }))),
+                unrecoverable: false,
+            }),
             Err(e) => {
                 eprintln!("beat shim: cannot create {}: {e}", run.readable().display());
                 None
@@ -399,11 +495,15 @@ fn supervise(
     } else {
         None
     };
-    let (out_file, err_file) = match (File::create(run.stdout()), File::create(run.stderr())) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return spawn_error(started_at, format!("cannot create the output files: {e}"));
+    let (out_file, err_file) = if structured {
+        match (File::create(run.stdout()), File::create(run.stderr())) {
+            (Ok(o), Ok(e)) => (Some(o), Some(e)),
+            (Err(e), _) | (_, Err(e)) => {
+                return spawn_error(started_at, format!("cannot create the output files: {e}"));
+            }
         }
+    } else {
+        (None, None)
     };
     let stdin = if spec.prompt_on_stdin {
         match File::open(run.prompt()) {
@@ -429,54 +529,35 @@ fn supervise(
         Err(e) => return spawn_error(started_at, format!("{program}: {e}")),
     };
     let pid = child.id() as i32;
-    let budget = Arc::new(OutputBudget {
-        limit: spec.max_output_bytes,
-        kept: Mutex::new((0, false)),
-        produced: AtomicU64::new(0),
-        last_output_ms: AtomicI64::new(now_ms()),
-    });
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let streams = [
-        child.stdout.take().map(|s| {
-            (
-                Box::new(s) as Box<dyn Read + Send>,
-                out_file,
-                transcript.clone().map(|t| (t, Stream::Stdout)),
-            )
-        }),
-        child.stderr.take().map(|s| {
-            (
-                Box::new(s) as Box<dyn Read + Send>,
-                err_file,
-                transcript.clone().map(|t| (t, Stream::Stderr)),
-            )
-        }),
-    ];
-    let readers: Vec<_> = streams
-        .into_iter()
-        .flatten()
-        .map(|(from, to, transcript)| {
-            let budget = budget.clone();
-            let done = done_tx.clone();
-            std::thread::spawn(move || {
-                pump(from, to, budget, transcript);
-                let _ = done.send(());
-            })
-        })
-        .collect();
-
-    let exit_tx = tx.clone();
-    std::thread::spawn(move || {
-        let (status, max_rss_kb) = wait_agent(pid);
-        let _ = exit_tx.send(ShimEvent::Exited { status, max_rss_kb });
-    });
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            if tx.send(ShimEvent::Terminate).is_err() {
-                break;
-            }
-        }
-    });
+    let mut sup = Supervisor {
+        pipes: [
+            Pipe {
+                from: child.stdout.take().map(OwnedFd::from),
+                to: out_file,
+                path: run.stdout(),
+                stream: Stream::Stdout,
+            },
+            Pipe {
+                from: child.stderr.take().map(OwnedFd::from),
+                to: err_file,
+                path: run.stderr(),
+                stream: Stream::Stderr,
+            },
+        ],
+        signals,
+        budget: OutputBudget {
+            limit: spec.max_output_bytes,
+            kept: 0,
+            truncated: false,
+            produced: 0,
+            last_output: Instant::now(),
+        },
+        transcript,
+        agent: pid,
+        exited: None,
+        terminate_requested: false,
+    };
+    drop(child); // reaped by `reap_children`, with its rusage
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let start = Instant::now();
@@ -491,56 +572,56 @@ fn supervise(
                 *kill_at = Some(Instant::now() + grace);
             }
         };
+    // An agent that exited before the signalfd could tell: its CHLD is pending, but
+    // look once anyway.
+    sup.exited = reap_children(pid);
     let (status, max_rss_kb) = loop {
+        if let Some(exited) = sup.exited {
+            break exited;
+        }
+        if std::mem::take(&mut sup.terminate_requested) {
+            stop(KillCause::Cancel, &mut killed_for, &mut kill_at);
+        }
+        if let Some(t) = &mut sup.transcript
+            && std::mem::take(&mut t.unrecoverable)
+        {
+            stop(KillCause::Unrecoverable, &mut killed_for, &mut kill_at);
+        }
         let now = Instant::now();
-        let idle_deadline = spec.idle_timeout_ms.map(|ms| {
-            let quiet_for =
-                (now_ms() - budget.last_output_ms.load(Ordering::Relaxed)).max(0) as u64;
-            now + Duration::from_millis(ms.saturating_sub(quiet_for))
-        });
-        let mut wake = kill_at.unwrap_or(wall_deadline);
-        if killed_for.is_none() {
-            wake = wake.min(wall_deadline);
-            if let Some(d) = idle_deadline {
-                wake = wake.min(d);
-            }
+        if let Some(at) = kill_at
+            && now >= at
+        {
+            signal_group(pid, libc::SIGKILL);
+            kill_at = None;
+        } else if killed_for.is_none() && now >= wall_deadline {
+            stop(
+                KillCause::Timeout {
+                    after_ms: spec.timeout_ms,
+                },
+                &mut killed_for,
+                &mut kill_at,
+            );
+        } else if killed_for.is_none()
+            && let Some(ms) = spec.idle_timeout_ms
+            && now >= sup.budget.last_output + Duration::from_millis(ms)
+        {
+            stop(
+                KillCause::Idle { after_ms: ms },
+                &mut killed_for,
+                &mut kill_at,
+            );
         }
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(ShimEvent::Exited { status, max_rss_kb }) => break (status, max_rss_kb),
-            Ok(ShimEvent::Terminate) => stop(KillCause::Cancel, &mut killed_for, &mut kill_at),
-            Ok(ShimEvent::Unrecoverable) => {
-                stop(KillCause::Unrecoverable, &mut killed_for, &mut kill_at)
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break (std::process::ExitStatus::from_raw(0), 0);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if let Some(at) = kill_at
-                    && now >= at
-                {
-                    signal_group(pid, libc::SIGKILL);
-                    kill_at = None;
-                } else if killed_for.is_none() && now >= wall_deadline {
-                    stop(
-                        KillCause::Timeout {
-                            after_ms: spec.timeout_ms,
-                        },
-                        &mut killed_for,
-                        &mut kill_at,
-                    );
-                } else if killed_for.is_none()
-                    && let (Some(ms), Some(d)) = (spec.idle_timeout_ms, idle_deadline)
-                    && now >= d
-                {
-                    stop(
-                        KillCause::Idle { after_ms: ms },
-                        &mut killed_for,
-                        &mut kill_at,
-                    );
-                }
-            }
-        }
+        let wake = match (&killed_for, kill_at) {
+            (None, _) => match spec.idle_timeout_ms {
+                Some(ms) => wall_deadline.min(sup.budget.last_output + Duration::from_millis(ms)),
+                None => wall_deadline,
+            },
+            (Some(_), Some(at)) => at,
+            // KILL is sent: only the agent's exit (CHLD) is left to wait for. Not a
+            // deadline in the past, which would spin on an agent stuck in the kernel.
+            (Some(_), None) => now + Duration::from_secs(1),
+        };
+        sup.wait(wake.saturating_duration_since(now));
     };
     // The agent is gone; nothing of its group may outlive the run.
     let leftover_grace = if killed_for.is_some() {
@@ -548,22 +629,21 @@ fn supervise(
     } else {
         grace
     };
-    empty_group(pid, leftover_grace);
+    sup.empty_group(leftover_grace);
     // The pipes close once every writer is gone; don't hang on a process that escaped
     // the group while holding them.
     let deadline = Instant::now() + Duration::from_secs(2);
-    for _ in 0..readers.len() {
-        if done_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
+    while sup.pipes_open() {
+        let now = Instant::now();
+        if now >= deadline {
             break;
         }
+        sup.wait(deadline - now);
     }
-    drop(readers);
-    let truncated = budget.kept.lock().map(|k| k.1).unwrap_or(false);
-    let summary = transcript
-        .and_then(|t| t.lock().ok().map(|mut t| t.finish()))
+    let summary = sup
+        .transcript
+        .as_mut()
+        .map(|t| t.finish())
         .or_else(|| Some(RunSummary::default()));
     ExitRecord {
         exit_code: status.code(),
@@ -572,8 +652,8 @@ fn supervise(
         started_at,
         ended_at: now_ms(),
         max_rss_kb,
-        output_bytes: budget.produced.load(Ordering::Relaxed),
-        truncated,
+        output_bytes: sup.budget.produced,
+        truncated: sup.budget.truncated,
         spawn_error: None,
         summary,
     }

@@ -7,8 +7,18 @@ mod common;
 
 use std::time::Duration;
 
+use backbeat_actors::agents::run_dir::{RunDir, ShimIdentity};
 use common::{Beat, pid_exists, read_pidfile, wait_until};
 use serde_json::json;
+
+/// The identity a shim records on its run folder (an extended attribute, or
+/// `shim.json`).
+fn shim_identity(run: &std::path::Path) -> Option<ShimIdentity> {
+    RunDir {
+        path: run.to_path_buf(),
+    }
+    .read_shim()
+}
 
 fn kill9(pid: u32) {
     unsafe {
@@ -163,10 +173,7 @@ fn a_run_whose_shim_and_agent_vanished_is_lost_not_silent() {
     let pidfile = beat.workdir.path().join("agent.pid");
     let id = beat.submit(&format!("pidfile {}; sleep 60000", pidfile.display()), &[]);
     let (agent, _) = read_pidfile(&pidfile);
-    let shim: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(beat.run_dir(&id).join("shim.json")).unwrap())
-            .unwrap();
-    let shim_pid = shim["pid"].as_u64().unwrap() as u32;
+    let shim_pid = shim_identity(&beat.run_dir(&id)).unwrap().pid;
     beat.kill_daemon();
     kill9(shim_pid);
     kill9(agent as u32);
@@ -211,7 +218,7 @@ fn a_shim_spawned_just_before_a_crash_is_adopted_not_launched_again() {
     wait_until(
         "the shim to announce itself",
         Duration::from_secs(10),
-        || run.join("shim.json").exists(),
+        || shim_identity(&run).is_some(),
     );
 
     // The next daemon must adopt it: the reserve would keep a fresh launch queued.

@@ -83,6 +83,10 @@ pub struct TaskActor {
     deps: TaskDeps,
     process: Option<Addr<AgentProcess>>,
     cancel_waiters: Vec<CancelWaiter>,
+    /// Journaled by this daemon a moment ago and not yet picked up: no shim can exist
+    /// for it, so its first pick-up does not look for one (a restart of the actor
+    /// does).
+    new_here: bool,
 }
 
 impl TaskActor {
@@ -97,6 +101,15 @@ impl TaskActor {
             deps,
             process: None,
             cancel_waiters: Vec::new(),
+            new_here: false,
+        }
+    }
+
+    /// A task this daemon has just journaled as new (never a recovered one).
+    pub fn new_here(record: TaskRecord, deps: TaskDeps) -> TaskActor {
+        TaskActor {
+            new_here: true,
+            ..TaskActor::new(record, deps)
         }
     }
 
@@ -154,7 +167,9 @@ impl TaskActor {
 
     /// Picks up the task from whatever state it is in.
     fn pick_up(&mut self, ctx: &mut Context<Self>) {
+        let new_here = std::mem::take(&mut self.new_here);
         match self.task().status {
+            TaskStatus::Queued if new_here => self.enqueue_when_due(ctx),
             TaskStatus::Queued => self.enqueue_or_adopt_orphan(ctx),
             TaskStatus::Running => self.adopt(ctx),
             TaskStatus::Blocked => {}

@@ -98,10 +98,18 @@ impl Launcher {
         settings: &Settings,
     ) -> std::io::Result<Launched> {
         let run = self.run_dir(&task.id);
-        if run.path.exists() {
-            std::fs::remove_dir_all(&run.path)?;
+        // One mkdir in the common case: a folder left by an earlier run is replaced.
+        match std::fs::create_dir(&run.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_dir_all(&run.path)?;
+                std::fs::create_dir(&run.path)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&run.path)?;
+            }
+            Err(e) => return Err(e),
         }
-        std::fs::create_dir_all(&run.path)?;
         if cmd.prompt_on_stdin {
             std::fs::write(run.prompt(), &task.prompt)?;
         }
@@ -148,8 +156,8 @@ impl Launcher {
             }
         }
         // The exec'd shim reads its spec from the run folder. Not fsynced: if the
-        // machine dies before the shim starts, recovery finds no shim.json and launches
-        // again.
+        // machine dies before the shim starts, recovery finds no shim identity and
+        // launches again.
         write_atomically(&run_path.join(SPEC_FILE), spec, false)?;
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);

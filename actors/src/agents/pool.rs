@@ -2,7 +2,7 @@
 //!
 //! Owns: the launcher (run folder, prompt file, `spec.json`, the spawn of `beat shim` in
 //! a session of its own), the cache of where each agent CLI is installed, the run-folder
-//! files a task reads or clears between runs (`shim.json`), and the registry of live
+//! files a task reads or clears between runs (the shim's identity), and the registry of live
 //! `AgentProcess` actors by task id.
 //! Must never: do blocking work on the actix thread, which also carries every other
 //! actor and every MCP connection: program lookups, run-folder reads and writes and the
@@ -66,7 +66,7 @@ pub struct Adopt {
     pub progress_to: Recipient<AgentProgress>,
 }
 
-/// The identity of a shim the task's run folder records (`shim.json`), if any: a shim
+/// The identity of a shim the task's run folder records, if any: a shim
 /// spawned by a daemon that died before it journaled the start.
 #[derive(Message)]
 #[rtype(result = "Option<ShimIdentity>")]
@@ -74,7 +74,7 @@ pub struct FindShim {
     pub task_id: String,
 }
 
-/// Clear the identity of the task's last shim (`shim.json`) before the task runs again.
+/// Clear the identity of the task's last shim before the task runs again.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ForgetShim {
@@ -212,16 +212,15 @@ impl Handler<ForgetShim> for AgentPool {
     fn handle(&mut self, msg: ForgetShim, _ctx: &mut Context<Self>) -> Self::Result {
         let run = self.run_dir(&msg.task_id);
         Box::pin(async move {
-            let removed =
-                tokio::task::spawn_blocking(move || std::fs::remove_file(run.shim())).await;
+            let removed = tokio::task::spawn_blocking(move || run.forget_shim()).await;
             match removed {
-                Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(task = %msg.task_id, error = %e, "could not remove shim.json");
+                Ok(Err(e)) => {
+                    tracing::warn!(task = %msg.task_id, error = %e, "could not clear the shim's identity");
                 }
                 Err(e) => {
-                    tracing::warn!(task = %msg.task_id, error = %e, "could not remove shim.json")
+                    tracing::warn!(task = %msg.task_id, error = %e, "could not clear the shim's identity")
                 }
-                _ => {}
+                Ok(Ok(())) => {}
             }
         })
     }
@@ -243,7 +242,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::agents::run_dir::write_atomically;
     use crate::model::task::tests_support::queued;
     use crate::settings::{AgentSettings, Settings, fixed_settings};
 
@@ -286,14 +284,14 @@ mod tests {
             pid: 4242,
             start_time: 77,
         };
-        write_atomically(&run.shim(), &serde_json::to_vec(&shim).unwrap(), false).unwrap();
+        run.record_shim(&shim).unwrap();
         assert_eq!(pool.send(find()).await.unwrap(), Some(shim));
         pool.send(ForgetShim {
             task_id: "task-a".into(),
         })
         .await
         .unwrap();
-        assert!(!run.shim().exists());
+        assert_eq!(run.read_shim(), None);
         assert_eq!(pool.send(find()).await.unwrap(), None);
         // Forgetting what is not there is no error.
         pool.send(ForgetShim {

@@ -103,7 +103,7 @@ impl Engine {
                 );
             }
             for r in &records {
-                act.spawn_task_actor(r.clone(), ctx);
+                act.spawn_new_task_actor(r.clone(), ctx);
                 if r.status == TaskStatus::Blocked && !act.graph.is_waiting(&r.id) {
                     act.deliver(Resolution::Ready { task: r.id.clone() });
                 }

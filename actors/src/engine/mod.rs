@@ -18,6 +18,7 @@ mod registry;
 pub mod requests;
 mod retention;
 mod schedules;
+mod task_watch;
 pub mod validation;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
 use crate::settings::SettingsSource;
 use crate::task::{CancelTask, TaskActor, TaskDeps};
+pub use task_watch::{TaskUpdate, TaskWatch, Watching};
 
 #[derive(Message)]
 #[rtype(result = "Result<TaskRecord, EngineError>")]
@@ -103,6 +105,8 @@ pub struct EngineHandle {
     pub governor: Addr<ResourceGovernor>,
     pub store: Store,
     pub writer: JournalWriter,
+    /// Waiting for one task's commits (WaitTask) without receiving every commit.
+    pub tasks: TaskWatch,
     /// Reads of state wait on it: open once recovery has journaled what it found.
     pub recovered: RecoveryGate,
 }
@@ -166,6 +170,7 @@ impl Engine {
             engine,
             governor,
             store,
+            tasks: TaskWatch::start(writer.subscribe()),
             writer,
             recovered: RecoveryGate::new(gate),
         })
@@ -184,12 +189,27 @@ impl Engine {
     }
 
     fn spawn_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        self.spawn_task_actor_as(record, TaskActor::new, ctx)
+    }
+
+    /// For a task journaled as new a moment ago: its actor skips the look for an
+    /// orphaned shim (none can exist), one blocking read less per task.
+    fn spawn_new_task_actor(&mut self, record: TaskRecord, ctx: &Context<Self>) {
+        self.spawn_task_actor_as(record, TaskActor::new_here, ctx)
+    }
+
+    fn spawn_task_actor_as(
+        &mut self,
+        record: TaskRecord,
+        make: fn(TaskRecord, TaskDeps) -> TaskActor,
+        ctx: &Context<Self>,
+    ) {
         if self.live.is_live_task(&record.id) {
             return; // one actor per task, ever
         }
         let deps = self.task_deps(ctx);
         let id = record.id.clone();
-        let addr = actix::Supervisor::start(move |_| TaskActor::new(record, deps));
+        let addr = actix::Supervisor::start(move |_| make(record, deps));
         self.live.add_task(id.clone(), addr);
         for r in self.early.remove(&id).unwrap_or_default() {
             self.deliver(r);

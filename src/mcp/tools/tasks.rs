@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use backbeat_actors::engine::{Cancel, NewTask, Retry, Submit};
+use backbeat_actors::engine::{Cancel, NewTask, Retry, Submit, TaskUpdate};
 use backbeat_actors::journal::TaskQuery;
 use backbeat_actors::{Priority, TaskRecord, TaskStatus};
 use schemars::JsonSchema;
@@ -412,22 +412,18 @@ pub async fn resume(server: &ToolContext, args: ResumeTaskArgs) -> ToolOutcome {
 }
 
 pub async fn wait(server: &ToolContext, args: WaitTaskArgs) -> ToolOutcome {
-    // Subscribe before reading, so that no commit falls between the two.
-    let mut committed = server.engine.writer.subscribe();
+    // Registered before reading, so that no commit falls between the two. Only this
+    // task's commits come (not every commit, as from a subscription of its own).
+    let mut watching = server.engine.tasks.watch(&args.task_id);
     let mut task = find(server, &args.task_id).await?;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(args.timeout_ms.unwrap_or(60_000));
     while !task.status.is_terminal() {
-        match tokio::time::timeout_at(deadline, committed.recv()).await {
+        match tokio::time::timeout_at(deadline, watching.next()).await {
             Err(_) => break, // timed out: report the current state
-            Ok(Ok(backbeat_actors::model::Record::Task(record))) if record.id == task.id => {
-                task = record
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                task = find(server, &args.task_id).await?;
-            }
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+            Ok(TaskUpdate::Committed(record)) => task = *record,
+            Ok(TaskUpdate::Lagged) => task = find(server, &args.task_id).await?,
+            Ok(TaskUpdate::Closed) => {
                 return Err("the daemon is shutting down; wait again in a moment".into());
             }
         }
