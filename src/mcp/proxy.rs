@@ -146,12 +146,28 @@ fn start_in_background(home: &Home) -> Starting {
 }
 
 /// The connection to the daemon started in the background, with the session's
-/// handshake replayed.
-async fn started(starting: Starting, session: &Session) -> Result<Connection, CliError> {
+/// handshake replayed. A daemon that accepted and then went away (one that failed to
+/// start after it bound its socket) is started again, so that a failure to start is
+/// reported with its cause.
+async fn started(
+    starting: Starting,
+    home: &Home,
+    session: &Session,
+) -> Result<Connection, CliError> {
     let stream = starting
         .await
         .map_err(|_| CliError::Daemon("starting the daemon stopped half-way".into()))??;
-    handshake(UnixStream::from_std(stream)?, session).await
+    let mut connected = handshake(UnixStream::from_std(stream)?, session).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match connected {
+            Err(CliError::Disconnected(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                connected = connect(home, session).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A handler that only answers `initialize`, exactly as the daemon's server does.
@@ -180,14 +196,25 @@ async fn initialize_answer(request: &str) -> Option<String> {
     answer.ok().flatten()
 }
 
+/// A connection the daemon closed (it went away, or failed to start after it bound).
+fn gone(e: std::io::Error) -> CliError {
+    CliError::Disconnected(format!("the daemon closed the connection: {e}"))
+}
+
 async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, CliError> {
     let (read, mut writer) = stream.into_split();
-    writer.write_all(hello_line().as_bytes()).await?;
+    writer
+        .write_all(hello_line().as_bytes())
+        .await
+        .map_err(gone)?;
     let mut lines = BufReader::new(read).lines();
     if let Some(init) = &session.initialize {
         let mut replay = init.clone();
         replay["id"] = Value::from(REPLAY_ID);
-        writer.write_all(format!("{replay}\n").as_bytes()).await?;
+        writer
+            .write_all(format!("{replay}\n").as_bytes())
+            .await
+            .map_err(gone)?;
         let answered = tokio::time::timeout(Duration::from_secs(15), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["id"] == REPLAY_ID) {
@@ -203,7 +230,10 @@ async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, 
             ));
         }
         if let Some(note) = &session.initialized {
-            writer.write_all(format!("{note}\n").as_bytes()).await?;
+            writer
+                .write_all(format!("{note}\n").as_bytes())
+                .await
+                .map_err(gone)?;
         }
     }
     Ok(Connection { lines, writer })
@@ -258,7 +288,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                         if let Some(rx) = starting.take() {
                             // A daemon that fails to start ends the session, as it
                             // did before the client was answered here.
-                            conn = Some(started(rx, &session).await?);
+                            conn = Some(started(rx, home, &session).await?);
                             // The replayed handshake carried this notification.
                             if session.initialized.as_deref() == Some(line.as_str()) {
                                 sent = true;
@@ -312,7 +342,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
     // The daemon this session started stays up for other clients: wait until it
     // answers (a failure to start is still reported).
     if let Some(rx) = starting.take() {
-        conn = Some(started(rx, &session).await?);
+        conn = Some(started(rx, home, &session).await?);
     }
     // stdin closed: let answers still in flight through, briefly, then exit.
     if let Some(mut c) = conn {
