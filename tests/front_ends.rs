@@ -790,3 +790,47 @@ fn mcp_start_says_why_when_the_daemon_it_starts_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_task_list_summary_holds_what_beat_list_shows_of_the_same_tasks() {
+    let beat = Beat::new();
+    let first = beat.submit("print one", &[]);
+    let second = beat.submit("print two", &[]);
+    beat.wait(&first);
+    beat.wait(&second);
+    let mut mcp = beat.mcp();
+    let full = mcp.ok("TaskStatus", json!({}));
+    let summary = mcp.ok("TaskStatus", json!({ "summary": true }));
+    let (full, summary) = (
+        full["tasks"].as_array().unwrap().clone(),
+        summary["tasks"].as_array().unwrap().clone(),
+    );
+    assert_eq!(summary.len(), 2);
+    let keys: BTreeSet<String> = [
+        "id",
+        "status",
+        "agent",
+        "createdAt",
+        "reason",
+        "role",
+        "owner",
+        "promptPreview",
+    ]
+    .map(String::from)
+    .into();
+    for (f, s) in full.iter().zip(&summary) {
+        let got: BTreeSet<String> = s.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(got, keys, "{s}");
+        for k in &keys {
+            assert_eq!(f[k], s[k], "{k} differs between {f} and {s}");
+        }
+    }
+    // The table shows them, newest first.
+    let table = beat.ok(&["list"]);
+    let (at_second, at_first) = (table.find(&second).unwrap(), table.find(&first).unwrap());
+    assert!(at_second < at_first, "{table}");
+    assert!(
+        table.contains("print one") && table.contains("completed"),
+        "{table}"
+    );
+}
