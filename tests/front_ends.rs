@@ -664,3 +664,173 @@ fn small_things_of_the_mcp_tools() {
         cancel["inputSchema"]["description"]
     );
 }
+
+/// `beat mcp start`, an `initialize`, then `notifications/initialized` and `tools/list`
+/// on the same session: the raw `initialize` answer line, once the session is closed.
+fn initialize_and_list_tools(beat: &Beat) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = beat
+        .cmd(&["mcp", "start"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "t", "version": "0" } } });
+    writeln!(stdin, "{initialize}").unwrap();
+    let mut answer = String::new();
+    stdout.read_line(&mut answer).unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" })
+    )
+    .unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let tools: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // The next line is the daemon's answer to id 2: never a second `initialize` answer.
+    assert_eq!(tools["id"], 2, "{line}");
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{line}"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    answer
+}
+
+#[test]
+fn the_initialize_answered_while_the_daemon_starts_is_the_daemons_own_answer() {
+    let beat = Beat::new();
+    assert_eq!(beat.daemon_pid(), None);
+    // No daemon runs: `mcp start` starts one and answers `initialize` itself.
+    let cold = initialize_and_list_tools(&beat);
+    let pid = beat.daemon_pid().expect("the daemon it started runs on");
+    // The daemon runs: it answers `initialize`.
+    let warm = initialize_and_list_tools(&beat);
+    assert_eq!(beat.daemon_pid(), Some(pid));
+    assert_eq!(cold, warm, "the client sees the same answer either way");
+    let v: serde_json::Value = serde_json::from_str(&cold).unwrap();
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18", "{cold}");
+    assert_eq!(v["result"]["serverInfo"]["name"], "backbeat", "{cold}");
+}
+
+#[test]
+fn a_session_answered_before_its_daemon_started_calls_tools_and_survives_a_restart() {
+    let beat = Beat::new();
+    let mut mcp = beat.mcp(); // cold: `initialize` answered by `mcp start`
+    let id = mcp.ok(
+        "DelegateTask",
+        json!({ "prompt": "print cold", "agent": "fake" }),
+    )["taskId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        mcp.ok("WaitTask", json!({ "taskId": id }))["task"]["status"],
+        "completed"
+    );
+    beat.kill_daemon();
+    // The next call reaches a new daemon, handshake replayed.
+    let v = mcp.ok("TaskStatus", json!({ "taskId": id }));
+    assert_eq!(v["status"], "completed", "{v}");
+}
+
+#[test]
+fn mcp_start_says_why_when_the_daemon_it_starts_fails() {
+    use std::io::{BufRead, BufReader, Write};
+    let beat = Beat::new();
+    // A folder where the database file should be: SQLite cannot open it.
+    std::fs::create_dir(beat.path().join("beat.db")).unwrap();
+    let mut child = beat
+        .cmd(&["mcp", "start"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for message in [
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "t", "version": "0" } } }),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
+    ] {
+        // The process may be gone before the last line: that is what is tested.
+        let _ = writeln!(stdin, "{message}");
+    }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        lines.push(std::mem::take(&mut line));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("\"id\":2")),
+        "no answer from a daemon that never ran: {lines:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the daemon failed to start") && stderr.contains("unable to open database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_task_list_summary_holds_what_beat_list_shows_of_the_same_tasks() {
+    let beat = Beat::new();
+    let first = beat.submit("print one", &[]);
+    let second = beat.submit("print two", &[]);
+    beat.wait(&first);
+    beat.wait(&second);
+    let mut mcp = beat.mcp();
+    let full = mcp.ok("TaskStatus", json!({}));
+    let summary = mcp.ok("TaskStatus", json!({ "summary": true }));
+    let (full, summary) = (
+        full["tasks"].as_array().unwrap().clone(),
+        summary["tasks"].as_array().unwrap().clone(),
+    );
+    assert_eq!(summary.len(), 2);
+    let keys: BTreeSet<String> = [
+        "id",
+        "status",
+        "agent",
+        "createdAt",
+        "reason",
+        "role",
+        "owner",
+        "promptPreview",
+    ]
+    .map(String::from)
+    .into();
+    for (f, s) in full.iter().zip(&summary) {
+        let got: BTreeSet<String> = s.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(got, keys, "{s}");
+        for k in &keys {
+            assert_eq!(f[k], s[k], "{k} differs between {f} and {s}");
+        }
+    }
+    // The table shows them, newest first.
+    let table = beat.ok(&["list"]);
+    let (at_second, at_first) = (table.find(&second).unwrap(), table.find(&first).unwrap());
+    assert!(at_second < at_first, "{table}");
+    assert!(
+        table.contains("print one") && table.contains("completed"),
+        "{table}"
+    );
+}

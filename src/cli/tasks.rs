@@ -103,20 +103,20 @@ pub struct WaitArgs {
 }
 
 fn list_table(tasks: &[Value]) {
+    use std::fmt::Write;
     if tasks.is_empty() {
         eprintln!("No tasks.");
         return;
     }
-    outln!(
-        "{:<41}  {:<9}  {:<8}  {:<24}  PROMPT",
-        "ID",
-        "STATUS",
-        "AGENT",
-        "CREATED"
+    // One write for the whole table.
+    let mut out = format!(
+        "{:<41}  {:<9}  {:<8}  {:<24}  PROMPT\n",
+        "ID", "STATUS", "AGENT", "CREATED"
     );
     for t in tasks {
-        outln!(
-            "{:<41}  {:<9}  {:<8}  {:<24}  {}",
+        let _ = writeln!(
+            out,
+            "{:<41}  {:<9}  {:<8}  {:<24}  {}{}",
             t["id"].as_str().unwrap_or(""),
             t["status"].as_str().unwrap_or(""),
             t["agent"].as_str().unwrap_or(""),
@@ -124,7 +124,8 @@ fn list_table(tasks: &[Value]) {
             match (t["role"].as_str(), t["owner"]["id"].as_str()) {
                 (Some(role), Some(owner)) => format!("[{role} of {owner}] "),
                 _ => String::new(),
-            } + &t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
+            },
+            t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
         );
     }
     // Why queued work waits (memory, CPU, a first run alone): once per distinct reason.
@@ -138,31 +139,36 @@ fn list_table(tasks: &[Value]) {
         }
     }
     for (reason, n) in why {
-        println!("{n} queued: {reason}");
+        let _ = writeln!(out, "{n} queued: {reason}");
     }
+    super::write_stdout(out.as_bytes());
 }
 
 pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {
     let mut client = DaemonClient::connect(home).await?;
-    let v = client
+    let mut v = client
         .read(&TaskStatusArgs {
             task_id: None,
             status: args.status.map(StatusField::from),
             limit: Some(args.limit),
+            // The table needs a tenth of each record; --json prints them whole.
+            summary: (!args.json).then_some(true),
         })
         .await?;
     client.close().await;
-    let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+    let tasks = match v["tasks"].take() {
+        Value::Array(tasks) => tasks,
+        _ => Vec::new(),
+    };
     if args.json {
         print_json(&Value::Array(
             tasks
-                .iter()
-                .map(|t| {
-                    let mut r = t.clone();
-                    if let Value::Object(m) = &mut r {
+                .into_iter()
+                .map(|mut t| {
+                    if let Value::Object(m) = &mut t {
                         m.remove("promptPreview");
                     }
-                    r
+                    t
                 })
                 .collect(),
         ));

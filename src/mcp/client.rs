@@ -2,17 +2,22 @@
 //!
 //! Owns: connecting (starting the daemon on demand) and reconnecting after the daemon
 //! went away, the hello line, sending a tool's typed arguments (the very structs the
-//! tool parses), and turning tool results into values or `CliError`s.
+//! tool parses), and turning tool results into values or `CliError`s. It speaks
+//! newline-delimited JSON-RPC itself (a command makes one or two calls: a full MCP
+//! client library's session machinery cost more than the call), with the handshake
+//! sent in the same write as the hello line.
 //! Must never: build a tool's arguments by hand: they are the tool's own argument type.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backbeat_actors::TaskRecord;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use rmcp::model::ProtocolVersion;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::server::Hello;
 use super::tools::ToolArgs;
@@ -24,9 +29,20 @@ use crate::paths::Home;
 /// How long a command waits for a daemon that went away to come back.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(60);
 
+/// The id of the client's `initialize`; tool calls count from 1.
+const INITIALIZE_ID: u64 = 0;
+
 pub struct DaemonClient {
-    service: RunningService<RoleClient, ()>,
+    /// Behind a lock so that calls take `&self`; a command makes one call at a time.
+    connection: tokio::sync::Mutex<Connection>,
+    next_id: AtomicU64,
     home: Home,
+}
+
+/// One connection to the daemon: JSON-RPC lines both ways.
+struct Connection {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
 }
 
 /// The first line every Backbeat client sends: its working directory.
@@ -48,21 +64,40 @@ pub fn arguments_of<A: ToolArgs>(args: &A) -> serde_json::Map<String, Value> {
     }
 }
 
-async fn open(home: &Home) -> Result<RunningService<RoleClient, ()>, CliError> {
-    let mut stream = connect_or_start(home).await?;
-    stream
-        .write_all(hello_line().as_bytes())
+fn disconnected(e: std::io::Error) -> CliError {
+    CliError::Disconnected(format!("the daemon closed the connection: {e}"))
+}
+
+/// Connects and sends the hello line, `initialize` and `notifications/initialized` in
+/// one write: the daemon answers `initialize` before it reads on, so a command's first
+/// call follows at once instead of after a round trip. The answer to `initialize` is
+/// read (and checked) with the first call's.
+async fn open(home: &Home) -> Result<Connection, CliError> {
+    let stream = connect_or_start(home).await?;
+    let (read, mut writer) = stream.into_split();
+    let initialize = json!({
+        "jsonrpc": "2.0",
+        "id": INITIALIZE_ID,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": ProtocolVersion::LATEST_WITH_INITIALIZE,
+            "capabilities": {},
+            "clientInfo": { "name": "beat", "version": crate::VERSION }
+        }
+    });
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    writer
+        .write_all(format!("{}{initialize}\n{initialized}\n", hello_line()).as_bytes())
         .await
-        .map_err(|e| CliError::Disconnected(format!("the daemon closed the connection: {e}")))?;
-    ().serve(stream).await.map_err(|e| {
-        CliError::Disconnected(format!(
-            "the daemon did not complete the MCP handshake: {e}"
-        ))
+        .map_err(disconnected)?;
+    Ok(Connection {
+        lines: BufReader::new(read).lines(),
+        writer,
     })
 }
 
 /// `open`, again while the daemon is going away or coming back.
-async fn open_patiently(home: &Home) -> Result<RunningService<RoleClient, ()>, CliError> {
+async fn open_patiently(home: &Home) -> Result<Connection, CliError> {
     let deadline = Instant::now() + RECONNECT_LIMIT;
     loop {
         match open(home).await {
@@ -74,12 +109,85 @@ async fn open_patiently(home: &Home) -> Result<RunningService<RoleClient, ()>, C
     }
 }
 
+/// A line from the daemon, read only as far as a tool call's answer needs (a list's
+/// answer is large: no tree of `Value`s for its envelope).
+#[derive(Deserialize)]
+struct Incoming {
+    id: Option<Value>,
+    method: Option<IgnoredAny>,
+    result: Option<CallResult>,
+    error: Option<Value>,
+}
+
+/// The `result` of `tools/call` (other results read as an empty one).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CallResult {
+    #[serde(default)]
+    content: Vec<Content>,
+    is_error: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    text: Option<String>,
+}
+
+impl Connection {
+    /// Sends request `id` and reads until its answer: the `result` of a JSON-RPC
+    /// response. Other lines (the `initialize` answer, notifications, answers to
+    /// requests given up on) are skipped; a refused `initialize` ends the call.
+    async fn request(
+        &mut self,
+        id: u64,
+        method: &str,
+        params: Value,
+    ) -> Result<CallResult, CliError> {
+        let line = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .map_err(disconnected)?;
+        loop {
+            let line = self.lines.next_line().await.map_err(disconnected)?;
+            let Some(line) = line else {
+                return Err(CliError::Disconnected(
+                    "the daemon closed the connection".into(),
+                ));
+            };
+            let Ok(message) = serde_json::from_str::<Incoming>(&line) else {
+                continue;
+            };
+            let answer_to = message.id.as_ref().and_then(Value::as_u64);
+            if message.method.is_some() || answer_to.is_none() {
+                continue;
+            }
+            if let Some(error) = &message.error {
+                if answer_to == Some(INITIALIZE_ID) {
+                    return Err(CliError::Disconnected(format!(
+                        "the daemon did not complete the MCP handshake: {error}"
+                    )));
+                }
+                if answer_to == Some(id) {
+                    return Err(CliError::Daemon(format!(
+                        "the daemon refused the {method} request: {error}"
+                    )));
+                }
+            }
+            if answer_to == Some(id) {
+                return Ok(message.result.unwrap_or_default());
+            }
+        }
+    }
+}
+
 impl DaemonClient {
     /// Connects, starting the daemon when none runs. A daemon that is stopping or
     /// restarting meanwhile is waited for (at most a minute).
     pub async fn connect(home: &Home) -> Result<DaemonClient, CliError> {
         Ok(DaemonClient {
-            service: open_patiently(home).await?,
+            connection: tokio::sync::Mutex::new(open_patiently(home).await?),
+            next_id: AtomicU64::new(INITIALIZE_ID + 1),
             home: home.clone(),
         })
     }
@@ -87,9 +195,7 @@ impl DaemonClient {
     /// Connects again after the daemon went away (stopped, crashed or restarting),
     /// starting one when none comes back, for at most a minute.
     pub async fn reconnect(&mut self) -> Result<(), CliError> {
-        let service = open_patiently(&self.home).await?;
-        let old = std::mem::replace(&mut self.service, service);
-        let _ = old.cancel().await;
+        *self.connection.get_mut() = open_patiently(&self.home).await?;
         Ok(())
     }
 
@@ -97,17 +203,27 @@ impl DaemonClient {
     /// `CliError::Refused` with its message, a lost daemon `CliError::Disconnected`.
     pub async fn call<A: ToolArgs>(&self, args: &A) -> Result<Value, CliError> {
         let tool = A::TOOL;
-        let params = CallToolRequestParams::new(tool).with_arguments(arguments_of(args));
-        let result = self.service.call_tool(params).await.map_err(|e| {
-            CliError::Disconnected(format!("calling {tool} failed: the daemon went away ({e})"))
-        })?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = json!({ "name": tool, "arguments": arguments_of(args) });
+        let result = self
+            .connection
+            .lock()
+            .await
+            .request(id, "tools/call", params)
+            .await
+            .map_err(|e| match e {
+                CliError::Disconnected(why) => CliError::Disconnected(format!(
+                    "calling {tool} failed: the daemon went away ({why})"
+                )),
+                other => other,
+            })?;
         let text = result
             .content
-            .iter()
-            .find_map(|c| c.as_text())
-            .map(|t| t.text.clone())
+            .into_iter()
+            .find_map(|c| c.text)
             .unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        let value: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
         if result.is_error == Some(true) {
             let message = value
                 .get("error")
@@ -141,8 +257,9 @@ impl DaemonClient {
         record_of(&v["task"])
     }
 
+    /// Ends the session: the daemon sees the connection close.
     pub async fn close(self) {
-        let _ = self.service.cancel().await;
+        let _ = self.connection.into_inner().writer.shutdown().await;
     }
 }
 

@@ -9,6 +9,11 @@
 //! `initialize` and `notifications/initialized` first and dropping that reply, so the
 //! client never sees the switch.
 //!
+//! When no daemon runs at start, the daemon is started in the background and the
+//! client's `initialize` is answered here, by rmcp's own server handshake with the
+//! daemon's `server_config`: the very answer the daemon gives, without waiting for it
+//! to start. The daemon then gets the handshake as after a restart.
+//!
 //! Must never: leave a request of the client without an answer, or write anything but
 //! protocol messages to stdout.
 
@@ -19,7 +24,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use rmcp::{ServerHandler, ServiceExt};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
 use super::client::hello_line;
+use super::server::server_config;
 use crate::error::CliError;
 use crate::launcher::connect_or_start;
 use crate::paths::Home;
@@ -52,6 +62,12 @@ impl Session {
             self.in_flight
                 .insert(id.to_string(), (id.clone(), method.to_string()));
         }
+    }
+
+    /// Notes the client's `initialize`, answered by the proxy itself: the daemon gets
+    /// it as a replay, whose reply the client must not see twice.
+    fn answered_here(&mut self, line: &str) {
+        self.initialize = serde_json::from_str(line).ok();
     }
 
     /// Notes a line from the daemon; false when the client must not see it.
@@ -107,14 +123,98 @@ struct Connection {
 
 /// Connects (starting the daemon if none runs) and replays the session's handshake.
 async fn connect(home: &Home, session: &Session) -> Result<Connection, CliError> {
-    let stream = connect_or_start(home).await?;
+    handshake(connect_or_start(home).await?, session).await
+}
+
+/// A daemon being started in the background: its connection once it answers.
+type Starting = oneshot::Receiver<Result<std::os::unix::net::UnixStream, CliError>>;
+
+/// Starts a daemon on a thread of its own (spawning it must not hold up the answer
+/// to `initialize`), and connects to it.
+fn start_in_background(home: &Home) -> Starting {
+    let (tx, rx) = oneshot::channel();
+    let home = home.clone();
+    std::thread::spawn(move || {
+        let connected = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::from)
+            .and_then(|rt| rt.block_on(async { Ok(connect_or_start(&home).await?.into_std()?) }));
+        let _ = tx.send(connected);
+    });
+    rx
+}
+
+/// The connection to the daemon started in the background, with the session's
+/// handshake replayed. A daemon that accepted and then went away (one that failed to
+/// start after it bound its socket) is started again, so that a failure to start is
+/// reported with its cause.
+async fn started(
+    starting: Starting,
+    home: &Home,
+    session: &Session,
+) -> Result<Connection, CliError> {
+    let stream = starting
+        .await
+        .map_err(|_| CliError::Daemon("starting the daemon stopped half-way".into()))??;
+    let mut connected = handshake(UnixStream::from_std(stream)?, session).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match connected {
+            Err(CliError::Disconnected(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                connected = connect(home, session).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A handler that only answers `initialize`, exactly as the daemon's server does.
+struct Handshake;
+
+impl ServerHandler for Handshake {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        server_config()
+    }
+}
+
+/// The daemon's answer to an `initialize` request line, made here: rmcp's server
+/// handshake over an in-memory pipe, with the daemon's `server_config`.
+async fn initialize_answer(request: &str) -> Option<String> {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (read, mut write) = tokio::io::split(ours);
+    let mut replies = BufReader::new(read).lines();
+    write
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .ok()?;
+    let (served, answer) = tokio::join!(Handshake.serve(theirs), replies.next_line());
+    if let Ok(running) = served {
+        let _ = running.cancel().await;
+    }
+    answer.ok().flatten()
+}
+
+/// A connection the daemon closed (it went away, or failed to start after it bound).
+fn gone(e: std::io::Error) -> CliError {
+    CliError::Disconnected(format!("the daemon closed the connection: {e}"))
+}
+
+async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, CliError> {
     let (read, mut writer) = stream.into_split();
-    writer.write_all(hello_line().as_bytes()).await?;
+    writer
+        .write_all(hello_line().as_bytes())
+        .await
+        .map_err(gone)?;
     let mut lines = BufReader::new(read).lines();
     if let Some(init) = &session.initialize {
         let mut replay = init.clone();
         replay["id"] = Value::from(REPLAY_ID);
-        writer.write_all(format!("{replay}\n").as_bytes()).await?;
+        writer
+            .write_all(format!("{replay}\n").as_bytes())
+            .await
+            .map_err(gone)?;
         let answered = tokio::time::timeout(Duration::from_secs(15), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["id"] == REPLAY_ID) {
@@ -130,7 +230,10 @@ async fn connect(home: &Home, session: &Session) -> Result<Connection, CliError>
             ));
         }
         if let Some(note) = &session.initialized {
-            writer.write_all(format!("{note}\n").as_bytes()).await?;
+            writer
+                .write_all(format!("{note}\n").as_bytes())
+                .await
+                .map_err(gone)?;
         }
     }
     Ok(Connection { lines, writer })
@@ -144,7 +247,17 @@ async fn emit(stdout: &mut tokio::io::Stdout, line: &str) -> std::io::Result<()>
 
 pub async fn run(home: &Home) -> Result<(), CliError> {
     let mut session = Session::default();
-    let mut conn = Some(connect(home, &session).await?);
+    // A daemon that answers is used at once; else one is started in the background.
+    let mut starting: Option<Starting> = None;
+    home.check_database()?;
+    let mut conn = match UnixStream::connect(home.socket()).await {
+        Ok(stream) => Some(handshake(stream, &session).await?),
+        Err(_) => {
+            home.ensure()?;
+            starting = Some(start_in_background(home));
+            None
+        }
+    };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     loop {
@@ -154,6 +267,17 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 if line.trim().is_empty() {
                     continue;
                 }
+                // The daemon is still starting: answer `initialize` here.
+                if starting.is_some()
+                    && conn.is_none()
+                    && session.initialize.is_none()
+                    && is_initialize_request(&line)
+                    && let Some(reply) = initialize_answer(&line).await
+                {
+                    session.answered_here(&line);
+                    emit(&mut stdout, &reply).await?;
+                    continue;
+                }
                 session.outgoing(&line);
                 // Sent to the daemon we have; when it is gone, to a new one. A daemon
                 // that is dying may still accept a connection and then drop it: try
@@ -161,6 +285,17 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 let mut sent = false;
                 for attempt in 0..5 {
                     if conn.is_none() {
+                        if let Some(rx) = starting.take() {
+                            // A daemon that fails to start ends the session, as it
+                            // did before the client was answered here.
+                            conn = Some(started(rx, home, &session).await?);
+                            // The replayed handshake carried this notification.
+                            if session.initialized.as_deref() == Some(line.as_str()) {
+                                sent = true;
+                                break;
+                            }
+                            continue;
+                        }
                         if attempt > 1 {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -204,6 +339,11 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
             }
         }
     }
+    // The daemon this session started stays up for other clients: wait until it
+    // answers (a failure to start is still reported).
+    if let Some(rx) = starting.take() {
+        conn = Some(started(rx, home, &session).await?);
+    }
     // stdin closed: let answers still in flight through, briefly, then exit.
     if let Some(mut c) = conn {
         let _ = c.writer.shutdown().await;
@@ -222,6 +362,12 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
         .await;
     }
     Ok(())
+}
+
+/// Whether the line is an `initialize` request (with an id to answer).
+fn is_initialize_request(line: &str) -> bool {
+    serde_json::from_str::<Value>(line)
+        .is_ok_and(|v| v["method"] == "initialize" && v.get("id").is_some())
 }
 
 #[cfg(test)]

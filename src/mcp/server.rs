@@ -58,11 +58,16 @@ pub fn to_result(outcome: ToolOutcome) -> CallToolResult {
     }
 }
 
+/// What `initialize` answers with: the daemon's, and the proxy's while the daemon starts.
+pub fn server_config() -> ServerConfig {
+    ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        .with_server_info(Implementation::new("backbeat", crate::VERSION))
+        .with_instructions(tools::instructions())
+}
+
 impl ServerHandler for BackbeatMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("backbeat", crate::VERSION))
-            .with_instructions(tools::instructions())
+        server_config()
     }
 
     async fn list_tools(
