@@ -1,8 +1,9 @@
 //! The SQLite backend: one write connection on the writer thread, WAL checkpoints on a
 //! thread of their own.
 //!
-//! Owns: turning an append into SQL (an `events` row per transition, then the kind's
-//! state row through `tables::Table`), in one transaction per group.
+//! Owns: turning an append into SQL (the kind's state row through `tables::Table`, and
+//! an `events` row per transition, inserted many rows per statement), in one
+//! transaction per group.
 //! Must never: be used from an actor thread (it blocks on fsync).
 
 use std::path::{Path, PathBuf};
@@ -23,9 +24,31 @@ pub struct SqliteBackend {
     path: PathBuf,
     nudge: mpsc::SyncSender<()>,
     since_checkpoint: usize,
-    /// Reused for every JSON payload and record (no allocation per transition).
+    /// The event payloads of the group being written, one after another (reused: no
+    /// allocation per transition).
     event_json: Vec<u8>,
+    /// The record of the transition being written (reused).
     record_json: Vec<u8>,
+    /// `INSERT INTO events` of `n` rows, for each `n` of `EVENT_CHUNKS`.
+    event_inserts: Vec<(usize, String)>,
+}
+
+/// Rows per `INSERT INTO events` statement, largest first: a group's events go in as
+/// few statements as these sizes allow. `AUTOINCREMENT` reads and writes
+/// `sqlite_sequence` once per statement, not per row, so this saves that work (and a
+/// statement's setup) for all but one row in a chunk.
+const EVENT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// The values bound per event row.
+const EVENT_COLUMNS: usize = 5;
+
+/// One `events` row staged for its group's INSERT.
+struct EventRow<'a> {
+    kind: &'static str,
+    entity_id: &'a str,
+    transition: &'static str,
+    /// Where the payload lies in `SqliteBackend::event_json`.
+    payload: std::ops::Range<usize>,
 }
 
 impl SqliteBackend {
@@ -34,6 +57,9 @@ impl SqliteBackend {
         // WAL checkpoints run on a connection of their own, off the writer's path (they
         // took a fifth of its time inline); the writer nudges it after commits.
         let _ = conn.pragma_update(None, "wal_autocheckpoint", 0);
+        // Every statement the writer uses stays prepared (the kinds' writes and the
+        // event inserts of each chunk size).
+        conn.set_prepared_statement_cache_capacity(64);
         let (nudge, nudged) = mpsc::sync_channel::<()>(1);
         let db = path.to_path_buf();
         std::thread::Builder::new()
@@ -45,62 +71,110 @@ impl SqliteBackend {
             path: path.to_path_buf(),
             nudge,
             since_checkpoint: 0,
-            event_json: Vec::with_capacity(4096),
+            event_json: Vec::with_capacity(64 * 1024),
             record_json: Vec::with_capacity(4096),
+            event_inserts: EVENT_CHUNKS
+                .iter()
+                .map(|&n| (n, insert_events_sql(n)))
+                .collect(),
         }
     }
 
     fn write_group(&mut self, appends: &[&Append]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         let at = now_ms();
+        self.event_json.clear();
+        let mut events: Vec<EventRow<'_>> =
+            Vec::with_capacity(appends.iter().map(|a| a.transitions.len()).sum());
         for append in appends {
             for t in &append.transitions {
-                match t {
-                    Transition::Task(e, r) => write_transition(
-                        &tx,
-                        at,
-                        e,
-                        r,
-                        &mut self.event_json,
-                        &mut self.record_json,
-                    )?,
-                    Transition::Pipeline(e, r) => write_transition(
-                        &tx,
-                        at,
-                        e,
-                        r,
-                        &mut self.event_json,
-                        &mut self.record_json,
-                    )?,
-                    Transition::Loop(e, r) => write_transition(
-                        &tx,
-                        at,
-                        e,
-                        r,
-                        &mut self.event_json,
-                        &mut self.record_json,
-                    )?,
-                    Transition::Schedule(e, r) => write_transition(
-                        &tx,
-                        at,
-                        e,
-                        r,
-                        &mut self.event_json,
-                        &mut self.record_json,
-                    )?,
-                    Transition::ScheduleRun(e, r) => write_transition(
-                        &tx,
-                        at,
-                        e,
-                        r,
-                        &mut self.event_json,
-                        &mut self.record_json,
-                    )?,
-                }
+                let (events_json, record_json) = (&mut self.event_json, &mut self.record_json);
+                events.push(match t {
+                    Transition::Task(e, r) => stage(&tx, e, r, events_json, record_json)?,
+                    Transition::Pipeline(e, r) => stage(&tx, e, r, events_json, record_json)?,
+                    Transition::Loop(e, r) => stage(&tx, e, r, events_json, record_json)?,
+                    Transition::Schedule(e, r) => stage(&tx, e, r, events_json, record_json)?,
+                    Transition::ScheduleRun(e, r) => stage(&tx, e, r, events_json, record_json)?,
+                });
             }
         }
+        insert_events(&tx, at, &events, &self.event_json, &self.event_inserts)?;
+        drop(events);
         tx.commit()
     }
+}
+
+/// Writes the state row of one transition and stages its event row: the payload is
+/// appended to `events_json`.
+fn stage<'a, T: Table>(
+    conn: &Connection,
+    event: &T::Event,
+    record: &'a T,
+    events_json: &mut Vec<u8>,
+    record_json: &mut Vec<u8>,
+) -> rusqlite::Result<EventRow<'a>> {
+    let start = events_json.len();
+    serde_json::to_writer(&mut *events_json, event)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    to_json(record_json, record)?;
+    T::write(conn, event, record, as_str(record_json))?;
+    Ok(EventRow {
+        kind: T::KIND.as_str(),
+        entity_id: record.id(),
+        transition: T::event_name(event),
+        payload: start..events_json.len(),
+    })
+}
+
+/// `INSERT INTO events` of `rows` rows.
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO events(at, entity_kind, entity_id, transition, payload) VALUES ");
+    for row in 0..rows {
+        let p = row * EVENT_COLUMNS;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5
+        ));
+    }
+    sql
+}
+
+/// Inserts the staged event rows, in order, in as few statements as `chunks` allows.
+fn insert_events(
+    conn: &Connection,
+    at: i64,
+    rows: &[EventRow<'_>],
+    payloads: &[u8],
+    chunks: &[(usize, String)],
+) -> rusqlite::Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (size, sql) = chunks
+            .iter()
+            .find(|(size, _)| *size <= rest.len())
+            .expect("the chunk sizes end with 1");
+        let (chunk, after) = rest.split_at(*size);
+        let mut stmt = conn.prepare_cached(sql)?;
+        for (i, row) in chunk.iter().enumerate() {
+            let p = i * EVENT_COLUMNS;
+            stmt.raw_bind_parameter(p + 1, at)?;
+            stmt.raw_bind_parameter(p + 2, row.kind)?;
+            stmt.raw_bind_parameter(p + 3, row.entity_id)?;
+            stmt.raw_bind_parameter(p + 4, row.transition)?;
+            stmt.raw_bind_parameter(p + 5, as_str(&payloads[row.payload.clone()]))?;
+        }
+        stmt.raw_execute()?;
+        rest = after;
+    }
+    Ok(())
 }
 
 impl Backend for SqliteBackend {
@@ -131,7 +205,7 @@ fn as_str(buf: &[u8]) -> &str {
     std::str::from_utf8(buf).unwrap_or_default()
 }
 
-/// Journals one transition: its event row, then its state row.
+/// Journals one transition alone: its event row, then its state row (migrations).
 pub(super) fn write_transition<T: Table>(
     conn: &Connection,
     at: i64,
