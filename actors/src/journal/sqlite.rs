@@ -3,7 +3,8 @@
 //!
 //! Owns: turning an append into SQL (the kind's state row through `tables::Table`, and
 //! an `events` row per transition, inserted many rows per statement), in one
-//! transaction per group.
+//! transaction per group. Records and events are written as JSON without their unset
+//! fields (`compact_json`).
 //! Must never: be used from an actor thread (it blocks on fsync).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use rusqlite::{Connection, params};
 
 use super::Append;
 use super::backend::Backend;
+use super::compact_json;
 use super::tables::Table;
 use crate::model::{Transition, now_ms};
 
@@ -114,7 +116,7 @@ fn stage<'a, T: Table>(
     record_json: &mut Vec<u8>,
 ) -> rusqlite::Result<EventRow<'a>> {
     let start = events_json.len();
-    serde_json::to_writer(&mut *events_json, event)
+    compact_json::write(events_json, event)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     to_json(record_json, record)?;
     T::write(conn, event, record, as_str(record_json))?;
@@ -196,7 +198,7 @@ impl Backend for SqliteBackend {
 
 fn to_json(buf: &mut Vec<u8>, value: &impl serde::Serialize) -> rusqlite::Result<()> {
     buf.clear();
-    serde_json::to_writer(&mut *buf, value)
+    compact_json::write(buf, value)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
