@@ -21,11 +21,22 @@ use crate::model::{Transition, now_ms};
 /// Transitions between two nudges of the checkpointer.
 const CHECKPOINT_EVERY: usize = 1000;
 
+/// Transitions after which the writer finishes a checkpoint itself, so that the WAL
+/// starts again from its beginning. The checkpointer alone never lets it: by the time
+/// it has copied the frames it saw, the writer has appended more, and SQLite restarts
+/// the WAL only when a write begins with every frame copied. The WAL then grows for as
+/// long as writes keep coming (hundreds of MB in the journal bench), and every commit
+/// extends the file: new blocks zeroed and allocated, and an inode to write at each
+/// fsync. The writer's own checkpoint copies only the frames the checkpointer has not
+/// (those of its last few commits), then the next write reuses the file from the start.
+const RESTART_WAL_EVERY: usize = 4000;
+
 pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
     nudge: mpsc::SyncSender<()>,
     since_checkpoint: usize,
+    since_wal_restart: usize,
     /// The event payloads of the group being written, one after another (reused: no
     /// allocation per transition).
     event_json: Vec<u8>,
@@ -73,6 +84,7 @@ impl SqliteBackend {
             path: path.to_path_buf(),
             nudge,
             since_checkpoint: 0,
+            since_wal_restart: 0,
             event_json: Vec::with_capacity(64 * 1024),
             record_json: Vec::with_capacity(4096),
             event_inserts: EVENT_CHUNKS
@@ -103,6 +115,30 @@ impl SqliteBackend {
         insert_events(&tx, at, &events, &self.event_json, &self.event_inserts)?;
         drop(events);
         tx.commit()
+    }
+}
+
+impl SqliteBackend {
+    /// Copies every WAL frame not yet in the database, without waiting for anyone;
+    /// true when none is left (the next write starts the WAL again). False when the
+    /// checkpointer holds the checkpoint or a reader still needs older frames: the
+    /// writer tries again after its next commit.
+    fn checkpoint_all(&self) -> bool {
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+            Ok((busy, frames, copied)) => busy == 0 && frames == copied,
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the next one will retry");
+                false
+            }
+        }
     }
 }
 
@@ -189,6 +225,10 @@ impl Backend for SqliteBackend {
         if self.since_checkpoint >= CHECKPOINT_EVERY && self.nudge.try_send(()).is_ok() {
             self.since_checkpoint = 0;
         }
+        self.since_wal_restart += transitions;
+        if self.since_wal_restart >= RESTART_WAL_EVERY && self.checkpoint_all() {
+            self.since_wal_restart = 0;
+        }
     }
 
     fn location(&self) -> String {
@@ -245,4 +285,65 @@ fn checkpoint_loop(db: &Path, nudged: mpsc::Receiver<()>) {
     }
     // The writer is gone: fold the WAL back and truncate it.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RESTART_WAL_EVERY, SqliteBackend};
+    use crate::journal::{Append, Backend, open_write_connection};
+    use crate::model::{TaskEvent, TaskRecord, TaskStatus, Transition};
+
+    /// `count` new tasks in one append.
+    fn submissions(first: usize, count: usize) -> Append {
+        Append::new(
+            (first..first + count)
+                .map(|n| {
+                    let task = TaskRecord {
+                        id: format!("task-{n:08}"),
+                        prompt: "x".repeat(200),
+                        status: TaskStatus::Queued,
+                        created_at: n as i64,
+                        ..Default::default()
+                    };
+                    Transition::Task(
+                        TaskEvent::Submitted {
+                            task: Box::new(task.clone()),
+                        },
+                        task,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn after_the_writers_own_checkpoint_the_wal_is_written_again_from_its_beginning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("beat.db");
+        let wal = dir.path().join("beat.db-wal");
+        let mut backend = SqliteBackend::new(open_write_connection(&db).unwrap(), &db);
+        // No `after_commit` here: the checkpointer is never nudged, so nothing but
+        // `checkpoint_all` copies frames.
+        let group = RESTART_WAL_EVERY / 4;
+        let mut next = 0;
+        let mut write_four_groups = |backend: &mut SqliteBackend| {
+            for _ in 0..4 {
+                backend.write(&[&submissions(next, group)]).unwrap();
+                next += group;
+            }
+            std::fs::metadata(&wal).unwrap().len()
+        };
+        let first = write_four_groups(&mut backend);
+        let without_checkpoint = write_four_groups(&mut backend);
+        assert!(
+            without_checkpoint > first * 3 / 2,
+            "the WAL did not grow ({first} then {without_checkpoint} bytes)"
+        );
+        assert!(backend.checkpoint_all(), "frames were left in the WAL");
+        let after_checkpoint = write_four_groups(&mut backend);
+        assert_eq!(
+            after_checkpoint, without_checkpoint,
+            "the WAL grew after every frame was copied"
+        );
+    }
 }
