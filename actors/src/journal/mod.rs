@@ -9,6 +9,7 @@
 //! event that produced it in the same transaction; run SQLite on an actor thread.
 
 mod backend;
+mod compact_json;
 mod migrate;
 mod prune;
 mod schema;

@@ -223,6 +223,97 @@ const MIGRATIONS: &[(&str, &[Step])] = &[
     "#,
         )],
     ),
+    (
+        "status checks without IN lists: each write of a state row built a temporary B-tree",
+        // SQLite evaluates `CHECK (status IN ('a', 'b', 'c'))` by filling an ephemeral
+        // table with the list on every INSERT and UPDATE (open, insert, close: about a
+        // tenth of the journal writer's time). The same rule as a chain of `=` tests
+        // costs a few comparisons. A constraint cannot be altered in place, so each
+        // table is copied (rowids kept: listings break ties by rowid) and its indexes
+        // made again, exactly as before.
+        &[Step::Sql(
+            r#"
+    CREATE TABLE tasks_new (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status = 'blocked' OR status = 'queued' OR status = 'running'
+            OR status = 'completed' OR status = 'failed' OR status = 'cancelled'),
+        created_at INTEGER NOT NULL,
+        pipeline_id TEXT,
+        record TEXT NOT NULL
+    );
+    INSERT INTO tasks_new(rowid, id, status, created_at, pipeline_id, record)
+    SELECT rowid, id, status, created_at, pipeline_id, record FROM tasks ORDER BY rowid;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_new RENAME TO tasks;
+    CREATE INDEX tasks_by_status ON tasks(status, created_at);
+    CREATE INDEX tasks_by_created ON tasks(created_at);
+    CREATE INDEX tasks_by_pipeline ON tasks(pipeline_id) WHERE pipeline_id IS NOT NULL;
+
+    CREATE TABLE pipelines_new (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status = 'running' OR status = 'completed'
+            OR status = 'failed' OR status = 'cancelled'),
+        created_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    INSERT INTO pipelines_new(rowid, id, status, created_at, record)
+    SELECT rowid, id, status, created_at, record FROM pipelines ORDER BY rowid;
+    DROP TABLE pipelines;
+    ALTER TABLE pipelines_new RENAME TO pipelines;
+    CREATE INDEX pipelines_by_status ON pipelines(status);
+
+    CREATE TABLE loops_new (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status = 'running' OR status = 'paused'
+            OR status = 'completed' OR status = 'failed' OR status = 'cancelled'),
+        created_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    INSERT INTO loops_new(rowid, id, status, created_at, record)
+    SELECT rowid, id, status, created_at, record FROM loops ORDER BY rowid;
+    DROP TABLE loops;
+    ALTER TABLE loops_new RENAME TO loops;
+    CREATE INDEX loops_by_status ON loops(status, created_at);
+
+    CREATE TABLE schedules_new (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status = 'active' OR status = 'paused'
+            OR status = 'completed' OR status = 'cancelled' OR status = 'expired'),
+        live INTEGER NOT NULL, -- active, paused, or following a run that has not ended
+        created_at INTEGER NOT NULL,
+        next_run_at INTEGER,
+        record TEXT NOT NULL
+    );
+    INSERT INTO schedules_new(rowid, id, status, live, created_at, next_run_at, record)
+    SELECT rowid, id, status, live, created_at, next_run_at, record FROM schedules ORDER BY rowid;
+    DROP TABLE schedules;
+    ALTER TABLE schedules_new RENAME TO schedules;
+    CREATE INDEX schedules_live ON schedules(live) WHERE live;
+    CREATE INDEX schedules_by_created ON schedules(created_at);
+
+    CREATE TABLE schedule_runs_new (
+        id TEXT PRIMARY KEY,
+        schedule_id TEXT NOT NULL,
+        scheduled_for INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status = 'triggered' OR status = 'completed'
+            OR status = 'failed' OR status = 'cancelled' OR status = 'missed'
+            OR status = 'skipped'),
+        task_id TEXT,
+        pipeline_id TEXT,
+        record TEXT NOT NULL
+    );
+    INSERT INTO schedule_runs_new(rowid, id, schedule_id, scheduled_for, status, task_id,
+        pipeline_id, record)
+    SELECT rowid, id, schedule_id, scheduled_for, status, task_id, pipeline_id, record
+    FROM schedule_runs ORDER BY rowid;
+    DROP TABLE schedule_runs;
+    ALTER TABLE schedule_runs_new RENAME TO schedule_runs;
+    CREATE INDEX schedule_runs_by_schedule ON schedule_runs(schedule_id, scheduled_for);
+    CREATE INDEX schedule_runs_by_task ON schedule_runs(task_id) WHERE task_id IS NOT NULL;
+    CREATE INDEX schedule_runs_by_pipeline ON schedule_runs(pipeline_id) WHERE pipeline_id IS NOT NULL;
+    "#,
+        )],
+    ),
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -312,4 +403,128 @@ pub fn open_read_connection(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     configure(&conn)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Schema 8 (status checks without IN lists) on a database that schema 7 made.
+
+    use rusqlite::{Connection, params};
+
+    use super::{migrate_to, open_write_connection};
+
+    const TABLES: [&str; 5] = ["tasks", "pipelines", "loops", "schedules", "schedule_runs"];
+
+    /// A table's rows and its indexes' names and SQL.
+    type TableState = (Vec<String>, Vec<(String, Option<String>)>);
+
+    /// Every row of `table` with its rowid, each value as text, in rowid order.
+    fn rows(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT rowid, * FROM {table} ORDER BY rowid"))
+            .unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..columns)
+                .map(|i| Ok(format!("{:?}", r.get_ref(i)?)))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(|values| values.join(" | "))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+    }
+
+    /// The indexes of `table` as declared.
+    fn indexes(conn: &Connection, table: &str) -> Vec<(String, Option<String>)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1
+                 ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_schema_7_database_keeps_its_rows_rowids_and_indexes_and_no_write_builds_a_temp_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("beat.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, 7).unwrap();
+        // Rowids out of insertion order, so that a copy that renumbered would show.
+        for (rowid, id, status, created) in
+            [(7, "task-b", "running", 20), (3, "task-a", "queued", 10)]
+        {
+            conn.execute(
+                "INSERT INTO tasks(rowid, id, status, created_at, pipeline_id, record)
+                 VALUES (?1, ?2, ?3, ?4, 'pipeline-1', ?5)",
+                params![rowid, id, status, created, format!(r#"{{"id":"{id}"}}"#)],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO pipelines(rowid, id, status, created_at, record)
+             VALUES (5, 'pipeline-1', 'running', 10, '{\"id\":\"pipeline-1\"}')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO loops(rowid, id, status, created_at, record)
+             VALUES (2, 'loop-1', 'paused', 11, '{\"id\":\"loop-1\"}')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO schedules(rowid, id, status, live, created_at, next_run_at, record)
+             VALUES (4, 'schedule-1', 'active', 1, 12, 99, '{\"id\":\"schedule-1\"}')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO schedule_runs(rowid, id, schedule_id, scheduled_for, status, task_id,
+             pipeline_id, record)
+             VALUES (9, 'run-1', 'schedule-1', 98, 'skipped', 'task-a', NULL, '{\"id\":\"run-1\"}')",
+            [],
+        )
+        .unwrap();
+        let before: Vec<TableState> = TABLES
+            .iter()
+            .map(|t| (rows(&conn, t), indexes(&conn, t)))
+            .collect();
+        let ephemeral = |conn: &Connection| {
+            let mut stmt = conn
+                .prepare("EXPLAIN UPDATE tasks SET status = ?2, record = ?3 WHERE id = ?1")
+                .unwrap();
+            stmt.query_map(["task-a", "queued", "{}"], |r| r.get::<_, String>(1))
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|op| op == "OpenEphemeral")
+        };
+        assert!(ephemeral(&conn), "schema 7 checks status with an IN list");
+        drop(conn);
+
+        let conn = open_write_connection(&path).unwrap();
+        let after: Vec<TableState> = TABLES
+            .iter()
+            .map(|t| (rows(&conn, t), indexes(&conn, t)))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!(rows(&conn, "tasks").len(), 2);
+        assert!(!ephemeral(&conn), "a state write builds a temporary B-tree");
+        // The rule itself holds as before.
+        let bad = conn.execute(
+            "UPDATE tasks SET status = 'finished' WHERE id = 'task-a'",
+            [],
+        );
+        assert!(bad.is_err(), "an unknown status was accepted");
+        conn.execute(
+            "UPDATE tasks SET status = 'cancelled' WHERE id = 'task-a'",
+            [],
+        )
+        .unwrap();
+    }
 }
