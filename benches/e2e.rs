@@ -1113,9 +1113,9 @@ impl Lifecycle {
         let created = backbeat_actors::model::now_ms();
         let mut submitted = self.submitted.clone();
         if let TaskEvent::Submitted { task, .. } = &mut submitted {
-            // Spread like UUIDv4 ids, so that the primary-key index sees random inserts.
-            let spread = (n as u32).wrapping_mul(2_654_435_761);
-            task.id = format!("task-{spread:08x}-7c1e-4b2a-9f3d-{n:012x}");
+            // Ids as the engine makes them (UUIDv7: time-ordered, so new rows land at the
+            // end of the id index instead of on a random page of it).
+            task.id = format!("task-{}", uuid::Uuid::now_v7());
             task.created_at = created;
         }
         let mut started = self.started.clone();

@@ -326,7 +326,7 @@ impl ScheduleActor {
         let joint: Vec<Transition> = events
             .iter()
             .filter_map(|e| {
-                let run_id = format!("run-{}", uuid::Uuid::new_v4());
+                let run_id = format!("run-{}", uuid::Uuid::now_v7());
                 schedule::execution_for(&id, &run_id, e)
             })
             .map(|row| {
@@ -356,7 +356,7 @@ impl ScheduleActor {
         let req = self.deps.fire.send(FireRun {
             schedule: self.core.record.clone(),
             plan,
-            execution_id: format!("run-{}", uuid::Uuid::new_v4()),
+            execution_id: format!("run-{}", uuid::Uuid::now_v7()),
             cancel,
         });
         ctx.wait(req.into_actor(self).map(|res, act, ctx| match res {
@@ -396,7 +396,7 @@ impl ScheduleActor {
                         let req = self.deps.fire.send(FireRun {
                             schedule: self.core.record.clone(),
                             plan,
-                            execution_id: format!("run-{}", uuid::Uuid::new_v4()),
+                            execution_id: format!("run-{}", uuid::Uuid::now_v7()),
                             cancel: Vec::new(),
                         });
                         ctx.wait(req.into_actor(self).map(move |res, act, ctx| {

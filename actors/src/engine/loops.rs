@@ -103,7 +103,7 @@ pub fn prepare_loop(
     let judge = req.eval_agent.clone().unwrap_or(req.agent.clone());
     let cost = reports_cost(&req.agent)
         && (req.eval_mode != Some(loops::EvalMode::Agent) || reports_cost(&judge));
-    let id = format!("loop-{}", uuid::Uuid::new_v4());
+    let id = format!("loop-{}", uuid::Uuid::now_v7());
     let mut record = loops::new_loop(id, &req, cost, now_ms())
         .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
     check_working_directory(Path::new(&record.working_directory))?;

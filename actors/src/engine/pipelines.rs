@@ -48,7 +48,7 @@ impl Handler<CreatePipeline> for Engine {
         if let Err(e) = pipeline::check_step_count(msg.steps.len()) {
             return Box::pin(fut::ready(Err(EngineError::InvalidInput(e))));
         }
-        let pipeline_id = format!("pipeline-{}", uuid::Uuid::new_v4());
+        let pipeline_id = format!("pipeline-{}", uuid::Uuid::now_v7());
         let mut records: Vec<TaskRecord> = Vec::with_capacity(msg.steps.len());
         let mut delays = Vec::with_capacity(msg.steps.len());
         for (i, (step, delay)) in msg.steps.into_iter().enumerate() {

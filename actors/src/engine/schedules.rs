@@ -140,7 +140,7 @@ impl Engine {
                         .map_err(|e| EngineError::InvalidInput(format!("step {}: {e}", i + 1)))?;
                     records.push(r);
                 }
-                let id = format!("pipeline-{}", uuid::Uuid::new_v4());
+                let id = format!("pipeline-{}", uuid::Uuid::now_v7());
                 let delays = vec![None; records.len()];
                 let pipeline =
                     crate::model::pipeline::wire(&id, &mut records, &delays, self.clock.now_ms());
@@ -268,7 +268,7 @@ impl Handler<CreateSchedule> for Engine {
                 ));
             }
             let event = NewSchedule {
-                id: format!("schedule-{}", uuid::Uuid::new_v4()),
+                id: format!("schedule-{}", uuid::Uuid::now_v7()),
                 timing,
                 missed_run_policy: msg.missed_run_policy,
                 overlap_policy: msg.overlap_policy,

@@ -67,7 +67,7 @@ pub(super) fn build(
     validate(&req)?;
     let adapter = resolve_agent(req.agent.as_deref(), settings)?;
     Ok(TaskRecord {
-        id: format!("task-{}", uuid::Uuid::new_v4()),
+        id: format!("task-{}", uuid::Uuid::now_v7()),
         prompt: req.prompt,
         status: TaskStatus::Queued,
         priority: req.priority,
