@@ -34,7 +34,9 @@ fn event_order(beat: &Beat) -> (HashMap<String, i64>, HashMap<String, i64>) {
 #[test]
 fn a_diamond_runs_d_only_after_b_and_c_each_task_once() {
     let beat = Beat::new();
-    let a = beat.submit("sleep 100; print a", &[]);
+    // A holds until the test has seen D blocked (a file, not a guessed time).
+    let go = beat.workdir.path().join("go");
+    let a = beat.submit(&format!("await {}; print a", go.display()), &[]);
     let b = beat.submit("sleep 50; print b", &["--deps", &a]);
     let c = beat.submit("sleep 150; print c", &["--deps", &a]);
     let d = beat.submit("print d", &["--deps", &format!("{b},{c}")]);
@@ -50,6 +52,7 @@ fn a_diamond_runs_d_only_after_b_and_c_each_task_once() {
     );
     let s = beat.json(&["status", "--json", &d]);
     assert_eq!(s["dependsOn"].as_array().unwrap().len(), 2);
+    std::fs::write(&go, "").unwrap();
     assert_eq!(beat.wait(&d)["status"], "completed");
     let (started, finished) = event_order(&beat);
     assert!(
@@ -538,10 +541,15 @@ fn a_200_task_dag_survives_sigkill_and_runs_every_task_once_in_order() {
 fn a_pipeline_is_an_entity_that_survives_a_crash_and_ends_by_its_steps() {
     let beat = Beat::new();
     let gate = beat.workdir.path().join("step1.pid");
+    let go = beat.workdir.path().join("go");
     let v = beat.json(&[
         "pipeline",
         "--json",
-        &format!("pidfile {}; sleep 1500; print one", gate.display()),
+        &format!(
+            "pidfile {}; await {}; print one",
+            gate.display(),
+            go.display()
+        ),
         "print two",
     ]);
     let pid = v["pipelineId"].as_str().unwrap().to_string();
@@ -563,6 +571,7 @@ fn a_pipeline_is_an_entity_that_survives_a_crash_and_ends_by_its_steps() {
     wait_until("the daemon to die", Duration::from_secs(10), || {
         !pid_exists(daemon as i32)
     });
+    std::fs::write(&go, "").unwrap();
     wait_until(
         "the first step's agent to finish",
         Duration::from_secs(30),

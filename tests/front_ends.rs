@@ -159,10 +159,13 @@ fn has_socket(pid: u32) -> bool {
 fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
     let beat = Beat::new();
     let pidfile = beat.workdir.path().join("agent.pid");
+    // The agent ends only after the restart (a file, not a guessed time).
+    let go = beat.workdir.path().join("go");
     let id = beat.submit(
         &format!(
-            "print before; pidfile {}; sleep 1500; print after-restart",
-            pidfile.display()
+            "print before; pidfile {}; await {}; print after-restart",
+            pidfile.display(),
+            go.display()
         ),
         &[],
     );
@@ -186,6 +189,7 @@ fn wait_and_logs_follow_keep_going_across_a_daemon_restart() {
     );
     // A restart: stopped, and started again by the commands that wait.
     beat.ok(&["daemon", "stop"]);
+    std::fs::write(&go, "").unwrap();
     let wait = wait.wait_with_output().unwrap();
     assert_eq!(
         wait.status.code(),

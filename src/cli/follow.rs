@@ -137,20 +137,22 @@ pub enum Followed {
 
 /// Waits until the task is finished, connecting again whenever the daemon goes away.
 pub async fn wait_finished(client: &mut DaemonClient, id: &str) -> Result<Value, CliError> {
-    match follow_files(client, id, None, false).await? {
+    match follow_files(client, id, None, None).await? {
         Followed::Finished(v) => Ok(v),
         Followed::Interrupted => Err(CliError::Refused("interrupted".into())),
     }
 }
 
-/// Copies what the followers' files gain until the task is finished; Ctrl-C cancels
-/// the task when `cancel_on_interrupt`. A daemon that goes away meanwhile is
-/// reconnected to (and started when none comes back); following goes on.
+/// Copies what the followers' files gain until the task is finished; an interrupt
+/// (Ctrl-C) on `interrupts` cancels the task. The caller creates that listener before
+/// it submits, so a Ctrl-C that comes at any moment after is caught, never the default
+/// death of the process with its task left running. A daemon that goes away meanwhile
+/// is reconnected to (and started when none comes back); following goes on.
 pub async fn follow_files(
     client: &mut DaemonClient,
     id: &str,
     mut files: Option<(Follower, Follower)>,
-    cancel_on_interrupt: bool,
+    mut interrupts: Option<&mut tokio::signal::unix::Signal>,
 ) -> Result<Followed, CliError> {
     let drain = |files: &mut Option<(Follower, Follower)>| {
         if let Some((out, err)) = files {
@@ -159,17 +161,21 @@ pub async fn follow_files(
         }
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
     let args = wait_args(id);
     loop {
         let outcome = {
             let wait = client.call(&args);
             tokio::pin!(wait);
             loop {
+                let interrupted = async {
+                    match interrupts.as_deref_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     done = &mut wait => break Some(done),
-                    _ = &mut interrupt, if cancel_on_interrupt => break None,
+                    _ = interrupted => break None,
                     _ = tick.tick() => drain(&mut files),
                 }
             }

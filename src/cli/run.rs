@@ -107,6 +107,14 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
         depends_on: (!deps.is_empty()).then_some(deps),
         continue_from: args.continue_from,
     };
+    // Listening for Ctrl-C from before the submit: from then on it cancels the task.
+    let mut interrupts = if args.foreground {
+        Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::interrupt(),
+        )?)
+    } else {
+        None
+    };
     let mut client = DaemonClient::connect(home).await?;
     let reply = client.call(&request).await?;
     let id = reply["taskId"].as_str().unwrap_or_default().to_string();
@@ -132,7 +140,7 @@ pub async fn run(args: RunArgs, home: &Home) -> Result<i32, CliError> {
         Follower::readable(home.run(&id), sink),
         Follower::new(run.stderr(), Sink::Stderr),
     );
-    let followed = follow_files(&mut client, &id, Some(files), true).await;
+    let followed = follow_files(&mut client, &id, Some(files), interrupts.as_mut()).await;
     client.close().await;
     let v = match followed? {
         Followed::Interrupted => return Ok(130),

@@ -290,7 +290,7 @@ pub async fn logs(args: LogsArgs, home: &Home) -> Result<i32, CliError> {
     err.drain();
     if args.follow && !task.status.is_terminal() {
         // Resume from where the first read stopped.
-        let followed = follow_files(&mut client, &task.id, Some((out, err)), false).await;
+        let followed = follow_files(&mut client, &task.id, Some((out, err)), None).await;
         client.close().await;
         return followed.map(|_| 0);
     }
