@@ -31,7 +31,7 @@ use crate::model::schedule::{
     self, Decision, DueContext, ExecutionEvent, ExecutionRecord, ExecutionStatus, FirePlan,
     ScheduleEvent, ScheduleRecord,
 };
-use crate::model::{Entity, Priority, TaskStatus, Transition};
+use crate::model::{Entity, Priority, Transition};
 use crate::schedule_timer::{Forget, ScheduleTimer, Wake, WakeAt};
 
 /// When a fire could not be journaled (disk full), try again after this.
@@ -133,14 +133,6 @@ pub struct ScheduleActor {
 /// An execution that ended: its id, final status and why.
 type EndedRun = (String, ExecutionStatus, Option<String>);
 
-fn execution_status(status: TaskStatus) -> ExecutionStatus {
-    match status {
-        TaskStatus::Completed => ExecutionStatus::Completed,
-        TaskStatus::Cancelled => ExecutionStatus::Cancelled,
-        _ => ExecutionStatus::Failed,
-    }
-}
-
 impl ScheduleActor {
     /// A schedule just created (it has no runs).
     pub fn new(record: ScheduleRecord, deps: ScheduleDeps) -> ScheduleActor {
@@ -172,36 +164,15 @@ impl ScheduleActor {
                 let runs = store.runs_by_id(&ids)?;
                 let mut ended = Vec::new();
                 for run in &runs {
-                    let status = if let Some(t) = &run.task_id {
-                        store
-                            .task(t)?
-                            .filter(|t| t.status.is_terminal())
-                            .map(|t| (t.status, t.reason))
-                    } else if let Some(l) = &run.loop_id {
-                        store.eval_loop(l)?.and_then(|l| {
-                            let status = match l.status {
-                                crate::model::loops::LoopStatus::Completed => TaskStatus::Completed,
-                                crate::model::loops::LoopStatus::Failed => TaskStatus::Failed,
-                                crate::model::loops::LoopStatus::Cancelled => TaskStatus::Cancelled,
-                                _ => return None,
-                            };
-                            Some((status, l.reason))
-                        })
-                    } else if let Some(p) = &run.pipeline_id {
-                        store.pipeline(p)?.and_then(|p| {
-                            let status = match p.status {
-                                crate::model::PipelineStatus::Completed => TaskStatus::Completed,
-                                crate::model::PipelineStatus::Failed => TaskStatus::Failed,
-                                crate::model::PipelineStatus::Cancelled => TaskStatus::Cancelled,
-                                crate::model::PipelineStatus::Running => return None,
-                            };
-                            Some((status, p.reason))
-                        })
+                    let launched =
+                        run.task_id.is_some() || run.loop_id.is_some() || run.pipeline_id.is_some();
+                    let end = if launched {
+                        store.end_of_run(run)?
                     } else {
-                        Some((TaskStatus::Failed, Some("it launched nothing".into())))
+                        Some((ExecutionStatus::Failed, Some("it launched nothing".into())))
                     };
-                    if let Some((s, reason)) = status {
-                        ended.push((run.id.clone(), execution_status(s), reason));
+                    if let Some((status, reason)) = end {
+                        ended.push((run.id.clone(), status, reason));
                     }
                 }
                 Ok::<_, rusqlite::Error>((runs, ended))
@@ -489,16 +460,12 @@ impl Handler<OwnedTaskEnded> for ScheduleActor {
 
     fn handle(&mut self, msg: OwnedTaskEnded, ctx: &mut Context<Self>) {
         let Some(runs) = &self.runs else { return };
+        // An owned task is told only once it has ended.
+        let status = ExecutionStatus::of_task(msg.status).unwrap_or(ExecutionStatus::Failed);
         let ended: Vec<_> = runs
             .values()
             .filter(|r| r.task_id.as_deref() == Some(&msg.task_id) && r.pipeline_id.is_none())
-            .map(|r| {
-                (
-                    r.id.clone(),
-                    execution_status(msg.status),
-                    msg.reason.clone(),
-                )
-            })
+            .map(|r| (r.id.clone(), status, msg.reason.clone()))
             .collect();
         self.end_runs(ended, ctx);
     }

@@ -382,11 +382,8 @@ impl Engine {
         ctx: &mut Context<Self>,
     ) {
         use crate::model::schedule::ExecutionStatus;
-        let status = match p.status {
-            crate::model::PipelineStatus::Completed => ExecutionStatus::Completed,
-            crate::model::PipelineStatus::Cancelled => ExecutionStatus::Cancelled,
-            _ => ExecutionStatus::Failed,
-        };
+        // Told only once it has ended.
+        let status = ExecutionStatus::of_pipeline(p.status).unwrap_or(ExecutionStatus::Failed);
         let store = self.store.clone();
         let id = p.id.clone();
         let read =
@@ -409,16 +406,12 @@ impl Engine {
     /// A loop that a schedule launched ended: its schedule hears of it (the loop names
     /// its schedule; a finished schedule's actor is gone and needs no word).
     fn tell_schedule_of_loop(&mut self, l: &crate::model::loops::LoopRecord) {
-        use crate::model::loops::LoopStatus;
         use crate::model::schedule::ExecutionStatus;
         let Some(s) = l.schedule_id.as_deref().and_then(|s| self.live.schedule(s)) else {
             return;
         };
-        let status = match l.status {
-            LoopStatus::Completed => ExecutionStatus::Completed,
-            LoopStatus::Cancelled => ExecutionStatus::Cancelled,
-            _ => ExecutionStatus::Failed,
-        };
+        // Told only once it has ended.
+        let status = ExecutionStatus::of_loop(l.status).unwrap_or(ExecutionStatus::Failed);
         s.do_send(LoopRunEnded {
             loop_id: l.id.clone(),
             status,

@@ -14,7 +14,6 @@ use super::{Cancel, CancelLoop, CancelPipeline, Engine, NewTask, prepare_loop};
 use crate::error::EngineError;
 use crate::journal::Append;
 use crate::model::loops::CreateLoopRequest;
-use crate::model::pipeline::PipelineStatus;
 use crate::model::schedule::{
     self, Decision, ExecutionEvent, ExecutionRecord, ExecutionStatus, InvalidSchedule, Launched,
     MissedRunPolicy, NewSchedule, OverlapPolicy, ScheduleEvent, ScheduleRecord, TargetKind,
@@ -394,30 +393,7 @@ fn how_run_ended(
     store: &crate::journal::Store,
     mut waited: ExecutionRecord,
 ) -> rusqlite::Result<ExecutionRecord> {
-    let ended = if let Some(id) = &waited.task_id {
-        store.task(id)?.and_then(|t| {
-            let status = match t.status {
-                TaskStatus::Completed => ExecutionStatus::Completed,
-                TaskStatus::Cancelled => ExecutionStatus::Cancelled,
-                TaskStatus::Failed => ExecutionStatus::Failed,
-                TaskStatus::Blocked | TaskStatus::Queued | TaskStatus::Running => return None,
-            };
-            Some((status, t.reason))
-        })
-    } else if let Some(id) = &waited.pipeline_id {
-        store.get::<PipelineRecord>(id)?.and_then(|p| {
-            let status = match p.status {
-                PipelineStatus::Completed => ExecutionStatus::Completed,
-                PipelineStatus::Cancelled => ExecutionStatus::Cancelled,
-                PipelineStatus::Failed => ExecutionStatus::Failed,
-                PipelineStatus::Running => return None,
-            };
-            Some((status, p.reason))
-        })
-    } else {
-        None
-    };
-    if let Some((status, reason)) = ended {
+    if let Some((status, reason)) = store.end_of_run(&waited)? {
         waited.status = status;
         waited.reason = reason;
     }

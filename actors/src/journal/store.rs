@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 use super::schema::open_read_connection;
 use super::tables::{self, Table, read_record};
 use crate::model::loops::{IterationRecord, LoopRecord};
-use crate::model::schedule::{ExecutionRecord, ScheduleRecord, ScheduleStatus};
+use crate::model::schedule::{ExecutionRecord, ExecutionStatus, ScheduleRecord, ScheduleStatus};
 use crate::model::{EntityKind, Event, PipelineRecord, TaskRecord, TaskStatus};
 
 /// Read access to the journal's state tables.
@@ -174,6 +174,26 @@ impl Store {
             )?
             .query_map([], |r| read_record(r, 0))?
             .collect()
+        })
+    }
+
+    /// How the task, loop or pipeline that `run` launched ended, with its reason;
+    /// `None` while it runs, or when the run launched nothing.
+    pub fn end_of_run(
+        &self,
+        run: &ExecutionRecord,
+    ) -> rusqlite::Result<Option<(ExecutionStatus, Option<String>)>> {
+        Ok(if let Some(t) = &run.task_id {
+            self.task(t)?
+                .and_then(|t| Some((ExecutionStatus::of_task(t.status)?, t.reason)))
+        } else if let Some(l) = &run.loop_id {
+            self.eval_loop(l)?
+                .and_then(|l| Some((ExecutionStatus::of_loop(l.status)?, l.reason)))
+        } else if let Some(p) = &run.pipeline_id {
+            self.pipeline(p)?
+                .and_then(|p| Some((ExecutionStatus::of_pipeline(p.status)?, p.reason)))
+        } else {
+            None
         })
     }
 

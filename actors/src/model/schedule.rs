@@ -27,6 +27,9 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
+use super::loops::LoopStatus;
+use super::pipeline::PipelineStatus;
+use super::task::TaskStatus;
 pub use cron::{CronSchedule, next_fire, parse_timezone, render_next_n};
 
 /// Default grace period for missed runs (`scheduleGracePeriodMs`), 5 minutes.
@@ -510,6 +513,36 @@ impl ExecutionStatus {
     /// Every status but `triggered` is final.
     pub fn is_final(self) -> bool {
         self != ExecutionStatus::Triggered
+    }
+
+    /// How an execution ends whose task ended with `status`; `None` while it runs.
+    pub fn of_task(status: TaskStatus) -> Option<ExecutionStatus> {
+        match status {
+            TaskStatus::Completed => Some(ExecutionStatus::Completed),
+            TaskStatus::Cancelled => Some(ExecutionStatus::Cancelled),
+            TaskStatus::Failed => Some(ExecutionStatus::Failed),
+            TaskStatus::Blocked | TaskStatus::Queued | TaskStatus::Running => None,
+        }
+    }
+
+    /// How an execution ends whose pipeline ended with `status`; `None` while it runs.
+    pub fn of_pipeline(status: PipelineStatus) -> Option<ExecutionStatus> {
+        match status {
+            PipelineStatus::Completed => Some(ExecutionStatus::Completed),
+            PipelineStatus::Cancelled => Some(ExecutionStatus::Cancelled),
+            PipelineStatus::Failed => Some(ExecutionStatus::Failed),
+            PipelineStatus::Running => None,
+        }
+    }
+
+    /// How an execution ends whose loop ended with `status`; `None` while it runs.
+    pub fn of_loop(status: LoopStatus) -> Option<ExecutionStatus> {
+        match status {
+            LoopStatus::Completed => Some(ExecutionStatus::Completed),
+            LoopStatus::Cancelled => Some(ExecutionStatus::Cancelled),
+            LoopStatus::Failed => Some(ExecutionStatus::Failed),
+            LoopStatus::Running | LoopStatus::Paused => None,
+        }
     }
 }
 

@@ -932,3 +932,35 @@ fn a_week_across_spring_forward_fires_once_a_day_driven_by_decisions_alone() {
     );
     assert_eq!(s.run_count, 7);
 }
+
+#[test]
+fn an_execution_ends_as_what_it_launched_ended_and_not_while_that_runs() {
+    use crate::model::PipelineStatus;
+    use crate::model::loops::LoopStatus;
+    use crate::model::task::TaskStatus;
+    assert_eq!(
+        ExecutionStatus::of_task(TaskStatus::Completed),
+        Some(ExecutionStatus::Completed)
+    );
+    assert_eq!(
+        ExecutionStatus::of_task(TaskStatus::Failed),
+        Some(ExecutionStatus::Failed)
+    );
+    assert_eq!(
+        ExecutionStatus::of_task(TaskStatus::Cancelled),
+        Some(ExecutionStatus::Cancelled)
+    );
+    for running in [TaskStatus::Blocked, TaskStatus::Queued, TaskStatus::Running] {
+        assert_eq!(ExecutionStatus::of_task(running), None);
+    }
+    assert_eq!(
+        ExecutionStatus::of_pipeline(PipelineStatus::Failed),
+        Some(ExecutionStatus::Failed)
+    );
+    assert_eq!(ExecutionStatus::of_pipeline(PipelineStatus::Running), None);
+    assert_eq!(
+        ExecutionStatus::of_loop(LoopStatus::Completed),
+        Some(ExecutionStatus::Completed)
+    );
+    assert_eq!(ExecutionStatus::of_loop(LoopStatus::Paused), None);
+}
