@@ -36,24 +36,24 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use backbeat_actors::agents::run_dir::{ExitRecord, KillCause};
-use backbeat_actors::journal::{
-    Append, JournalError, JournalWriter, Store, TaskQuery, open_write_connection, prune,
-};
+use backbeat_actors::journal::{Append, Store, TaskQuery, prune};
 use backbeat_actors::model::task::Checkpoint;
 use backbeat_actors::model::{
     EntityKind, EntityRef, Event, ExitOutcome, PipelineEvent, PipelineRecord, PipelineStatus,
     Priority, Record, TaskEvent, TaskRecord, TaskStatus, Transition, apply, outcome_of_exit,
 };
+#[path = "support/journal.rs"]
+mod journal_support;
+
+use journal_support::{Journal, start_writer};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestRunner};
-use tokio::sync::oneshot;
 
-type Reply = oneshot::Receiver<Result<(), JournalError>>;
 type Records = BTreeMap<String, TaskRecord>;
 type Pipelines = BTreeMap<String, PipelineRecord>;
 
@@ -1085,53 +1085,6 @@ impl Model {
 // ---------------------------------------------------------------------------------
 // The journal under test
 // ---------------------------------------------------------------------------------
-
-fn start_writer(path: &Path) -> JournalWriter {
-    let conn = open_write_connection(path).expect("opening the journal for writing");
-    JournalWriter::start(conn, path)
-}
-
-struct Journal {
-    path: PathBuf,
-    writer: Option<JournalWriter>,
-    pending: Vec<Reply>,
-    most_pending: usize,
-}
-
-impl Journal {
-    fn open(path: &Path) -> Journal {
-        Journal {
-            path: path.to_path_buf(),
-            writer: Some(start_writer(path)),
-            pending: Vec::new(),
-            most_pending: 0,
-        }
-    }
-
-    fn append(&mut self, transitions: Vec<Transition>) {
-        let writer = self.writer.as_ref().expect("the writer is running");
-        self.pending.push(writer.append(Append::new(transitions)));
-        self.most_pending = self.most_pending.max(self.pending.len());
-    }
-
-    /// Waits until every queued append has committed; each must succeed.
-    fn settle(&mut self) {
-        for reply in self.pending.drain(..) {
-            reply
-                .blocking_recv()
-                .expect("the writer dropped an append without replying")
-                .expect("an append failed");
-        }
-    }
-
-    /// A daemon restart: the writer goes away (it must still commit what it was given),
-    /// then the same file is reopened and migrated again.
-    fn restart(&mut self) {
-        drop(self.writer.take());
-        self.settle();
-        self.writer = Some(start_writer(&self.path));
-    }
-}
 
 /// Folds the journal's events and checks the result against every state table and
 /// against `model`. Returns how many events the journal holds.

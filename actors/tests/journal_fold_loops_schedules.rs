@@ -21,10 +21,10 @@
 //! journaled at least once, so the generator cannot silently stop covering one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use backbeat_actors::journal::{Append, JournalError, JournalWriter, Store, open_write_connection};
+use backbeat_actors::journal::Store;
 use backbeat_actors::model::loops::{
     self, Direction, EvalReport, IterationRecord, LoopEvent, LoopRecord, LoopStatus, NextStep,
     Strategy, TaskEnd, TaskEndKind, Verdict,
@@ -35,13 +35,14 @@ use backbeat_actors::model::schedule::{
     TargetKind, TimingRequest,
 };
 use backbeat_actors::model::task::Usage;
-use backbeat_actors::model::{Entity, Event, Record, Transition};
+use backbeat_actors::model::{Entity, Event, Record};
+#[path = "support/journal.rs"]
+mod journal_support;
+
+use journal_support::Journal;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as PropStrategy;
 use proptest::test_runner::{Config, TestRunner};
-use tokio::sync::oneshot;
-
-type Reply = oneshot::Receiver<Result<(), JournalError>>;
 
 /// One operation: what to do, which entity (an index into the live ones), a free
 /// argument that shapes it, and whether to wait for every queued append afterwards.
@@ -73,53 +74,6 @@ fn ops() -> impl PropStrategy<Value = Vec<Op>> {
 
 const T0: i64 = 1_893_456_000_000; // 2030-01-01T00:00:00Z
 const GRACE_MS: i64 = 120_000;
-
-// ---------------------------------------------------------------------------------
-// The journal under test
-// ---------------------------------------------------------------------------------
-
-struct Journal {
-    path: PathBuf,
-    writer: Option<JournalWriter>,
-    pending: Vec<Reply>,
-}
-
-fn start_writer(path: &Path) -> JournalWriter {
-    let conn = open_write_connection(path).expect("opening the journal for writing");
-    JournalWriter::start(conn, path)
-}
-
-impl Journal {
-    fn open(path: &Path) -> Journal {
-        Journal {
-            path: path.to_path_buf(),
-            writer: Some(start_writer(path)),
-            pending: Vec::new(),
-        }
-    }
-
-    fn append(&mut self, transitions: Vec<Transition>) {
-        let writer = self.writer.as_ref().expect("the writer is running");
-        self.pending.push(writer.append(Append::new(transitions)));
-    }
-
-    fn settle(&mut self) {
-        for reply in self.pending.drain(..) {
-            reply
-                .blocking_recv()
-                .expect("the writer dropped an append without replying")
-                .expect("an append failed");
-        }
-    }
-
-    /// A daemon restart: the writer goes (committing what it was given), the same file
-    /// is reopened and migrated again.
-    fn restart(&mut self) {
-        drop(self.writer.take());
-        self.settle();
-        self.writer = Some(start_writer(&self.path));
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // The model: what the tables must hold
