@@ -396,8 +396,13 @@ pub fn daemon_settings() -> Option<Arc<LiveSettings>> {
 
 /// Re-reads the daemon's settings now, if this is a daemon (off the actix thread).
 pub async fn reload_daemon_settings() {
+    let _ = tokio::task::spawn_blocking(reload_daemon_settings_blocking).await;
+}
+
+/// `reload_daemon_settings`, from code already on the blocking pool.
+pub fn reload_daemon_settings_blocking() {
     if let Some(live) = daemon_settings() {
-        let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+        live.reload();
     }
 }
 

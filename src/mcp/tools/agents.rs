@@ -2,6 +2,8 @@
 //! `baseUrl` and `systemPrompt`). Answers describe the daemon's environment, which is
 //! the one agents run with.
 
+use std::path::Path;
+
 use backbeat_actors::agents::adapter::{AgentAdapter, adapter_for, agent_names, find_program};
 use backbeat_actors::settings::Settings;
 use schemars::JsonSchema;
@@ -114,14 +116,29 @@ pub fn agent_status(name: &str, settings: &Settings) -> Value {
 }
 
 /// The settings of `config.json` now; a file that cannot be read is refused.
-fn current_settings(server: &ToolContext) -> Result<Settings, String> {
+fn current_settings(path: &Path) -> Result<Settings, String> {
+    crate::config::read_file(path)?;
+    Ok(load_settings(path, &mut Vec::new()))
+}
+
+/// Runs `f` (which reads or writes `config.json` and looks agents' CLIs up) on the
+/// blocking pool, never on the actix thread.
+async fn off_thread(
+    server: &ToolContext,
+    f: impl FnOnce(&Path) -> ToolOutcome + Send + 'static,
+) -> ToolOutcome {
     let path = server.home.config();
-    crate::config::read_file(&path)?;
-    Ok(load_settings(&path, &mut Vec::new()))
+    tokio::task::spawn_blocking(move || f(&path))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 pub async fn list(server: &ToolContext, _args: ListAgentsArgs) -> ToolOutcome {
-    let settings = current_settings(server)?;
+    off_thread(server, list_blocking).await
+}
+
+fn list_blocking(path: &Path) -> ToolOutcome {
+    let settings = current_settings(path)?;
     let agents: Vec<Value> = agent_names(&settings)
         .iter()
         .map(|n| agent_status(n, &settings))
@@ -130,9 +147,12 @@ pub async fn list(server: &ToolContext, _args: ListAgentsArgs) -> ToolOutcome {
 }
 
 pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOutcome {
-    let settings = current_settings(server)?;
+    off_thread(server, move |path| configure_blocking(path, args)).await
+}
+
+fn configure_blocking(path: &Path, args: ConfigureAgentArgs) -> ToolOutcome {
+    let settings = current_settings(path)?;
     adapter_for(&args.agent, &settings).map_err(|e| e.to_string())?;
-    let path = server.home.config();
     match args.action.unwrap_or_default() {
         AgentAction::Check => {
             let mut v = agent_status(&args.agent, &settings);
@@ -156,9 +176,9 @@ pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOu
                         .into(),
                 );
             }
-            set_agent_settings(&path, &args.agent, &given)?;
+            set_agent_settings(path, &args.agent, &given)?;
             // In force for new work before the answer, not when the watcher notices.
-            crate::config::reload_daemon_settings().await;
+            crate::config::reload_daemon_settings_blocking();
             let changed: Vec<String> = given
                 .iter()
                 .map(|(k, v)| match (k, v.as_str()) {
@@ -171,8 +191,8 @@ pub async fn configure(server: &ToolContext, args: ConfigureAgentArgs) -> ToolOu
             )
         }
         AgentAction::Reset => {
-            reset_agent_settings(&path, &args.agent, None)?;
-            crate::config::reload_daemon_settings().await;
+            reset_agent_settings(path, &args.agent, None)?;
+            crate::config::reload_daemon_settings_blocking();
             Ok(json!({ "success": true, "message": format!("Settings of {} reset", args.agent) }))
         }
     }
