@@ -2,9 +2,10 @@
 //!
 //! Owns: the agent's process group (it is the group's leader's parent and a child
 //! subreaper, so orphaned descendants come back to it), the agent's output files and
-//! their size limit, the wall-clock and idle timeouts, and `exit.json`.
-//! Must never: outlive its agent's group, leave a process of that group behind, or write
-//! a partial `exit.json` (it is written to a temporary file and renamed). It runs in its
+//! their size limit, the wall-clock and idle timeouts, and the run's exit record (see
+//! `RunDir::record_exit`).
+//! Must never: outlive its agent's group, leave a process of that group behind, or leave
+//! a partial exit record (one `setxattr`, or a temporary file renamed). It runs in its
 //! own session, so it survives the daemon; the daemon stops it with SIGTERM.
 
 use std::fs::File;
@@ -420,15 +421,13 @@ fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
         }
     };
     let record = supervise(&run, &spec, signals);
-    let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    // Atomic (write, rename) but not fsynced: the two fsyncs cost about 14 ms per run on
-    // a slow disk, on the path from one task's end to the next one's start. What makes
-    // a result durable is the daemon's journal commit, which follows within
-    // milliseconds; only a power loss in that window, or before the file system's next
-    // commit while no daemon runs, turns the result into a "lost" run. A crash of the
-    // daemon alone loses nothing: the page cache outlives it.
-    if let Err(e) = write_atomically(&run.exit(), &bytes, false) {
-        eprintln!("beat shim: cannot write {}: {e}", run.exit().display());
+    // Not fsynced (two fsyncs cost about 14 ms per run on a slow disk, on the path from
+    // one task's end to the next one's start): see `RunDir::record_exit`.
+    if let Err(e) = run.record_exit(&record) {
+        eprintln!(
+            "beat shim: cannot record the run's result in {}: {e}",
+            run.path.display()
+        );
         return 2;
     }
     0

@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use backbeat_actors::agents::run_dir::RunDir;
 use common::{Beat, pid_exists, read_pidfile, wait_until};
 use serde_json::{Value, json};
 
@@ -338,10 +339,12 @@ fn the_first_list_after_a_crash_shows_runs_that_ended_meanwhile_as_finished() {
     wait_for_status(&beat, &id, "running");
     beat.kill_daemon();
     std::fs::write(&go, "").unwrap();
-    // The agent ends, then its shim writes the result (exit.json) and exits.
-    let exit_file = beat.run_dir(&id).join("exit.json");
+    // The agent ends, then its shim records the result and exits.
+    let run = RunDir {
+        path: beat.run_dir(&id),
+    };
     wait_until("the run to end", Duration::from_secs(30), || {
-        !pid_exists(agent) && exit_file.exists()
+        !pid_exists(agent) && run.has_exit()
     });
 
     // The very first command after the crash starts the daemon and lists.

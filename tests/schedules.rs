@@ -9,6 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use backbeat_actors::agents::run_dir::RunDir;
 use backbeat_actors::model::schedule::{
     ExecutionRecord, ExecutionStatus, ScheduleRecord, TargetKind,
 };
@@ -395,9 +396,11 @@ fn a_follower_whose_followed_run_failed_while_the_daemon_was_down_never_runs() {
     c.beat.kill_daemon();
     // While no daemon runs: the followed run fails, and the follower becomes due.
     std::fs::write(&go, "").unwrap();
-    let exit_file = c.beat.run_dir(&first_task).join("exit.json");
+    let run = RunDir {
+        path: c.beat.run_dir(&first_task),
+    };
     wait_until("the followed run to end", Duration::from_secs(30), || {
-        !pid_exists(agent) && exit_file.exists()
+        !pid_exists(agent) && run.has_exit()
     });
     c.set("2030-01-01T09:01:00Z");
     c.beat.ok(&["schedule", "list"]); // a new daemon starts and recovers

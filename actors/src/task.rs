@@ -17,6 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::agents::checkpoint::{self, RunTail};
 use crate::agents::pool::{Adopt, FindShim, ForgetShim, Launch};
 use crate::agents::process::RunResult;
 use crate::agents::run_dir::RunDir;
@@ -117,11 +118,14 @@ impl TaskActor {
         &self.core.record
     }
 
-    /// A terminal transition and the task's checkpoint (last output, error, git state),
-    /// built off the actor thread; `then` gets both events, to commit together.
+    /// A terminal transition and the task's checkpoint (last output, error, git state);
+    /// `then` gets both events, to commit together. The checkpoint comes from `tail`,
+    /// what the run's follower read when the run ended, or else is built off the actor
+    /// thread (a run that never started, a cancel while queued).
     fn with_checkpoint(
         &mut self,
         terminal: TaskEvent,
+        tail: Option<RunTail>,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>, Result<Vec<TaskEvent>, EngineError>) + 'static,
     ) {
@@ -129,21 +133,31 @@ impl TaskActor {
             Ok(after) => after,
             Err(e) => return then(self, ctx, Err(e.into())),
         };
-        let run = RunDir::new(&self.deps.runs_root, &self.task().id);
         let error = after
             .reason
             .clone()
             .filter(|_| after.status != TaskStatus::Completed);
+        let with = |terminal, checkpoint| {
+            vec![
+                terminal,
+                TaskEvent::Checkpointed {
+                    checkpoint: Box::new(checkpoint),
+                },
+            ]
+        };
+        if let Some(tail) = tail {
+            let checkpoint = checkpoint::assemble(tail, after.status, error);
+            return then(self, ctx, Ok(with(terminal, checkpoint)));
+        }
+        let run = RunDir::new(&self.deps.runs_root, &self.task().id);
         let build = tokio::task::spawn_blocking(move || {
-            crate::agents::checkpoint::build(&after, &run, after.status, error)
+            checkpoint::build(&after, &run, after.status, error)
         });
         ctx.wait(build.into_actor(self).map(move |checkpoint, act, ctx| {
-            let mut events = vec![terminal];
-            if let Ok(checkpoint) = checkpoint {
-                events.push(TaskEvent::Checkpointed {
-                    checkpoint: Box::new(checkpoint),
-                });
-            }
+            let events = match checkpoint {
+                Ok(checkpoint) => with(terminal, checkpoint),
+                Err(_) => vec![terminal],
+            };
             then(act, ctx, Ok(events));
         }));
     }
@@ -153,10 +167,11 @@ impl TaskActor {
     fn finish_until_durable(
         &mut self,
         terminal: TaskEvent,
+        tail: Option<RunTail>,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
-        self.with_checkpoint(terminal, ctx, move |act, ctx, events| match events {
+        self.with_checkpoint(terminal, tail, ctx, move |act, ctx, events| match events {
             Ok(events) => act.commit_until_durable(events, ctx, then),
             Err(e) => {
                 tracing::error!(task = %act.task().id, error = %e, "impossible transition; reloading the task");
@@ -242,6 +257,7 @@ impl TaskActor {
         };
         let adopt = self.deps.pool.send(Adopt {
             task_id: self.core.record.id.clone(),
+            working_directory: self.core.record.working_directory.clone().into(),
             shim_pid: pid,
             shim_start_time: start,
             report_to: ctx.address().recipient(),
@@ -287,7 +303,7 @@ impl TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                self.finish_until_durable(event, ctx, |act, ctx| {
+                self.finish_until_durable(event, None, ctx, |act, ctx| {
                     act.release(None);
                     act.end(ctx)
                 });
@@ -381,7 +397,8 @@ impl Handler<AgentExited> for TaskActor {
             return;
         }
         self.process = None;
-        let (outcome, rss) = match msg.0 {
+        let tail = Some(msg.tail);
+        let (outcome, rss) = match msg.result {
             RunResult::Exited(exit) => (
                 outcome_of_exit(&exit, self.core.record.cancel_reason.as_deref()),
                 Some(exit.max_rss_kb),
@@ -392,7 +409,7 @@ impl Handler<AgentExited> for TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                return self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
+                return self.finish_until_durable(event, tail, ctx, |act, ctx| act.end(ctx));
             }
         };
         // The agent has exited: its slot, CPU and memory are free now. Releasing them
@@ -415,7 +432,7 @@ impl Handler<AgentExited> for TaskActor {
             at: now_ms(),
             outcome,
         };
-        self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
+        self.finish_until_durable(event, tail, ctx, |act, ctx| act.end(ctx));
     }
 }
 
@@ -469,7 +486,7 @@ impl TaskActor {
         outcome.reason =
             reasons::rate_limit_wait(&outcome.reason, not_before, plan.attempt, max_retries);
         // The old run's identity goes first: a crash after this leaves the task running
-        // with a dead shim and its exit.json, which recovery reads again.
+        // with a dead shim and its exit record, which recovery reads again.
         let forget = self.deps.pool.send(ForgetShim {
             task_id: self.core.record.id.clone(),
         });
@@ -512,7 +529,7 @@ impl Handler<Resolved> for TaskActor {
                 self.deps.governor.do_send(Withdraw {
                     task_id: self.core.record.id.clone(),
                 });
-                self.finish_until_durable(event, ctx, |act, ctx| act.end(ctx));
+                self.finish_until_durable(event, None, ctx, |act, ctx| act.end(ctx));
             }
             _ => {}
         }
@@ -563,7 +580,7 @@ impl Handler<CancelTask> for TaskActor {
                     at: now_ms(),
                     reason: reasons::cancelled_by_user(&reason),
                 };
-                self.with_checkpoint(event, ctx, move |act, ctx, events| {
+                self.with_checkpoint(event, None, ctx, move |act, ctx, events| {
                     let events = match events {
                         Ok(events) => events,
                         Err(e) => {

@@ -121,31 +121,62 @@ fn read_tail(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(tail)
 }
 
-/// Builds the checkpoint of a task that just reached `status`.
+/// What a finished run left behind for its checkpoint: the tails of its output and of
+/// its stderr, and the git state of its working directory. Read once, off the actix
+/// thread, by whoever looks at the run when it ends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunTail {
+    pub output_summary: String,
+    pub stderr_tail: String,
+    pub git_branch: Option<String>,
+    pub git_commit_sha: Option<String>,
+    pub git_dirty_files: Vec<String>,
+}
+
+/// Reads what the run in `run` left: its output's tail and the git state of
+/// `working_directory`. Blocking.
+pub fn observe(run: &RunDir, working_directory: &Path) -> RunTail {
+    let readable = read_tail(&run.readable())
+        .or_else(|_| read_tail(&run.stdout()))
+        .unwrap_or_default();
+    let stderr = read_tail(&run.stderr()).unwrap_or_default();
+    let (git_branch, git_commit_sha, git_dirty_files) = git_state(working_directory);
+    RunTail {
+        output_summary: tail_summary(&String::from_utf8_lossy(&readable)),
+        stderr_tail: tail_summary(&String::from_utf8_lossy(&stderr)),
+        git_branch,
+        git_commit_sha,
+        git_dirty_files,
+    }
+}
+
+/// The checkpoint of a task that reached `status`, from what its run left; `error`
+/// (the task's reason when it did not complete) comes before the stderr's tail.
+pub fn assemble(tail: RunTail, status: TaskStatus, error: Option<String>) -> Checkpoint {
+    let stderr_tail = tail.stderr_tail;
+    Checkpoint {
+        checkpoint_type: status,
+        output_summary: tail.output_summary,
+        error_summary: error.or_else(|| (!stderr_tail.trim().is_empty()).then_some(stderr_tail)),
+        git_branch: tail.git_branch,
+        git_commit_sha: tail.git_commit_sha,
+        git_dirty_files: tail.git_dirty_files,
+        created_at: now_ms(),
+    }
+}
+
+/// Builds the checkpoint of a task that just reached `status`. Blocking.
 pub fn build(
     task: &TaskRecord,
     run: &RunDir,
     status: TaskStatus,
     error: Option<String>,
 ) -> Checkpoint {
-    let readable = read_tail(&run.readable())
-        .or_else(|_| read_tail(&run.stdout()))
-        .unwrap_or_default();
-    let output_summary = tail_summary(&String::from_utf8_lossy(&readable));
-    let stderr = read_tail(&run.stderr()).unwrap_or_default();
-    let stderr_tail = tail_summary(&String::from_utf8_lossy(&stderr));
-    let error_summary = error.or_else(|| (!stderr_tail.trim().is_empty()).then_some(stderr_tail));
-    let (git_branch, git_commit_sha, git_dirty_files) =
-        git_state(Path::new(&task.working_directory));
-    Checkpoint {
-        checkpoint_type: status,
-        output_summary,
-        error_summary,
-        git_branch,
-        git_commit_sha,
-        git_dirty_files,
-        created_at: now_ms(),
-    }
+    assemble(
+        observe(run, Path::new(&task.working_directory)),
+        status,
+        error,
+    )
 }
 
 /// The checkpoint's output, error and git state, each on its lines, with the labels the

@@ -18,7 +18,7 @@ use actix::prelude::*;
 
 use super::adapter::{AgentError, resolve_agent_with};
 use super::launch::{Launched, Launcher};
-use super::process::{AgentExited, AgentProcess, AgentProgress, RunOver};
+use super::process::{AgentExited, AgentProcess, AgentProgress, FollowedRun, RunOver};
 use super::programs::ProgramCache;
 use super::run_dir::{RunDir, ShimIdentity};
 use crate::model::{TaskRecord, reasons};
@@ -60,6 +60,8 @@ pub enum LaunchError {
 #[rtype(result = "Addr<AgentProcess>")]
 pub struct Adopt {
     pub task_id: String,
+    /// The task's working directory (for its checkpoint's git state).
+    pub working_directory: std::path::PathBuf,
     pub shim_pid: u32,
     pub shim_start_time: u64,
     pub report_to: Recipient<AgentExited>,
@@ -138,6 +140,7 @@ impl Handler<Launch> for AgentPool {
             progress_to,
         } = msg;
         let task_id = task.id.clone();
+        let working_directory = std::path::PathBuf::from(&task.working_directory);
         let (launcher, programs) = (self.launcher.clone(), self.programs.clone());
         let settings = self.settings.clone();
         let work = tokio::task::spawn_blocking(move || {
@@ -145,12 +148,16 @@ impl Handler<Launch> for AgentPool {
         });
         Box::pin(work.into_actor(self).map(move |joined, act, ctx| {
             let launched = joined.map_err(|e| LaunchError::Spawn(e.to_string()))??;
+            let followed = FollowedRun {
+                task_id: task_id.clone(),
+                run: act.run_dir(&task_id),
+                working_directory,
+                shim_pid: launched.pid,
+                shim_start_time: launched.start_time,
+            };
             let process = AgentProcess::spawned(
-                task_id.clone(),
-                act.run_dir(&task_id),
+                followed,
                 launched.exit,
-                launched.pid,
-                launched.start_time,
                 report_to,
                 ctx.address().recipient(),
             )
@@ -177,16 +184,16 @@ impl Handler<Adopt> for AgentPool {
         {
             return MessageResult(process.clone());
         }
-        let process = AgentProcess::adopted(
-            msg.task_id.clone(),
-            self.run_dir(&msg.task_id),
-            msg.shim_pid,
-            msg.shim_start_time,
-            msg.report_to,
-            ctx.address().recipient(),
-        )
-        .with_progress(msg.progress_to)
-        .start();
+        let followed = FollowedRun {
+            task_id: msg.task_id.clone(),
+            run: self.run_dir(&msg.task_id),
+            working_directory: msg.working_directory,
+            shim_pid: msg.shim_pid,
+            shim_start_time: msg.shim_start_time,
+        };
+        let process = AgentProcess::adopted(followed, msg.report_to, ctx.address().recipient())
+            .with_progress(msg.progress_to)
+            .start();
         self.runs.insert(msg.task_id, process.clone());
         MessageResult(process)
     }

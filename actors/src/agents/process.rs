@@ -5,7 +5,7 @@
 //! pool, never on the actix thread.
 //!
 //! A shim this daemon spawned is awaited as a child; a shim adopted after a restart is
-//! checked by PID and start time until its `exit.json` appears. Either way the result is
+//! checked by PID and start time until its exit record appears. Either way the result is
 //! read from the run folder and sent to the task. Cancelling sends SIGTERM to the shim,
 //! which stops the agent's whole process group (TERM, grace, KILL) and records why.
 
@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use std::path::PathBuf;
+
+use super::checkpoint::{self, RunTail};
 use super::launch::ShimExit;
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
 use crate::model::reasons;
@@ -25,9 +28,15 @@ pub enum RunResult {
     Lost(String),
 }
 
+/// The run is over: how it ended, and what it left for the task's checkpoint (read in
+/// the same look at the run, so that the task needs no second trip off the actix
+/// thread).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AgentExited(pub RunResult);
+pub struct AgentExited {
+    pub result: RunResult,
+    pub tail: RunTail,
+}
 
 /// What the agent is doing now, from the shim's `progress.txt` (its retries).
 #[derive(Message)]
@@ -47,11 +56,18 @@ pub struct RunOver {
     pub process: Addr<AgentProcess>,
 }
 
+/// The run a follower follows: whose it is, where its folder is, and its shim.
+pub struct FollowedRun {
+    pub task_id: String,
+    pub run: RunDir,
+    /// The task's working directory, whose git state goes into the checkpoint.
+    pub working_directory: PathBuf,
+    pub shim_pid: u32,
+    pub shim_start_time: u64,
+}
+
 pub struct AgentProcess {
-    task_id: String,
-    run: RunDir,
-    shim_pid: u32,
-    shim_start_time: u64,
+    followed: FollowedRun,
     exit: Option<ShimExit>,
     task: Recipient<AgentExited>,
     pool: Recipient<RunOver>,
@@ -70,43 +86,25 @@ const PROGRESS_POLL: Duration = Duration::from_millis(250);
 impl AgentProcess {
     /// Follows a shim spawned by this daemon.
     pub fn spawned(
-        task_id: String,
-        run: RunDir,
+        followed: FollowedRun,
         exit: ShimExit,
-        shim_pid: u32,
-        shim_start_time: u64,
         task: Recipient<AgentExited>,
         pool: Recipient<RunOver>,
     ) -> AgentProcess {
         AgentProcess {
-            task_id,
-            run,
-            shim_pid,
-            shim_start_time,
             exit: Some(exit),
-            task,
-            pool,
-            checking: false,
-            reported: false,
-            progress: None,
-            last_progress: None,
+            ..AgentProcess::adopted(followed, task, pool)
         }
     }
 
     /// Follows a shim left running by an earlier daemon.
     pub fn adopted(
-        task_id: String,
-        run: RunDir,
-        shim_pid: u32,
-        shim_start_time: u64,
+        followed: FollowedRun,
         task: Recipient<AgentExited>,
         pool: Recipient<RunOver>,
     ) -> AgentProcess {
         AgentProcess {
-            task_id,
-            run,
-            shim_pid,
-            shim_start_time,
+            followed,
             exit: None,
             task,
             pool,
@@ -125,7 +123,7 @@ impl AgentProcess {
 
     /// Reads `progress.txt` off the actix thread, then tells the task if it changed.
     fn poll_progress(&mut self, ctx: &mut Context<Self>) {
-        let run = self.run.clone();
+        let run = self.followed.run.clone();
         let read = tokio::task::spawn_blocking(move || run.read_progress());
         ctx.spawn(read.into_actor(self).map(|now, act, _| {
             let now = now.ok().flatten();
@@ -139,25 +137,35 @@ impl AgentProcess {
         }));
     }
 
-    /// Looks at the run (liveness, `exit.json`) on the blocking pool; reports the result
+    /// Looks at the run (liveness, the exit record) on the blocking pool; reports the result
     /// and stops once there is one.
     fn check(&mut self, ctx: &mut Context<Self>, shim_exited: bool) {
         if self.checking || self.reported {
             return;
         }
         self.checking = true;
-        let run = self.run.clone();
-        let (pid, start) = (self.shim_pid, self.shim_start_time);
-        let read = tokio::task::spawn_blocking(move || read_result(&run, pid, start, shim_exited));
+        let run = self.followed.run.clone();
+        let dir = self.followed.working_directory.clone();
+        let (pid, start) = (self.followed.shim_pid, self.followed.shim_start_time);
+        let read = tokio::task::spawn_blocking(move || {
+            let result = read_result(&run, pid, start, shim_exited)?;
+            Some(AgentExited {
+                result,
+                tail: checkpoint::observe(&run, &dir),
+            })
+        });
         ctx.spawn(read.into_actor(self).map(|joined, act, ctx| {
             act.checking = false;
-            let result = match joined {
-                Ok(Some(result)) => result,
+            let exited = match joined {
+                Ok(Some(exited)) => exited,
                 Ok(None) => return, // still running
-                Err(e) => RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
+                Err(e) => AgentExited {
+                    result: RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
+                    tail: RunTail::default(),
+                },
             };
             act.reported = true;
-            act.task.do_send(AgentExited(result));
+            act.task.do_send(exited);
             ctx.stop();
         }));
     }
@@ -170,7 +178,7 @@ fn read_result(
     start_time: u64,
     shim_exited: bool,
 ) -> Option<RunResult> {
-    // Liveness first, then the file: the shim writes exit.json before it exits, so a
+    // Liveness first, then the record: the shim writes it before it exits, so a
     // dead shim seen before the read means the read is final.
     let alive = !shim_exited && is_same_process_alive(shim_pid, start_time);
     Some(match run.read_exit() {
@@ -178,7 +186,7 @@ fn read_result(
         Ok(None) if alive => return None,
         Ok(None) => RunResult::Lost(reasons::shim_lost(shim_pid)),
         Err(e) if alive => {
-            tracing::debug!(error = %e, "exit.json not readable yet");
+            tracing::debug!(error = %e, "exit record not readable yet");
             return None;
         }
         Err(e) => RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
@@ -229,7 +237,7 @@ impl Actor for AgentProcess {
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         self.pool.do_send(RunOver {
-            task_id: self.task_id.clone(),
+            task_id: self.followed.task_id.clone(),
             process: ctx.address(),
         });
     }
@@ -239,7 +247,7 @@ impl Handler<Terminate> for AgentProcess {
     type Result = ();
 
     fn handle(&mut self, _msg: Terminate, _ctx: &mut Context<Self>) {
-        let (pid, start) = (self.shim_pid, self.shim_start_time);
+        let (pid, start) = (self.followed.shim_pid, self.followed.shim_start_time);
         // The identity check reads /proc: off the actix thread, like every file access.
         tokio::task::spawn_blocking(move || {
             if is_same_process_alive(pid, start) {

@@ -1,10 +1,15 @@
 //! The run folder: the contract between the daemon and `beat shim`.
 //!
 //! Owns: the layout of `$BACKBEAT_HOME/runs/<task-id>/` (`spec.json`, `prompt.txt`,
-//! `stdout.log`, `stderr.log`, `exit.json`, and the shim's identity: the folder's
-//! `user.backbeat.shim` extended attribute, or `shim.json` where the file system has no
-//! extended attributes), the types written there, and the process-identity check (PID
-//! plus start time) used to adopt a shim after a restart.
+//! `stdout.log`, `stderr.log`; the shim's identity and the run's exit record, kept as
+//! the folder's `user.backbeat.shim` and `user.backbeat.exit` extended attributes, or
+//! as `shim.json` and `exit.json` where the file system refuses them), the types written
+//! there, and the process-identity check (PID plus start time) used to adopt a shim
+//! after a restart.
+//!
+//! Why attributes and not files: creating a file costs 10 to 170 µs on a file system
+//! that recently deleted many (ext4 without a journal skips recently freed inodes),
+//! a large share of a trivial task's cost; an attribute needs no new inode.
 //! Must never: hold a pipe to the agent. The daemon only reads files, so that its own
 //! death loses no output and no result.
 
@@ -109,43 +114,72 @@ impl RunDir {
         self.path.join(SHIM_FILE)
     }
 
-    /// Records the shim's identity on the run folder, where the next daemon finds it.
-    /// As an extended attribute of the folder, which needs no new file: creating a
-    /// file costs 10 to 170 µs on a file system that recently deleted many (ext4
-    /// skips recently freed inodes), a large share of a trivial task. `shim.json`
-    /// where the file system refuses extended attributes.
+    /// Records the shim's identity on the run folder, where the next daemon finds it:
+    /// the folder's `user.backbeat.shim` attribute, or `shim.json` where the file
+    /// system refuses extended attributes.
     pub fn record_shim(&self, identity: &ShimIdentity) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(identity).map_err(std::io::Error::other)?;
-        match xattr::set(&self.path, &bytes) {
+        match xattr::set(&self.path, xattr::SHIM, &bytes) {
             Ok(()) => Ok(()),
             Err(_) => write_atomically(&self.shim(), &bytes, false),
         }
     }
 
     pub fn read_shim(&self) -> Option<ShimIdentity> {
-        let bytes = xattr::get(&self.path).or_else(|| std::fs::read(self.shim()).ok())?;
+        let bytes = match xattr::get(&self.path, xattr::SHIM) {
+            Ok(Some(bytes)) => bytes,
+            _ => std::fs::read(self.shim()).ok()?,
+        };
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Clears the shim's identity (before the task runs again). Clearing what is not
     /// there is no error.
     pub fn forget_shim(&self) -> std::io::Result<()> {
-        xattr::remove(&self.path)?;
+        xattr::remove(&self.path, xattr::SHIM)?;
         match std::fs::remove_file(self.shim()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// The run's result, if the shim has written it.
+    /// Records the run's result: the folder's `user.backbeat.exit` attribute (set in
+    /// one call, so a reader sees all of it or nothing), or `exit.json` (written to a
+    /// temporary name and renamed) where the attribute is refused: no extended
+    /// attributes, or a record too large for them (a long final answer).
+    ///
+    /// Not fsynced: what makes a result durable is the daemon's journal commit, which
+    /// follows within milliseconds. A crash of the daemon alone loses nothing (the page
+    /// cache outlives it); only a power loss before the file system writes it back, while
+    /// no daemon has journaled it, turns the run into a "lost" one.
+    pub fn record_exit(&self, record: &ExitRecord) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        match xattr::set(&self.path, xattr::EXIT, &bytes) {
+            Ok(()) => Ok(()),
+            Err(_) => write_atomically(&self.exit(), &bytes, false),
+        }
+    }
+
+    /// The run's result, if the shim has recorded it.
     pub fn read_exit(&self) -> std::io::Result<Option<ExitRecord>> {
-        match std::fs::read(self.exit()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        let parse = |bytes: Vec<u8>| {
+            serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        };
+        if let Some(bytes) = xattr::get(&self.path, xattr::EXIT)? {
+            return parse(bytes);
+        }
+        match std::fs::read(self.exit()) {
+            Ok(bytes) => parse(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the shim has recorded the run's result (read or not).
+    pub fn has_exit(&self) -> bool {
+        matches!(xattr::get(&self.path, xattr::EXIT), Ok(Some(_))) || self.exit().exists()
     }
 
     pub fn read_spec(&self) -> std::io::Result<RunSpec> {
@@ -155,26 +189,29 @@ impl RunDir {
     }
 }
 
-/// The run folder's `user.backbeat.shim` attribute.
+/// The run folder's extended attributes.
 mod xattr {
-    use std::ffi::CString;
+    use std::ffi::{CStr, CString};
     use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
-    const NAME: &std::ffi::CStr = c"user.backbeat.shim";
+    /// The shim's identity (about 40 bytes).
+    pub const SHIM: &CStr = c"user.backbeat.shim";
+    /// The run's exit record (about 250 bytes, more with a final answer).
+    pub const EXIT: &CStr = c"user.backbeat.exit";
 
     fn c_path(path: &Path) -> std::io::Result<CString> {
         CString::new(path.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("the run folder's path holds a NUL byte"))
     }
 
-    pub fn set(path: &Path, value: &[u8]) -> std::io::Result<()> {
+    pub fn set(path: &Path, name: &CStr, value: &[u8]) -> std::io::Result<()> {
         let path = c_path(path)?;
         // SAFETY: setxattr(2) with valid C strings and a buffer of the given length.
         let r = unsafe {
             libc::setxattr(
                 path.as_ptr(),
-                NAME.as_ptr(),
+                name.as_ptr(),
                 value.as_ptr().cast(),
                 value.len(),
                 0,
@@ -187,26 +224,40 @@ mod xattr {
         }
     }
 
-    pub fn get(path: &Path) -> Option<Vec<u8>> {
-        let path = c_path(path).ok()?;
-        let mut buf = [0u8; 256]; // an identity is about 40 bytes
-        // SAFETY: getxattr(2) into a buffer we own, of the given length.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                NAME.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        (n > 0).then(|| buf[..n as usize].to_vec())
+    /// The attribute's value; `None` where it is absent, or the file system has none.
+    pub fn get(path: &Path, name: &CStr) -> std::io::Result<Option<Vec<u8>>> {
+        let path = c_path(path)?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: getxattr(2) into a buffer we own, of the given length.
+            let n = unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(Some(buf));
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENODATA | libc::EOPNOTSUPP | libc::ENOENT) => return Ok(None),
+                // Grown past the buffer (file systems with large attributes): ask again
+                // with the size it has now.
+                Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 16, 0),
+                _ => return Err(e),
+            }
+        }
     }
 
     /// Removes the attribute; absent (or unsupported, or no folder) is no error.
-    pub fn remove(path: &Path) -> std::io::Result<()> {
+    pub fn remove(path: &Path, name: &CStr) -> std::io::Result<()> {
         let path = c_path(path)?;
         // SAFETY: removexattr(2) with valid C strings.
-        if unsafe { libc::removexattr(path.as_ptr(), NAME.as_ptr()) } == 0 {
+        if unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } == 0 {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
@@ -304,14 +355,8 @@ mod tests {
         assert_eq!(run.read_shim(), None);
     }
 
-    #[test]
-    fn exit_record_round_trips_through_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunDir {
-            path: dir.path().to_path_buf(),
-        };
-        assert_eq!(run.read_exit().unwrap(), None);
-        let rec = ExitRecord {
+    fn exit_record(answer: Option<String>) -> ExitRecord {
+        ExitRecord {
             exit_code: None,
             signal: Some(9),
             killed_for: Some(KillCause::Timeout { after_ms: 5 }),
@@ -321,9 +366,52 @@ mod tests {
             output_bytes: 4,
             truncated: true,
             spawn_error: None,
-            summary: None,
+            summary: answer.map(|answer| crate::model::run::RunSummary {
+                answer: Some(answer),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn an_exit_record_is_an_attribute_of_the_folder_and_needs_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: dir.path().to_path_buf(),
         };
+        assert_eq!(run.read_exit().unwrap(), None);
+        assert!(!run.has_exit());
+        let rec = exit_record(Some("done".into()));
+        run.record_exit(&rec).unwrap();
+        assert!(run.has_exit());
+        assert_eq!(run.read_exit().unwrap(), Some(rec));
+        let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(created.is_empty(), "files created: {created:?}");
+    }
+
+    #[test]
+    fn an_exit_record_too_large_for_an_attribute_is_written_to_exit_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: dir.path().to_path_buf(),
+        };
+        // Larger than any file system's attribute limit (64 KiB on Linux).
+        let rec = exit_record(Some("x".repeat(100 * 1024)));
+        run.record_exit(&rec).unwrap();
+        assert!(run.exit().exists());
+        assert!(run.has_exit());
+        assert_eq!(run.read_exit().unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn an_exit_json_left_by_an_earlier_version_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: dir.path().to_path_buf(),
+        };
+        let rec = exit_record(None);
         write_atomically(&run.exit(), &serde_json::to_vec(&rec).unwrap(), true).unwrap();
+        assert!(run.has_exit());
         assert_eq!(run.read_exit().unwrap(), Some(rec));
     }
 }

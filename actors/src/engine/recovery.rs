@@ -17,7 +17,7 @@ use actix::prelude::*;
 use tokio::sync::{broadcast, watch};
 
 use super::Engine;
-use crate::agents::run_dir::{EXIT_FILE, RunDir, is_same_process_alive};
+use crate::agents::run_dir::{RunDir, is_same_process_alive};
 use crate::error::EngineError;
 use crate::journal::Committed;
 use crate::model::dag::{DependencyState, Resolution, classify};
@@ -66,11 +66,11 @@ struct Unfinished {
     ended_away: HashSet<String>,
 }
 
-/// Whether the run of a task journaled `running` is over: its `exit.json` is written
+/// Whether the run of a task journaled `running` is over: its exit record is written
 /// (the shim may still be exiting), or its shim is gone (or was never recorded).
 fn ended_while_away(t: &TaskRecord, runs_root: &Path) -> bool {
     t.status == TaskStatus::Running
-        && (RunDir::new(runs_root, &t.id).path.join(EXIT_FILE).exists()
+        && (RunDir::new(runs_root, &t.id).has_exit()
             || match (t.shim_pid, t.shim_start_time) {
                 (Some(pid), Some(start)) => !is_same_process_alive(pid, start),
                 _ => true,

@@ -39,14 +39,14 @@ pub const NO_RESULT: &str = "the agent exited with code 0 but never reported a r
 /// Neither an exit code nor a signal: the shim could not tell.
 pub const NO_EXIT_STATUS: &str = "ended without an exit status";
 
-/// The shim died without writing `exit.json`.
+/// The shim died without recording the run's exit record.
 pub fn shim_lost(shim_pid: u32) -> String {
     format!("lost: the shim (pid {shim_pid}) ended without recording the agent's result")
 }
 
-/// The shim ended but its `exit.json` cannot be read.
+/// The shim ended but its exit record cannot be read.
 pub fn exit_unreadable(error: &str) -> String {
-    format!("lost: the run's exit.json is unreadable: {error}")
+    format!("lost: the run's exit record is unreadable: {error}")
 }
 
 pub fn exited_with(code: i32) -> String {

@@ -1,7 +1,7 @@
 //! What one agent run leaves behind, as the model reads it.
 //!
 //! Owns: the types of a run's result that the task's state machine turns into an
-//! outcome: the shim's exit record (`exit.json`), why the shim stopped the agent, and
+//! outcome: the shim's exit record (an attribute of the run folder, or `exit.json`), why the shim stopped the agent, and
 //! the summary of the agent's structured output. The shim writes them and `agents/`
 //! reads them from the run folder; both use these types from here.
 //! Must never: read or write files, or know where a run folder lives (that is
@@ -41,7 +41,7 @@ impl OutputFormat {
     }
 }
 
-/// What a run amounts to, from its output: written into `exit.json` by the shim.
+/// What a run amounts to, from its output: part of the shim's exit record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {

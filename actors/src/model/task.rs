@@ -212,7 +212,7 @@ pub enum TaskEvent {
     },
     /// The user asked to cancel a running task; the shim is stopping the agent.
     CancelRequested { reason: String },
-    /// The agent's run ended and its result was read from `exit.json`.
+    /// The agent's run ended and its result was read from its exit record.
     Finished { at: Millis, outcome: ExitOutcome },
     /// The shim vanished without leaving a result.
     Lost { at: Millis, reason: String },
@@ -275,7 +275,7 @@ impl TaskEvent {
     }
 }
 
-/// The terminal result of one run, derived from the shim's `exit.json`.
+/// The terminal result of one run, derived from the shim's exit record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitOutcome {
