@@ -37,6 +37,22 @@ use crate::paths::Home;
 /// The id of the replayed `initialize`, whose reply the client must not see.
 const REPLAY_ID: &str = "backbeat-proxy-reconnect";
 
+/// The two fields of a JSON-RPC message the proxy looks at. Every other field (a
+/// task's whole record, in most answers) is skipped without being built.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+}
+
+impl Envelope {
+    fn of(line: &str) -> Option<Envelope> {
+        serde_json::from_str(line).ok()
+    }
+}
+
 /// What the proxy remembers of the client's session.
 #[derive(Default)]
 struct Session {
@@ -49,18 +65,17 @@ struct Session {
 impl Session {
     /// Notes a line from the client before it is forwarded.
     fn outgoing(&mut self, line: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        let Some(Envelope { id, method }) = Envelope::of(line) else {
             return;
         };
-        let method = v.get("method").and_then(Value::as_str).unwrap_or_default();
-        match (method, v.get("id")) {
-            ("initialize", Some(_)) => self.initialize = Some(v.clone()),
+        let method = method.unwrap_or_default();
+        match (method.as_str(), &id) {
+            ("initialize", Some(_)) => self.initialize = serde_json::from_str(line).ok(),
             ("notifications/initialized", None) => self.initialized = Some(line.to_string()),
             _ => {}
         }
-        if let (Some(id), false) = (v.get("id"), method.is_empty()) {
-            self.in_flight
-                .insert(id.to_string(), (id.clone(), method.to_string()));
+        if let (Some(id), false) = (id, method.is_empty()) {
+            self.in_flight.insert(id.to_string(), (id, method));
         }
     }
 
@@ -72,11 +87,11 @@ impl Session {
 
     /// Notes a line from the daemon; false when the client must not see it.
     fn incoming(&mut self, line: &str) -> bool {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        let Some(Envelope { id, method }) = Envelope::of(line) else {
             return true;
         };
-        if v.get("method").is_none()
-            && let Some(id) = v.get("id")
+        if method.is_none()
+            && let Some(id) = id
         {
             if id == REPLAY_ID {
                 return false;
@@ -239,9 +254,13 @@ async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, 
     Ok(Connection { lines, writer })
 }
 
+/// Writes one line to the client in one write: tokio's stdout writes on its blocking
+/// pool, so each write is a trip to another thread.
 async fn emit(stdout: &mut tokio::io::Stdout, line: &str) -> std::io::Result<()> {
-    stdout.write_all(line.as_bytes()).await?;
-    stdout.write_all(b"\n").await?;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    stdout.write_all(&bytes).await?;
     stdout.flush().await
 }
 
@@ -366,8 +385,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
 
 /// Whether the line is an `initialize` request (with an id to answer).
 fn is_initialize_request(line: &str) -> bool {
-    serde_json::from_str::<Value>(line)
-        .is_ok_and(|v| v["method"] == "initialize" && v.get("id").is_some())
+    Envelope::of(line).is_some_and(|e| e.method.as_deref() == Some("initialize") && e.id.is_some())
 }
 
 #[cfg(test)]
