@@ -79,6 +79,9 @@ fn main() {
         println!("({name} took {:.1} s)", began.elapsed().as_secs_f64());
     }
     print_table(&figures, &failed);
+    if let Ok(mut spent) = SPENT_HOMES.lock() {
+        spent.clear(); // deletes them
+    }
     if !failed.is_empty() {
         std::process::exit(1);
     }
@@ -333,8 +336,16 @@ fn kill_processes_of(home: &Path) {
 /// A fresh home; dropping it stops its daemon and kills what is left of it.
 struct BeatHome {
     bin: PathBuf,
-    dir: tempfile::TempDir,
+    /// `None` only once dropped (handed to `SPENT_HOMES`).
+    dir: Option<tempfile::TempDir>,
 }
+
+/// Homes whose daemon is stopped, deleted when the bench ends, not between
+/// measurements: on a journal-less ext4 (this machine's `/tmp`), every inode created
+/// in the minute after many were deleted costs 10 to 170 µs more (the allocator skips
+/// recently freed inodes, reading each), so deleting one measurement's 1000 run folders
+/// would slow the next measurement's file creation. See docs/BENCHMARKS.md.
+static SPENT_HOMES: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
 
 impl BeatHome {
     fn new(bin: &Path) -> Result<BeatHome> {
@@ -344,7 +355,7 @@ impl BeatHome {
             .map_err(|e| format!("cannot make a temp home: {e}"))?;
         let home = BeatHome {
             bin: bin.to_path_buf(),
-            dir,
+            dir: Some(dir),
         };
         std::fs::create_dir(home.workdir())
             .map_err(|e| format!("cannot make {}: {e}", home.workdir().display()))?;
@@ -352,7 +363,7 @@ impl BeatHome {
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("a home in use").path()
     }
 
     /// Where the tasks run: an empty folder, not a git repository (a finished task's
@@ -465,6 +476,9 @@ impl Drop for BeatHome {
     fn drop(&mut self) {
         let _ = self.command(&["daemon", "stop"]).output();
         kill_processes_of(self.path());
+        if let (Some(dir), Ok(mut spent)) = (self.dir.take(), SPENT_HOMES.lock()) {
+            spent.push(dir);
+        }
     }
 }
 
