@@ -120,12 +120,30 @@ fn cgroup_dirs(mount: &Path, path: &str) -> Vec<PathBuf> {
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(file)).ok()
+    read_small(&dir.join(file))
+}
+
+/// Reads a small `/proc` or `/sys` file whole. These report a size of 0, so
+/// `read_to_string` starts with a 32-byte buffer and doubles it, one `read` each time
+/// (seven for `/proc/meminfo`); one buffer of the usual size takes two.
+pub fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::with_capacity(8 << 10);
+    file.read_to_end(&mut bytes).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Whether a cgroup v1 `memory.limit_in_bytes` or v2 `memory.max` sets a limit. A level
+/// without one is skipped without reading its usage and statistics.
+fn sets_limit(limit: &str) -> bool {
+    let limit = limit.trim();
+    limit != "max" && limit.parse::<u64>().is_ok_and(|l| l < V1_UNLIMITED)
 }
 
 /// The least any enclosing cgroup (v1 or v2) can still take; `None` when none is limited.
 pub fn cgroup_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let text = read_small(Path::new("/proc/self/cgroup"))?;
     let (v2, v1) = parse_proc_cgroup(&text);
     let root = Path::new("/sys/fs/cgroup");
     let mut least: Option<u64> = None;
@@ -137,8 +155,9 @@ pub fn cgroup_available() -> Option<u64> {
     if let Some(path) = v1 {
         for dir in cgroup_dirs(&root.join("memory"), &path) {
             take((|| {
+                let limit = read(&dir, "memory.limit_in_bytes").filter(|l| sets_limit(l))?;
                 CgroupMemory::from_v1(
-                    &read(&dir, "memory.limit_in_bytes")?,
+                    &limit,
                     &read(&dir, "memory.usage_in_bytes")?,
                     &read(&dir, "memory.stat")?,
                 )
@@ -148,8 +167,9 @@ pub fn cgroup_available() -> Option<u64> {
     if let Some(path) = v2 {
         for dir in cgroup_dirs(root, &path) {
             take((|| {
+                let max = read(&dir, "memory.max").filter(|m| sets_limit(m))?;
                 CgroupMemory::from_v2(
-                    &read(&dir, "memory.max")?,
+                    &max,
                     &read(&dir, "memory.current")?,
                     &read(&dir, "memory.stat")?,
                 )
@@ -162,8 +182,7 @@ pub fn cgroup_available() -> Option<u64> {
 /// Memory available to new work: the machine's `MemAvailable`, or less inside a limited
 /// cgroup.
 pub fn available_memory() -> u64 {
-    let machine = std::fs::read_to_string("/proc/meminfo")
-        .ok()
+    let machine = read_small(Path::new("/proc/meminfo"))
         .and_then(|m| parse_meminfo_available(&m))
         .unwrap_or(0);
     match cgroup_available() {
@@ -207,7 +226,7 @@ pub fn process_table() -> Vec<ProcStat> {
     dir.filter_map(|e| {
         let e = e.ok()?;
         e.file_name().to_str()?.parse::<u32>().ok()?;
-        parse_proc_stat(&std::fs::read_to_string(e.path().join("stat")).ok()?)
+        parse_proc_stat(&read_small(&e.path().join("stat"))?)
     })
     .collect()
 }
@@ -244,8 +263,7 @@ pub fn sample_trees(roots: &[u32], page_size: u64) -> HashMap<u32, TreeUsage> {
             .pids
             .iter()
             .map(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-                    .ok()
+                read_small(Path::new(&format!("/proc/{pid}/schedstat")))
                     .and_then(|t| parse_schedstat(&t))
             })
             .sum();
@@ -303,6 +321,25 @@ mod tests {
     const V1_STAT: &str = "cache 32325632\nrss 1785856\ninactive_file 3297280\nactive_file 19959808\nhierarchical_memory_limit 9223372036854771712\ntotal_cache 23188918272\ntotal_rss 611213312\ntotal_inactive_file 6592712704\ntotal_active_file 16587137024\n";
     // From a cgroup v2 container limited to 8 GiB (a systemd-run scope on kernel 6.8).
     const V2_STAT: &str = "anon 1207959552\nfile 5905580032\nkernel 52428800\nshmem 0\nactive_anon 1190182912\ninactive_anon 17776640\nactive_file 2147483648\ninactive_file 3758096384\nunevictable 0\n";
+
+    #[test]
+    fn a_level_without_a_memory_limit_is_told_from_one_with() {
+        assert!(!sets_limit("max\n"));
+        assert!(!sets_limit("9223372036854771712\n")); // v1's "no limit"
+        assert!(sets_limit("17179869184\n"));
+        assert!(!sets_limit("garbage"));
+    }
+
+    #[test]
+    fn a_small_file_is_read_whole_even_past_the_first_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let text: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+        assert!(text.len() > 8 << 10);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_small(&path).as_deref(), Some(text.as_str()));
+        assert_eq!(read_small(&dir.path().join("absent")), None);
+    }
 
     #[test]
     fn mem_available_is_read_in_bytes() {
