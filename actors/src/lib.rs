@@ -6,9 +6,11 @@
 //! `PipelineActor` (one live pipeline), `ResourceGovernor` (admission), `AgentProcess`
 //! (one agent run, through its shim), `Journal` (group commit). Entity actors share one
 //! supervised-entity pattern (`entity`). See `docs/ARCHITECTURE.md` for the map and
-//! the invariants.
+//! the invariants. No actor stats a file, scans `PATH` or writes a file on the actix
+//! thread (`blocking` checks it in debug builds).
 
 pub mod agents;
+pub mod blocking;
 pub mod clock_timer;
 pub mod engine;
 pub mod entity;

@@ -568,6 +568,7 @@ pub fn find_program_in(program: &str, path: Option<&std::ffi::OsStr>) -> Option<
 
 /// A regular file someone may execute (one `stat`).
 pub fn is_executable(path: &Path) -> bool {
+    crate::blocking::assert_off_actix_thread("a program lookup");
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -152,6 +152,7 @@ impl Engine {
             store: self.store.clone(),
             settings: self.settings.clone(),
             runs_root: self.runs_root.clone(),
+            programs: self.programs.clone(),
         }
     }
 

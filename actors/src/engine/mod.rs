@@ -7,8 +7,11 @@
 //! of requests from the front ends and of entity ends (to the graph and to the owner
 //! of an ended task).
 //! Must never: acknowledge a submit, cancel or retry before the journal committed it;
-//! do blocking I/O on its own thread (reads go to `spawn_blocking`). The actors it
-//! starts never call back into it except by the messages it gave them recipients for.
+//! do blocking I/O on its own thread: reads go to `spawn_blocking`, and so does the
+//! half of validation that stats the working directory and looks the agent's CLI up
+//! (one hop per request, then the handler goes on with the engine's state as it is
+//! after the hop). The actors it starts never call back into it except by the messages
+//! it gave them recipients for.
 
 mod dependencies;
 mod loops;
@@ -36,13 +39,14 @@ use self::registry::Registry;
 pub use self::requests::{AdoptOwnedTasks, Cancel, NewTask};
 pub use self::retention::{Prune, PruneReport};
 pub use self::schedules::{CreateSchedule, ScheduleOp, ScheduleTarget};
-use self::validation::{Lineage, again, build, validate_dependencies};
+use self::validation::{Lineage, again, check, validate_dependencies};
 pub use self::validation::{
     MAX_DEPENDENCIES, MAX_OUTPUT_BUFFER, MAX_PROMPT_BYTES, MAX_TIMEOUT_MS, MIN_OUTPUT_BUFFER,
-    MIN_TIMEOUT_MS, check_working_directory, owned_task,
+    MIN_TIMEOUT_MS, Validator, check_working_directory,
 };
 use crate::agents::programs::ProgramCache;
 use crate::agents::{AgentPool, Launcher};
+use crate::blocking::off_actix_thread;
 use crate::entity::{EntityEnded, OwnedTaskEnded};
 use crate::error::EngineError;
 use crate::governor::ResourceGovernor;
@@ -53,7 +57,7 @@ pub use crate::model::pipeline::STEPS as PIPELINE_STEPS;
 use crate::model::{Record, TaskRecord, TaskStatus};
 use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
-use crate::settings::SettingsSource;
+use crate::settings::{Settings, SettingsSource};
 use crate::task::{CancelTask, TaskActor, TaskDeps};
 pub use task_watch::{TaskUpdate, TaskWatch, Watching};
 
@@ -96,6 +100,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     /// The one timer every schedule waits on.
     timer: Addr<ScheduleTimer>,
+    /// Where validation last found each agent CLI (checked again at every use).
+    programs: Arc<ProgramCache>,
 }
 
 /// The running engine's parts, for the front ends.
@@ -164,6 +170,7 @@ impl Engine {
             recovered: Arc::new(recovered),
             timer: ScheduleTimer::new(config.clock.clone()).start(),
             clock: config.clock,
+            programs: Arc::new(ProgramCache::from_env()),
         }
         .start();
         Ok(EngineHandle {
@@ -216,32 +223,37 @@ impl Engine {
         }
     }
 
-    /// Validates a request and builds the task's first record.
-    fn build(&self, req: NewTask, lineage: Lineage) -> Result<TaskRecord, EngineError> {
-        build(req, lineage, &(self.settings)())
+    /// What validation takes onto the blocking pool: the settings of now and the cache
+    /// of program lookups.
+    fn validator(&self) -> Validator {
+        Validator::new((self.settings)(), self.programs.clone())
     }
 
-    /// Reads a finished task and admits the new task that `make` builds from it (retry
-    /// and resume); a task that is not finished is refused with `refuse`.
+    /// Reads a finished task and admits the new task that `make` makes from it (retry
+    /// and resume); a task that is not finished is refused with `refuse`. The read and
+    /// the validation are one hop to the blocking pool.
     fn rerun(
         &mut self,
         task_id: String,
         refuse: fn(String, TaskStatus) -> EngineError,
-        make: impl FnOnce(&mut Engine, TaskRecord) -> Result<TaskRecord, EngineError> + 'static,
+        make: impl FnOnce(&TaskRecord, &Settings) -> (NewTask, Lineage) + Send + 'static,
     ) -> ResponseActFuture<Self, Result<TaskRecord, EngineError>> {
         let store = self.store.clone();
-        let read = async move { (read_task(&store, &task_id).await, task_id) };
-        Box::pin(read.into_actor(self).then(move |(res, id), act, _| {
-            let built = match res {
-                Err(e) => Err(e),
-                Ok(None) => Err(EngineError::TaskNotFound(id)),
-                Ok(Some(t)) if !t.status.is_terminal() => Err(refuse(id, t.status)),
-                Ok(Some(t)) => make(act, t),
-            };
-            match built {
-                Ok(record) => act.admit(record),
-                Err(e) => Box::pin(fut::ready(Err(e))),
+        let validator = self.validator();
+        let built = off_actix_thread(move || {
+            let t = store
+                .task(&task_id)
+                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))?
+                .ok_or_else(|| EngineError::TaskNotFound(task_id.clone()))?;
+            if !t.status.is_terminal() {
+                return Err(refuse(task_id, t.status));
             }
+            let (req, lineage) = make(&t, validator.settings());
+            validator.build(req, lineage)
+        });
+        Box::pin(built.into_actor(self).then(|built, act, _| match built {
+            Ok(record) => act.admit(record),
+            Err(e) => Box::pin(fut::ready(Err(e))),
         }))
     }
 }
@@ -264,17 +276,20 @@ impl Handler<Submit> for Engine {
         {
             req.depends_on.push(cf.clone());
         }
-        if let Err(e) = validate_dependencies(&req.depends_on) {
+        if let Err(e) = validate_dependencies(&req.depends_on).and_then(|()| check(&req)) {
             return Box::pin(fut::ready(Err(e)));
         }
-        match self.build(req, Lineage::default()) {
+        let validator = self.validator();
+        let built = off_actix_thread(move || validator.build(req, Lineage::default()));
+        // The graph and the registry are read after the hop, as they are then.
+        Box::pin(built.into_actor(self).then(|built, act, _| match built {
             Ok(record) if record.depends_on.contains(&record.id) => Box::pin(fut::ready(Err(
                 EngineError::InvalidInput("a task cannot depend on itself".into()),
             ))),
-            Ok(record) if record.depends_on.is_empty() => self.admit(record),
-            Ok(record) => self.admit_with_dependencies(record),
+            Ok(record) if record.depends_on.is_empty() => act.admit(record),
+            Ok(record) => act.admit_with_dependencies(record),
             Err(e) => Box::pin(fut::ready(Err(e))),
-        }
+        }))
     }
 }
 
@@ -308,7 +323,7 @@ impl Handler<Retry> for Engine {
         self.rerun(
             msg.task_id,
             |id, status| EngineError::CannotRetry { id, status },
-            |act, t| act.build(again(&t, t.prompt.clone()), Lineage::after(&t)),
+            |t, _| (again(t, t.prompt.clone()), Lineage::after(t)),
         )
     }
 }
@@ -321,15 +336,14 @@ impl Handler<Resume> for Engine {
         self.rerun(
             msg.task_id,
             |id, status| EngineError::CannotResume { id, status },
-            move |act, t| {
-                let prompt = crate::agents::checkpoint::resume_prompt(&t, context.as_deref());
-                let settings = (act.settings)();
-                let resumable = crate::agents::adapter_for(&t.agent, &settings)
+            move |t, settings| {
+                let prompt = crate::agents::checkpoint::resume_prompt(t, context.as_deref());
+                let resumable = crate::agents::adapter_for(&t.agent, settings)
                     .map(|a| a.supports_resume())
                     .unwrap_or(false);
-                let mut lineage = Lineage::after(&t);
+                let mut lineage = Lineage::after(t);
                 lineage.resume_session = t.session_id.clone().filter(|_| resumable);
-                act.build(again(&t, prompt), lineage)
+                (again(t, prompt), lineage)
             },
         )
     }

@@ -1,14 +1,16 @@
 //! Pipelines: creation (its record and every step in one transaction) and cancel
 //! (routed to the pipeline's actor with its live steps).
 //!
-//! Owns: turning a request into validated steps; the rules themselves (wiring, step
+//! Owns: turning a request into validated steps (pure checks first, then every step's
+//! directory and agent in one hop to the blocking pool); the rules themselves (wiring, step
 //! counts, when a pipeline ends) are `model::pipeline`'s.
 //! Must never: decide a pipeline's state from here (its actor does).
 
 use actix::prelude::*;
 
-use super::validation::Lineage;
+use super::validation::{Lineage, check};
 use super::{Engine, NewTask};
+use crate::blocking::off_actix_thread;
 use crate::error::EngineError;
 use crate::model::pipeline::{self, PipelineRecord};
 use crate::model::{TaskRecord, now_ms};
@@ -48,33 +50,53 @@ impl Handler<CreatePipeline> for Engine {
         if let Err(e) = pipeline::check_step_count(msg.steps.len()) {
             return Box::pin(fut::ready(Err(EngineError::InvalidInput(e))));
         }
-        let pipeline_id = format!("pipeline-{}", uuid::Uuid::now_v7());
-        let mut records: Vec<TaskRecord> = Vec::with_capacity(msg.steps.len());
-        let mut delays = Vec::with_capacity(msg.steps.len());
-        for (i, (step, delay)) in msg.steps.into_iter().enumerate() {
-            match self.build(step, Lineage::default()) {
-                Ok(r) => records.push(r),
-                Err(e) => {
-                    return Box::pin(fut::ready(Err(EngineError::InvalidInput(format!(
-                        "step {}: {e}",
-                        i + 1
-                    )))));
+        let step_error =
+            |i: usize, e: EngineError| EngineError::InvalidInput(format!("step {}: {e}", i + 1));
+        if let Some((i, e)) = msg
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, (step, _))| check(step).err().map(|e| (i, e)))
+        {
+            return Box::pin(fut::ready(Err(step_error(i, e))));
+        }
+        // Every step's directory and agent are checked in one hop, in order.
+        let validator = self.validator();
+        let built = off_actix_thread(move || {
+            let mut records = Vec::with_capacity(msg.steps.len());
+            let mut delays = Vec::with_capacity(msg.steps.len());
+            for (i, (step, delay)) in msg.steps.into_iter().enumerate() {
+                records.push(
+                    validator
+                        .build(step, Lineage::default())
+                        .map_err(|e| step_error(i, e))?,
+                );
+                delays.push(delay);
+            }
+            Ok((records, delays))
+        });
+        Box::pin(built.into_actor(self).then(|built, act, _| {
+            let (mut records, delays) = match built {
+                Ok(built) => built,
+                Err(e) => return Box::pin(fut::ready(Err(e))) as Created,
+            };
+            let pipeline_id = format!("pipeline-{}", uuid::Uuid::now_v7());
+            let record = pipeline::wire(&pipeline_id, &mut records, &delays, now_ms());
+            for r in &records {
+                for dep in &r.depends_on {
+                    act.graph.wait_for(&r.id, dep);
                 }
             }
-            delays.push(delay);
-        }
-        let record = pipeline::wire(&pipeline_id, &mut records, &delays, now_ms());
-        for r in &records {
-            for dep in &r.depends_on {
-                self.graph.wait_for(&r.id, dep);
-            }
-        }
-        Box::pin(
-            self.admit_all(records, Some(record.clone()))
-                .map(move |res, _, _| res.map(|steps| (record, steps))),
-        )
+            Box::pin(
+                act.admit_all(records, Some(record.clone()))
+                    .map(move |res, _, _| res.map(|steps| (record, steps))),
+            )
+        }))
     }
 }
+
+/// What `CreatePipeline` answers: the pipeline and its steps.
+type Created = ResponseActFuture<Engine, Result<(PipelineRecord, Vec<TaskRecord>), EngineError>>;
 
 impl Handler<CancelPipeline> for Engine {
     type Result = ResponseFuture<Result<PipelineRecord, EngineError>>;

@@ -2,15 +2,17 @@
 //! of a run (its tasks or pipeline, the schedule's events and the execution row in ONE
 //! append), and the commands routed to a schedule's actor.
 //!
-//! Owns: turning a schedule's template into task records at each fire, and the wiring
-//! of a run to its schedule (the task's `owner`; a pipeline's run found by its id).
+//! Owns: turning a schedule's template into task records at each fire (built off the
+//! actix thread in one hop, then wired on the engine's state of after the hop), and the
+//! wiring of a run to its schedule (the task's `owner`; a pipeline's run found by its id).
 //! Must never: decide when or whether a schedule fires (`model::schedule::decide`, in
 //! the `ScheduleActor`), or read the machine's clock (the engine's `Clock`).
 
 use actix::prelude::*;
 
-use super::validation::Lineage;
+use super::validation::{Lineage, Validator, check};
 use super::{Cancel, CancelLoop, CancelPipeline, Engine, NewTask, prepare_loop};
+use crate::blocking::off_actix_thread;
 use crate::error::EngineError;
 use crate::journal::Append;
 use crate::model::loops::CreateLoopRequest;
@@ -75,6 +77,44 @@ fn new_task(t: &TaskTemplate) -> NewTask {
     }
 }
 
+/// The task records one fire creates (not yet wired nor journaled): its task, or its
+/// pipeline's steps. A template that no longer validates is an error. Blocking (each
+/// task's directory and agent are checked): the engine calls it off the actix thread.
+fn build_run(s: &ScheduleRecord, validator: &Validator) -> Result<Vec<TaskRecord>, EngineError> {
+    let template_error =
+        |e: serde_json::Error| EngineError::Internal(format!("schedule {}'s template: {e}", s.id));
+    match s.target {
+        TargetKind::Task => {
+            let t: TaskTemplate =
+                serde_json::from_value(s.template.clone()).map_err(template_error)?;
+            let owner = EntityRef::new(EntityKind::Schedule, s.id.clone());
+            Ok(vec![validator.owned_task(new_task(&t), owner)?])
+        }
+        // A loop's run is prepared off the actix thread (`fire_loop`), never here.
+        TargetKind::Loop => Err(EngineError::Internal(format!(
+            "schedule {} runs a loop: its fire goes through fire_loop",
+            s.id
+        ))),
+        TargetKind::Pipeline => {
+            let p: PipelineTemplate =
+                serde_json::from_value(s.template.clone()).map_err(template_error)?;
+            let mut records = Vec::with_capacity(p.steps.len());
+            for (i, step) in p.steps.iter().enumerate() {
+                let r = validator
+                    .build(new_task(step), Lineage::default())
+                    .map_err(|e| step_error(i, e))?;
+                records.push(r);
+            }
+            Ok(records)
+        }
+    }
+}
+
+/// A pipeline step's error, saying which step.
+fn step_error(i: usize, e: EngineError) -> EngineError {
+    EngineError::InvalidInput(format!("step {}: {e}", i + 1))
+}
+
 fn invalid(e: InvalidSchedule) -> EngineError {
     EngineError::InvalidInput(e.to_string())
 }
@@ -102,62 +142,38 @@ impl Engine {
         self.live.add_schedule(id, addr);
     }
 
-    /// The task records one fire creates (not yet journaled), and the pipeline's record
-    /// if the target is one. A template that no longer validates is an error.
-    fn build_run(
+    /// Wires a fire's records (built by `build_run`, off the actix thread) on the
+    /// engine's state of now: a pipeline's steps one after the other, and the first task
+    /// waiting for `depends_on` if that still runs.
+    fn wire_run(
         &mut self,
         s: &ScheduleRecord,
+        mut records: Vec<TaskRecord>,
         depends_on: Option<String>,
-    ) -> Result<(Vec<TaskRecord>, Option<crate::model::PipelineRecord>), EngineError> {
-        let owner = EntityRef::new(EntityKind::Schedule, s.id.clone());
-        let template_error = |e: serde_json::Error| {
-            EngineError::Internal(format!("schedule {}'s template: {e}", s.id))
-        };
-        match s.target {
-            TargetKind::Task => {
-                let t: TaskTemplate =
-                    serde_json::from_value(s.template.clone()).map_err(template_error)?;
-                let mut record = self.build(new_task(&t), Lineage::default())?;
-                record.owner = Some(owner);
-                if let Some(dep) = depends_on {
-                    self.wait_on(&mut record, dep);
-                }
-                Ok((vec![record], None))
+    ) -> (Vec<TaskRecord>, Option<PipelineRecord>) {
+        if s.target != TargetKind::Pipeline {
+            if let (Some(dep), Some(record)) = (depends_on, records.first_mut()) {
+                self.wait_on(record, dep);
             }
-            // A loop's run is prepared off the actix thread (`fire_loop`), never here.
-            TargetKind::Loop => Err(EngineError::Internal(format!(
-                "schedule {} runs a loop: its fire goes through fire_loop",
-                s.id
-            ))),
-            TargetKind::Pipeline => {
-                let p: PipelineTemplate =
-                    serde_json::from_value(s.template.clone()).map_err(template_error)?;
-                let mut records = Vec::with_capacity(p.steps.len());
-                for (i, step) in p.steps.iter().enumerate() {
-                    let r = self
-                        .build(new_task(step), Lineage::default())
-                        .map_err(|e| EngineError::InvalidInput(format!("step {}: {e}", i + 1)))?;
-                    records.push(r);
+            return (records, None);
+        }
+        let id = format!("pipeline-{}", uuid::Uuid::now_v7());
+        let delays = vec![None; records.len()];
+        let pipeline =
+            crate::model::pipeline::wire(&id, &mut records, &delays, self.clock.now_ms());
+        if let Some(dep) = depends_on
+            && let Some(first) = records.first_mut()
+        {
+            self.wait_on(first, dep);
+        }
+        for r in &records {
+            for dep in &r.depends_on {
+                if r.status == TaskStatus::Blocked {
+                    self.graph.wait_for(&r.id, dep);
                 }
-                let id = format!("pipeline-{}", uuid::Uuid::now_v7());
-                let delays = vec![None; records.len()];
-                let pipeline =
-                    crate::model::pipeline::wire(&id, &mut records, &delays, self.clock.now_ms());
-                if let Some(dep) = depends_on
-                    && let Some(first) = records.first_mut()
-                {
-                    self.wait_on(first, dep);
-                }
-                for r in &records {
-                    for dep in &r.depends_on {
-                        if r.status == TaskStatus::Blocked {
-                            self.graph.wait_for(&r.id, dep);
-                        }
-                    }
-                }
-                Ok((records, Some(pipeline)))
             }
         }
+        (records, Some(pipeline))
     }
 
     /// `afterSchedule`: the new run's first task waits for `dep` if `dep` still runs.
@@ -213,9 +229,10 @@ impl Engine {
 impl Handler<CreateSchedule> for Engine {
     type Result = ResponseActFuture<Self, Result<ScheduleRecord, EngineError>>;
 
-    fn handle(&mut self, msg: CreateSchedule, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CreateSchedule, _ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now_ms();
-        let made = (|| {
+        // What needs no I/O is checked here, so that bad input is refused at once.
+        let checked = (|| {
             let timing = schedule::validate_timing(
                 &TimingRequest {
                     schedule_type: msg.schedule_type,
@@ -228,37 +245,25 @@ impl Handler<CreateSchedule> for Engine {
                 now,
             )
             .map_err(invalid)?;
-            // The template is checked now (and its agent resolved), not at the first fire.
-            let (target, template) = match msg.target {
-                ScheduleTarget::Task(mut t) => {
-                    let built = self.build(new_task(&t), Lineage::default())?;
-                    t.agent = Some(built.agent);
-                    (TargetKind::Task, serde_json::to_value(t))
-                }
-                ScheduleTarget::Pipeline(mut p) => {
+            match &msg.target {
+                ScheduleTarget::Task(t) => check(&new_task(t))?,
+                ScheduleTarget::Pipeline(p) => {
                     schedule::validate_pipeline_steps(p.steps.len()).map_err(invalid)?;
-                    for (i, step) in p.steps.iter_mut().enumerate() {
-                        let built =
-                            self.build(new_task(step), Lineage::default())
-                                .map_err(|e| {
-                                    EngineError::InvalidInput(format!("step {}: {e}", i + 1))
-                                })?;
-                        step.agent = Some(built.agent);
+                    for (i, step) in p.steps.iter().enumerate() {
+                        check(&new_task(step)).map_err(|e| step_error(i, e))?;
                     }
-                    (TargetKind::Pipeline, serde_json::to_value(p))
                 }
                 ScheduleTarget::Loop(_) if msg.after_schedule_id.is_some() => {
                     return Err(EngineError::InvalidInput(
                         "afterSchedule is for task and pipeline schedules; a loop schedule cannot follow another schedule".into(),
                     ));
                 }
-                ScheduleTarget::Loop(req) => {
-                    let req = super::check_loop_request(*req, &(self.settings)())?;
-                    (TargetKind::Loop, serde_json::to_value(req))
-                }
-            };
-            let template = template.map_err(|e| EngineError::Internal(e.to_string()))?;
-            let after = msg.after_schedule_id.map(|a| a.trim().to_string());
+                ScheduleTarget::Loop(_) => {}
+            }
+            let after = msg
+                .after_schedule_id
+                .as_deref()
+                .map(|a| a.trim().to_string());
             if let Some(a) = &after
                 && a.is_empty()
             {
@@ -266,11 +271,33 @@ impl Handler<CreateSchedule> for Engine {
                     "afterSchedule is empty: give the id of the schedule to follow".into(),
                 ));
             }
+            Ok((timing, after))
+        })();
+        let (timing, after) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let validator = self.validator();
+        let store = self.store.clone();
+        let CreateSchedule {
+            missed_run_policy,
+            overlap_policy,
+            target,
+            ..
+        } = msg;
+        // One hop: the template checked now (its directories, its agents resolved), not
+        // at the first fire; and the schedule it follows read.
+        let made = off_actix_thread(move || {
+            let (target, template) = check_target(target, &validator)?;
+            let template = template.map_err(|e| EngineError::Internal(e.to_string()))?;
+            if let Some(after) = &after {
+                check_followed(&store, after)?;
+            }
             let event = NewSchedule {
                 id: format!("schedule-{}", uuid::Uuid::now_v7()),
                 timing,
-                missed_run_policy: msg.missed_run_policy,
-                overlap_policy: msg.overlap_policy,
+                missed_run_policy,
+                overlap_policy,
                 after_schedule_id: after,
                 target,
                 template,
@@ -278,40 +305,55 @@ impl Handler<CreateSchedule> for Engine {
             .created(now);
             let record = ScheduleRecord::apply(None, &event)?;
             Ok((event, record))
-        })();
-        let (event, record) = match made {
-            Ok(made) => made,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        let _ = ctx;
-        let Some(followed) = record.after_schedule_id.clone() else {
-            return self.commit_schedule(event, record);
-        };
-        // `afterSchedule` must name a schedule whose runs end in a task (read off the
-        // actix thread).
-        let store = self.store.clone();
-        let read = async move {
-            tokio::task::spawn_blocking(move || store.schedule(&followed))
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?
-                .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))
-        };
-        let after = record.after_schedule_id.clone().unwrap_or_default();
-        Box::pin(read.into_actor(self).then(move |res, act, _ctx| {
-            let checked = res.and_then(|found| match found {
-                None => Err(EngineError::InvalidInput(format!(
-                    "afterSchedule {after}: no such schedule; `beat schedule list` shows the ids"
-                ))),
-                Some(f) if f.target == TargetKind::Loop => Err(EngineError::InvalidInput(format!(
-                    "afterSchedule {after} runs a loop; a schedule can follow only a task or pipeline schedule, whose runs end in a task"
-                ))),
-                Some(_) => Ok(()),
-            });
-            match checked {
-                Ok(()) => act.commit_schedule(event, record),
-                Err(e) => Box::pin(fut::ready(Err(e))),
-            }
+        });
+        Box::pin(made.into_actor(self).then(|made, act, _ctx| match made {
+            Ok((event, record)) => act.commit_schedule(event, record),
+            Err(e) => Box::pin(fut::ready(Err(e))),
         }))
+    }
+}
+
+/// A new schedule's target, checked as a fire will build it, with its agents resolved
+/// (the template a fire uses). Blocking.
+fn check_target(
+    target: ScheduleTarget,
+    validator: &Validator,
+) -> Result<(TargetKind, serde_json::Result<serde_json::Value>), EngineError> {
+    Ok(match target {
+        ScheduleTarget::Task(mut t) => {
+            let built = validator.build(new_task(&t), Lineage::default())?;
+            t.agent = Some(built.agent);
+            (TargetKind::Task, serde_json::to_value(t))
+        }
+        ScheduleTarget::Pipeline(mut p) => {
+            for (i, step) in p.steps.iter_mut().enumerate() {
+                let built = validator
+                    .build(new_task(step), Lineage::default())
+                    .map_err(|e| step_error(i, e))?;
+                step.agent = Some(built.agent);
+            }
+            (TargetKind::Pipeline, serde_json::to_value(p))
+        }
+        ScheduleTarget::Loop(req) => {
+            let req = super::check_loop_request(*req, validator.settings())?;
+            (TargetKind::Loop, serde_json::to_value(req))
+        }
+    })
+}
+
+/// `afterSchedule` must name a schedule whose runs end in a task. Blocking (a read).
+fn check_followed(store: &crate::journal::Store, after: &str) -> Result<(), EngineError> {
+    let found = store
+        .schedule(after)
+        .map_err(|e| EngineError::Store(e.to_string(), "beat.db".into()))?;
+    match found {
+        None => Err(EngineError::InvalidInput(format!(
+            "afterSchedule {after}: no such schedule; `beat schedule list` shows the ids"
+        ))),
+        Some(f) if f.target == TargetKind::Loop => Err(EngineError::InvalidInput(format!(
+            "afterSchedule {after} runs a loop; a schedule can follow only a task or pipeline schedule, whose runs end in a task"
+        ))),
+        Some(_) => Ok(()),
     }
 }
 
@@ -344,13 +386,30 @@ impl Handler<FireRun> for Engine {
         if msg.schedule.target == TargetKind::Loop {
             return self.fire_loop(msg);
         }
+        // The run's records are built off the actix thread (their directories and agents
+        // checked there); whom the run waits for is decided after that hop, on the
+        // registry as it is then.
+        let validator = self.validator();
+        let schedule = msg.schedule.clone();
+        let built = off_actix_thread(move || build_run(&schedule, &validator));
+        Box::pin(
+            built
+                .into_actor(self)
+                .then(move |built, act, _ctx| act.fire_built(msg, built)),
+        )
+    }
+}
+
+impl Engine {
+    /// Fires `msg` with its records `built` (or refuses it, if they could not be).
+    fn fire_built(&mut self, msg: FireRun, built: Result<Vec<TaskRecord>, EngineError>) -> Fired {
         let Some(waited) = msg.plan.wait_for.clone() else {
-            return self.fire_run(msg, None);
+            return self.fire_run(msg, None, built);
         };
         if let Some(task) = self.last_task_of(&waited)
             && self.live.is_live_task(&task)
         {
-            return self.fire_run(msg, Some(task));
+            return self.fire_run(msg, Some(task), built);
         }
         // `afterSchedule`: the run this one waits for ended after the schedule's actor
         // read it (its row may not say so yet). How it ended is committed: read it, and
@@ -370,7 +429,7 @@ impl Handler<FireRun> for Engine {
             let now = act.clock.now_ms();
             let plan = msg.plan.clone();
             match schedule::follow_ended(&msg.schedule, now, &ended, plan) {
-                Decision::Fire(plan) => act.fire_run(FireRun { plan: *plan, ..msg }, None),
+                Decision::Fire(plan) => act.fire_run(FireRun { plan: *plan, ..msg }, None, built),
                 Decision::Record(events) => act.journal_run(
                     msg.schedule,
                     events,
@@ -401,14 +460,19 @@ fn how_run_ended(
 }
 
 impl Engine {
-    /// Creates the run of `msg` (its first task waiting for `dep` when given) and
-    /// journals it with the schedule's events; a run that cannot be created refuses the
-    /// occurrence with the reason.
-    fn fire_run(&mut self, msg: FireRun, dep: Option<String>) -> Fired {
+    /// Wires the run of `msg` from its `built` records (its first task waiting for `dep`
+    /// when given) and journals it with the schedule's events; a run that could not be
+    /// built refuses the occurrence with the reason.
+    fn fire_run(
+        &mut self,
+        msg: FireRun,
+        dep: Option<String>,
+        built: Result<Vec<TaskRecord>, EngineError>,
+    ) -> Fired {
         let at = self.clock.now_ms();
         let s = msg.schedule;
         let plan = msg.plan;
-        let built = self.build_run(&s, dep);
+        let built = built.map(|records| self.wire_run(&s, records, dep));
         let (records, pipeline, events) = match built {
             Ok((records, pipeline)) => {
                 let launched = Launched {

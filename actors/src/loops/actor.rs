@@ -5,9 +5,11 @@
 //! time. Its iteration tasks and its eval (an internal task owned by the loop: `sh -c`
 //! through the shim, or the judging agent) are created in the same append as the
 //! transition that names them, so a crash never loses or repeats one; the Engine tells
-//! the actor (`OwnedTaskEnded`) as each ends. Git runs on the blocking pool and its
-//! result is journaled once (`Settled`); both git steps are idempotent, so a crash
-//! between them and the journal only redoes them.
+//! the actor (`OwnedTaskEnded`) as each ends. An iteration's tasks (or its eval) are
+//! validated on the blocking pool in one hop, while the actor waits (`ctx.wait`), and
+//! are created only if the model still asks for them after it. Git runs on the blocking
+//! pool and its result is journaled once (`Settled`); both git steps are idempotent, so
+//! a crash between them and the journal only redoes them.
 //! Must never: decide an outcome itself (the model does), poll its tasks, change a
 //! task's record (each task's actor does), or block the actix thread.
 
@@ -16,9 +18,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::agents::programs::ProgramCache;
 use crate::agents::run_dir::RunDir;
+use crate::blocking::off_actix_thread;
 use crate::engine::requests::{AdoptOwnedTasks, Cancel, NewTask};
-use crate::engine::validation::owned_task;
+use crate::engine::validation::Validator;
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle, OwnedTaskEnded};
 use crate::error::EngineError;
 use crate::journal::{Append, Store};
@@ -40,6 +44,8 @@ pub struct LoopDeps {
     pub store: Store,
     pub settings: SettingsSource,
     pub runs_root: Arc<Path>,
+    /// Where validation last found each agent CLI (the engine's cache).
+    pub programs: Arc<ProgramCache>,
 }
 
 /// Pause the loop: graceful (the running iteration finishes) or `force` (it is
@@ -193,95 +199,44 @@ impl LoopActor {
         }
     }
 
-    /// A task request of this loop, in its directory.
-    fn task_request(&self, prompt: String, agent: &str, timeout: Option<u64>) -> NewTask {
-        let rec = &self.core.record;
-        NewTask {
-            prompt,
-            priority: rec.priority,
-            agent: Some(agent.to_string()),
-            working_directory: PathBuf::from(rec.work_dir()),
-            timeout,
-            model: rec.model.clone(),
-            system_prompt: rec.system_prompt.clone(),
-            ..Default::default()
-        }
+    fn validator(&self) -> Validator {
+        Validator::new((self.deps.settings)(), self.deps.programs.clone())
     }
 
-    /// Creates the iteration's tasks and journals them with `IterationStarted`.
+    /// Whether the model still says `step` (checked after a hop to the blocking pool:
+    /// whatever moved the loop on meanwhile has driven it already).
+    fn still(&self, step: &NextStep) -> bool {
+        loops::decide_next(&self.core.record, now_ms()) == *step
+    }
+
+    /// Creates the iteration's tasks and journals them with `IterationStarted`. The
+    /// previous task (for `--checkpoint`) is read and every task validated in one hop to
+    /// the blocking pool, in order.
     fn start_iteration(&mut self, number: u32, ctx: &mut Context<Self>) {
-        let rec = &self.core.record;
-        if !loops::continues_session(rec) {
-            let prompts = loops::iteration_prompts(rec, None, None);
-            return self.create_iteration(number, prompts, None, ctx);
-        }
-        // --checkpoint: the previous tail task's checkpoint and session.
+        let rec = self.core.record.clone();
         let store = self.deps.store.clone();
-        let previous = rec
-            .latest
-            .as_ref()
-            .and_then(|i| i.task_id())
-            .map(str::to_string);
-        let read = tokio::task::spawn_blocking(move || match previous {
-            Some(id) => store.task(&id).ok().flatten(),
-            None => None,
-        });
-        ctx.wait(read.into_actor(self).map(move |res, act, ctx| {
-            let prev_task = res.ok().flatten();
-            let rec = &act.core.record;
-            let prompts = loops::iteration_prompts(
-                rec,
-                rec.latest.as_ref(),
-                prev_task.as_ref().and_then(|t| t.checkpoint.as_ref()),
-            );
-            let session = prev_task.and_then(|t| t.session_id);
-            act.create_iteration(number, prompts, session, ctx);
+        let validator = self.validator();
+        let owner = self.owner();
+        let work = off_actix_thread(move || iteration_tasks(&rec, &store, &validator, owner));
+        ctx.wait(work.into_actor(self).map(move |res, act, ctx| {
+            if !act.still(&NextStep::Start { number }) {
+                return;
+            }
+            match res {
+                Ok(tasks) => {
+                    let event = LoopEvent::IterationStarted {
+                        at: now_ms(),
+                        number,
+                        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+                    };
+                    act.commit_with_tasks(event, tasks, ctx);
+                }
+                Err(e) => act.give_up(
+                    format!("could not create iteration {number}'s task: {e}"),
+                    ctx,
+                ),
+            }
         }));
-    }
-
-    fn create_iteration(
-        &mut self,
-        number: u32,
-        prompts: Vec<String>,
-        session: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
-        let settings = (self.deps.settings)();
-        let agent = self.core.record.agent.clone();
-        let mut tasks: Vec<TaskRecord> = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let req = self.task_request(prompt, &agent, None);
-            match owned_task(req, self.owner(), &settings) {
-                Ok(mut t) => {
-                    t.role = Some("iteration".into());
-                    if let Some(prev) = tasks.last() {
-                        t.depends_on = vec![prev.id.clone()];
-                        t.status = TaskStatus::Blocked;
-                    }
-                    tasks.push(t);
-                }
-                Err(e) => {
-                    return self.give_up(
-                        format!("could not create iteration {number}'s task: {e}"),
-                        ctx,
-                    );
-                }
-            }
-        }
-        if let (Some(session), Some(t)) = (session, tasks.first_mut()) {
-            let resumable = crate::agents::adapter_for(&t.agent, &settings)
-                .map(|a| a.supports_resume())
-                .unwrap_or(false);
-            if resumable {
-                t.resume_session = Some(session);
-            }
-        }
-        let event = LoopEvent::IterationStarted {
-            at: now_ms(),
-            number,
-            task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
-        };
-        self.commit_with_tasks(event, tasks, ctx);
     }
 
     /// Journals `event` with the new `tasks` in one append, then has the Engine start
@@ -328,7 +283,6 @@ impl LoopActor {
     /// Starts the eval: an internal task owned by the loop, journaled with `EvalStarted`.
     fn start_eval(&mut self, number: u32, ctx: &mut Context<Self>) {
         let rec = &self.core.record;
-        let settings = (self.deps.settings)();
         let req = match rec.eval_mode {
             EvalMode::Shell => {
                 let Some(spec) = loops::shell_eval_spec(rec) else {
@@ -341,34 +295,43 @@ impl LoopActor {
                     .map(|(k, v)| format!("{k}='{}'", v.replace('\'', "'\\''")))
                     .collect();
                 let script = format!("export {}\n{}", exports.join(" "), rec.exit_condition);
-                self.task_request(script, "shell", Some(spec.timeout_ms))
+                task_request(rec, script, "shell", Some(spec.timeout_ms))
             }
             EvalMode::Agent => {
                 let Some(prompt) = loops::agent_eval_prompt(rec) else {
                     return;
                 };
                 let judge = rec.eval_agent.clone().unwrap_or(rec.agent.clone());
-                self.task_request(prompt, &judge, Some(rec.eval_timeout))
+                task_request(rec, prompt, &judge, Some(rec.eval_timeout))
             }
         };
-        let task = match owned_task(req, self.owner(), &settings) {
-            Ok(mut t) => {
-                t.role = Some("eval".into());
-                t
+        let validator = self.validator();
+        let owner = self.owner();
+        let work = off_actix_thread(move || validator.owned_task(req, owner));
+        ctx.wait(work.into_actor(self).map(move |res, act, ctx| {
+            let step = NextStep::Evaluate {
+                number,
+                eval_id: None,
+            };
+            if !act.still(&step) {
+                return;
             }
-            Err(e) => {
-                return self.give_up(
+            match res {
+                Ok(mut task) => {
+                    task.role = Some("eval".into());
+                    let event = LoopEvent::EvalStarted {
+                        at: now_ms(),
+                        number,
+                        eval_id: task.id.clone(),
+                    };
+                    act.commit_with_tasks(event, vec![task], ctx);
+                }
+                Err(e) => act.give_up(
                     format!("could not start iteration {number}'s eval: {e}"),
                     ctx,
-                );
+                ),
             }
-        };
-        let event = LoopEvent::EvalStarted {
-            at: now_ms(),
-            number,
-            eval_id: task.id.clone(),
-        };
-        self.commit_with_tasks(event, vec![task], ctx);
+        }));
     }
 
     /// Git's step for the iteration, off the actix thread, then `Settled`.
@@ -530,6 +493,64 @@ impl LoopActor {
         }
         ids
     }
+}
+
+/// A task request of the loop `rec`, in its directory.
+fn task_request(rec: &LoopRecord, prompt: String, agent: &str, timeout: Option<u64>) -> NewTask {
+    NewTask {
+        prompt,
+        priority: rec.priority,
+        agent: Some(agent.to_string()),
+        working_directory: PathBuf::from(rec.work_dir()),
+        timeout,
+        model: rec.model.clone(),
+        system_prompt: rec.system_prompt.clone(),
+        ..Default::default()
+    }
+}
+
+/// The next iteration's tasks, validated, in order: each after the one before; the
+/// first resuming the previous tail task's session under `--checkpoint` (whose
+/// checkpoint its prompt carries). Blocking (a read, and each task's directory and
+/// agent): run it off the actix thread.
+fn iteration_tasks(
+    rec: &LoopRecord,
+    store: &Store,
+    validator: &Validator,
+    owner: EntityRef,
+) -> Result<Vec<TaskRecord>, EngineError> {
+    let (prompts, session) = if loops::continues_session(rec) {
+        let previous = rec.latest.as_ref().and_then(|i| i.task_id());
+        let prev_task = previous.and_then(|id| store.task(id).ok().flatten());
+        let prompts = loops::iteration_prompts(
+            rec,
+            rec.latest.as_ref(),
+            prev_task.as_ref().and_then(|t| t.checkpoint.as_ref()),
+        );
+        (prompts, prev_task.and_then(|t| t.session_id))
+    } else {
+        (loops::iteration_prompts(rec, None, None), None)
+    };
+    let mut tasks: Vec<TaskRecord> = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let req = task_request(rec, prompt, &rec.agent, None);
+        let mut t = validator.owned_task(req, owner.clone())?;
+        t.role = Some("iteration".into());
+        if let Some(prev) = tasks.last() {
+            t.depends_on = vec![prev.id.clone()];
+            t.status = TaskStatus::Blocked;
+        }
+        tasks.push(t);
+    }
+    if let (Some(session), Some(t)) = (session, tasks.first_mut()) {
+        let resumable = crate::agents::adapter_for(&t.agent, validator.settings())
+            .map(|a| a.supports_resume())
+            .unwrap_or(false);
+        if resumable {
+            t.resume_session = Some(session);
+        }
+    }
+    Ok(tasks)
 }
 
 /// How a task's end counts for its iteration.
