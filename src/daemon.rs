@@ -21,7 +21,18 @@ use crate::launcher::{STARTUP_FAILURE, try_lock};
 use crate::mcp::server::{BackbeatMcp, Hello};
 use crate::paths::Home;
 
-fn init_logging(home: &Home, foreground: bool) {
+/// Sets up the daemon's log. Lines go to `daemon.log` through a writer thread, so that
+/// no actor's thread (the actix thread above all) ever waits on a file write; nothing is
+/// dropped when it falls behind (the caller waits instead). In the foreground, stderr
+/// gets the same lines through a writer thread of its own. The returned guards flush
+/// what is still queued when dropped: keep them until the daemon stops.
+fn init_logging(home: &Home, foreground: bool) -> Vec<tracing_appender::non_blocking::WorkerGuard> {
+    let writer_thread = |name: &str| {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name(name)
+    };
+    let mut guards = Vec::new();
     use tracing_subscriber::prelude::*;
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let level = match level.as_str() {
@@ -36,17 +47,23 @@ fn init_logging(home: &Home, foreground: bool) {
         .append(true)
         .open(home.log());
     let file_layer = file.ok().map(|f| {
+        let (writer, guard) = writer_thread("daemon-log").finish(f);
+        guards.push(guard);
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
+            .with_writer(writer)
     });
-    let stderr_layer =
-        foreground.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let stderr_layer = foreground.then(|| {
+        let (writer, guard) = writer_thread("daemon-stderr").finish(std::io::stderr());
+        guards.push(guard);
+        tracing_subscriber::fmt::layer().with_writer(writer)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(file_layer)
         .with(stderr_layer)
         .try_init();
+    guards
 }
 
 /// Runs the daemon in this process until SIGTERM or SIGINT. Returns at once, with
@@ -93,7 +110,7 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
             None
         }
     };
-    init_logging(home, foreground);
+    let _log_flushed_on_exit = init_logging(home, foreground);
     let socket_path = home.prepare_socket_dir()?;
     let _ = std::fs::remove_file(&socket_path);
 

@@ -290,6 +290,8 @@ echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\"
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["result"], "key-received", "the task ran with the key");
+    // Stopped first: the log is written by a thread of its own, flushed at exit.
+    beat.ok(&["daemon", "stop"]);
     let log = std::fs::read_to_string(beat.path().join("daemon.log")).expect("daemon.log");
     assert!(!log.is_empty(), "the daemon logged something");
     assert!(!log.contains(key), "the key never reaches the log");

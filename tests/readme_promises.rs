@@ -34,11 +34,11 @@ fn the_environment_wins_over_config_json_and_a_bad_value_falls_back_alone() {
         t["maxOutputBuffer"], 5000,
         "a key the environment does not set comes from config.json"
     );
-    let log = std::fs::read_to_string(beat.path().join("daemon.log")).unwrap();
-    assert!(
-        log.contains("TASK_IDLE_TIMEOUT") && log.contains("banana"),
-        "the bad value is reported: {log}"
-    );
+    // The log is written by a thread of its own: wait for the line.
+    wait_until("the bad value to be reported", Duration::from_secs(20), || {
+        std::fs::read_to_string(beat.path().join("daemon.log"))
+            .is_ok_and(|log| log.contains("TASK_IDLE_TIMEOUT") && log.contains("banana"))
+    });
 }
 
 /// "`cpuCoresReserved` ... 0 (off)": agents never take more than the cores left after it.

@@ -48,10 +48,14 @@ fn a_task_still_runs_when_the_spawner_is_gone() {
     let second = beat.submit("print two", &[]);
     let t = beat.wait(&second);
     assert_eq!(t["status"], "completed", "{t}");
-    let log = std::fs::read_to_string(beat.home.path().join("daemon.log")).unwrap();
-    assert!(
-        log.contains("exec'ing the shim instead"),
-        "the run was started by exec, and the log says why: {log}"
+    // The log is written by a thread of its own: wait for the line.
+    wait_until(
+        "the log to say the run was started by exec, and why",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(beat.home.path().join("daemon.log"))
+                .is_ok_and(|log| log.contains("exec'ing the shim instead"))
+        },
     );
 }
 
