@@ -84,8 +84,8 @@ fn first_chars(text: &str, chars: usize) -> &str {
 
 fn summary_row(row: &rusqlite::Row<'_>, prompt_chars: usize) -> rusqlite::Result<TaskSummary> {
     let text = row.get_ref(0)?.as_str()?;
-    let f: SummaryFields = serde_json::from_str(text)
-        .map_err(|e| conversion_error(0, format!("task record: {e}")))?;
+    let f: SummaryFields =
+        serde_json::from_str(text).map_err(|e| conversion_error(0, format!("task record: {e}")))?;
     Ok(TaskSummary {
         id: f.id.into_owned(),
         status: f.status,
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn summaries_hold_the_listed_fields_of_the_full_records_with_the_prompt_cut_between_characters()
-     {
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut owned = task("task-b", "é\u{1F600}\"quoted\"\\ and\nmore ünïcode text", 2);
         owned.status = TaskStatus::Failed;
