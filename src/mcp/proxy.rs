@@ -239,10 +239,18 @@ async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, 
     Ok(Connection { lines, writer })
 }
 
-async fn emit(stdout: &mut tokio::io::Stdout, line: &str) -> std::io::Result<()> {
-    stdout.write_all(line.as_bytes()).await?;
-    stdout.write_all(b"\n").await?;
-    stdout.flush().await
+/// Writes one message to the client, in one write. Written here, not through tokio's
+/// stdout, which hands every write and flush to a thread of its blocking pool (three
+/// threads started before the first answer reached the client). The proxy waits on
+/// this write either way: the loop reads nothing else until the client took it.
+fn emit(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut message = Vec::with_capacity(line.len() + 1);
+    message.extend_from_slice(line.as_bytes());
+    message.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&message)?;
+    stdout.flush()
 }
 
 pub async fn run(home: &Home) -> Result<(), CliError> {
@@ -259,7 +267,6 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
         }
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdout = tokio::io::stdout();
     loop {
         tokio::select! {
             line = stdin.next_line() => {
@@ -275,7 +282,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                     && let Some(reply) = initialize_answer(&line).await
                 {
                     session.answered_here(&line);
-                    emit(&mut stdout, &reply).await?;
+                    emit(&reply)?;
                     continue;
                 }
                 session.outgoing(&line);
@@ -317,7 +324,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 }
                 if !sent {
                     for reply in session.lost_replies() {
-                        emit(&mut stdout, &reply).await?;
+                        emit(&reply)?;
                     }
                 }
             }
@@ -325,14 +332,14 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 match line {
                     Ok(Some(line)) => {
                         if session.incoming(&line) {
-                            emit(&mut stdout, &line).await?;
+                            emit(&line)?;
                         }
                     }
                     _ => {
                         // The daemon went away: answer what it had; reconnect on demand.
                         conn = None;
                         for reply in session.lost_replies() {
-                            emit(&mut stdout, &reply).await?;
+                            emit(&reply)?;
                         }
                     }
                 }
@@ -352,7 +359,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 match c.lines.next_line().await {
                     Ok(Some(line)) => {
                         if session.incoming(&line) {
-                            let _ = emit(&mut stdout, &line).await;
+                            let _ = emit(&line);
                         }
                     }
                     _ => break,
