@@ -671,7 +671,7 @@ fn small_things_of_the_mcp_tools() {
 
 /// `beat mcp start`, an `initialize`, then `notifications/initialized` and `tools/list`
 /// on the same session: the raw `initialize` answer line, once the session is closed.
-fn initialize_and_list_tools(beat: &Beat) -> String {
+fn initialize_and_list_tools(beat: &Beat, protocol_version: &str) -> String {
     use std::io::{BufRead, BufReader, Write};
     let mut child = beat
         .cmd(&["mcp", "start"])
@@ -682,7 +682,7 @@ fn initialize_and_list_tools(beat: &Beat) -> String {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
+        "protocolVersion": protocol_version, "capabilities": {},
         "clientInfo": { "name": "t", "version": "0" } } });
     writeln!(stdin, "{initialize}").unwrap();
     let mut answer = String::new();
@@ -717,18 +717,26 @@ fn initialize_and_list_tools(beat: &Beat) -> String {
 
 #[test]
 fn the_initialize_answered_while_the_daemon_starts_is_the_daemons_own_answer() {
-    let beat = Beat::new();
-    assert_eq!(beat.daemon_pid(), None);
-    // No daemon runs: `mcp start` starts one and answers `initialize` itself.
-    let cold = initialize_and_list_tools(&beat);
-    let pid = beat.daemon_pid().expect("the daemon it started runs on");
-    // The daemon runs: it answers `initialize`.
-    let warm = initialize_and_list_tools(&beat);
-    assert_eq!(beat.daemon_pid(), Some(pid));
-    assert_eq!(cold, warm, "the client sees the same answer either way");
-    let v: serde_json::Value = serde_json::from_str(&cold).unwrap();
-    assert_eq!(v["result"]["protocolVersion"], "2025-06-18", "{cold}");
-    assert_eq!(v["result"]["serverInfo"]["name"], "backbeat", "{cold}");
+    // A version the server speaks, and one it does not (the negotiation falls back).
+    for (asked, agreed) in [("2025-06-18", "2025-06-18"), ("1999-01-01", "")] {
+        let beat = Beat::new();
+        assert_eq!(beat.daemon_pid(), None);
+        // No daemon runs: `mcp start` starts one and answers `initialize` itself.
+        let cold = initialize_and_list_tools(&beat, asked);
+        let pid = beat.daemon_pid().expect("the daemon it started runs on");
+        // The daemon runs: it answers `initialize`.
+        let warm = initialize_and_list_tools(&beat, asked);
+        assert_eq!(beat.daemon_pid(), Some(pid));
+        assert_eq!(cold, warm, "the client sees the same answer either way");
+        let v: serde_json::Value = serde_json::from_str(&cold).unwrap();
+        let version = v["result"]["protocolVersion"].as_str().unwrap_or_default();
+        if agreed.is_empty() {
+            assert!(!version.is_empty() && version != asked, "{cold}");
+        } else {
+            assert_eq!(version, agreed, "{cold}");
+        }
+        assert_eq!(v["result"]["serverInfo"]["name"], "backbeat", "{cold}");
+    }
 }
 
 #[test]

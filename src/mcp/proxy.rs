@@ -10,9 +10,9 @@
 //! client never sees the switch.
 //!
 //! When no daemon runs at start, the daemon is started in the background and the
-//! client's `initialize` is answered here, by rmcp's own server handshake with the
-//! daemon's `server_config`: the very answer the daemon gives, without waiting for it
-//! to start. The daemon then gets the handshake as after a restart.
+//! client's `initialize` is answered here, by rmcp's own negotiation with the daemon's
+//! `server_config`: the very answer the daemon gives, without waiting for it to start.
+//! The daemon then gets the handshake as after a restart.
 //!
 //! Must never: leave a request of the client without an answer, or write anything but
 //! protocol messages to stdout.
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use rmcp::{ServerHandler, ServiceExt};
+use rmcp::ServerHandler;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
@@ -179,21 +179,29 @@ impl ServerHandler for Handshake {
     }
 }
 
-/// The daemon's answer to an `initialize` request line, made here: rmcp's server
-/// handshake over an in-memory pipe, with the daemon's `server_config`.
-async fn initialize_answer(request: &str) -> Option<String> {
-    let (ours, theirs) = tokio::io::duplex(1 << 16);
-    let (read, mut write) = tokio::io::split(ours);
-    let mut replies = BufReader::new(read).lines();
-    write
-        .write_all(format!("{request}\n").as_bytes())
-        .await
-        .ok()?;
-    let (served, answer) = tokio::join!(Handshake.serve(theirs), replies.next_line());
-    if let Ok(running) = served {
-        let _ = running.cancel().await;
-    }
-    answer.ok().flatten()
+/// The daemon's answer to an `initialize` request line, made here as rmcp's server
+/// makes it (its `negotiate_initialize` with the daemon's `server_config`, sent as a
+/// JSON-RPC response), without running a server session in the process (that cost
+/// half a millisecond before the first answer). `None` for any other line, or one
+/// that the negotiation refuses: those go to the daemon, which answers them itself.
+fn initialize_answer(request: &str) -> Option<String> {
+    use rmcp::model::{
+        ClientJsonRpcMessage, ClientRequest, JsonRpcMessage, ServerJsonRpcMessage, ServerResult,
+    };
+    let JsonRpcMessage::Request(request) =
+        serde_json::from_str::<ClientJsonRpcMessage>(request).ok()?
+    else {
+        return None;
+    };
+    let ClientRequest::InitializeRequest(initialize) = request.request else {
+        return None;
+    };
+    let result = Handshake.negotiate_initialize(&initialize.params).ok()?;
+    serde_json::to_string(&ServerJsonRpcMessage::response(
+        ServerResult::InitializeResult(result),
+        request.id,
+    ))
+    .ok()
 }
 
 /// A connection the daemon closed (it went away, or failed to start after it bound).
@@ -278,8 +286,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 if starting.is_some()
                     && conn.is_none()
                     && session.initialize.is_none()
-                    && is_initialize_request(&line)
-                    && let Some(reply) = initialize_answer(&line).await
+                    && let Some(reply) = initialize_answer(&line)
                 {
                     session.answered_here(&line);
                     emit(&reply)?;
@@ -369,12 +376,6 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
         .await;
     }
     Ok(())
-}
-
-/// Whether the line is an `initialize` request (with an id to answer).
-fn is_initialize_request(line: &str) -> bool {
-    serde_json::from_str::<Value>(line)
-        .is_ok_and(|v| v["method"] == "initialize" && v.get("id").is_some())
 }
 
 #[cfg(test)]
