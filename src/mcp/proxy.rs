@@ -129,12 +129,19 @@ async fn connect(home: &Home, session: &Session) -> Result<Connection, CliError>
 /// A daemon being started in the background: its connection once it answers.
 type Starting = oneshot::Receiver<Result<std::os::unix::net::UnixStream, CliError>>;
 
-/// Starts a daemon on a thread of its own (spawning it must not hold up the answer
-/// to `initialize`), and connects to it.
-fn start_in_background(home: &Home) -> Starting {
+/// How long a daemon's start waits for the client's `initialize` to be answered.
+const ANSWER_FIRST_LIMIT: Duration = Duration::from_millis(5);
+
+/// Starts a daemon on a thread of its own, and connects to it. The start waits until
+/// `answered` is dropped (the client's `initialize` was answered, or the client sent
+/// something else), for at most `ANSWER_FIRST_LIMIT`: on two cores, forking and
+/// starting the daemon at the same moment held up the answer (the next call waits for
+/// the daemon anyway, and its start takes far longer than the answer).
+fn start_in_background(home: &Home, answered: std::sync::mpsc::Receiver<()>) -> Starting {
     let (tx, rx) = oneshot::channel();
     let home = home.clone();
     std::thread::spawn(move || {
+        let _ = answered.recv_timeout(ANSWER_FIRST_LIMIT);
         let connected = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -265,12 +272,15 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
     let mut session = Session::default();
     // A daemon that answers is used at once; else one is started in the background.
     let mut starting: Option<Starting> = None;
+    // Dropped once the client's first line is handled: the daemon's start goes on.
+    let (answered, answered_rx) = std::sync::mpsc::channel::<()>();
+    let mut answered = Some(answered);
     home.check_database()?;
     let mut conn = match UnixStream::connect(home.socket()).await {
         Ok(stream) => Some(handshake(stream, &session).await?),
         Err(_) => {
             home.ensure()?;
-            starting = Some(start_in_background(home));
+            starting = Some(start_in_background(home, answered_rx));
             None
         }
     };
@@ -290,8 +300,10 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 {
                     session.answered_here(&line);
                     emit(&reply)?;
+                    answered.take();
                     continue;
                 }
+                answered.take();
                 session.outgoing(&line);
                 // Sent to the daemon we have; when it is gone, to a new one. A daemon
                 // that is dying may still accept a connection and then drop it: try
@@ -355,6 +367,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
     }
     // The daemon this session started stays up for other clients: wait until it
     // answers (a failure to start is still reported).
+    answered.take();
     if let Some(rx) = starting.take() {
         conn = Some(started(rx, home, &session).await?);
     }
