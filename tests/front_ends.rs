@@ -671,7 +671,7 @@ fn small_things_of_the_mcp_tools() {
 
 /// `beat mcp start`, an `initialize`, then `notifications/initialized` and `tools/list`
 /// on the same session: the raw `initialize` answer line, once the session is closed.
-fn initialize_and_list_tools(beat: &Beat) -> String {
+fn initialize_and_list_tools(beat: &Beat, protocol_version: &str) -> String {
     use std::io::{BufRead, BufReader, Write};
     let mut child = beat
         .cmd(&["mcp", "start"])
@@ -682,7 +682,7 @@ fn initialize_and_list_tools(beat: &Beat) -> String {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
+        "protocolVersion": protocol_version, "capabilities": {},
         "clientInfo": { "name": "t", "version": "0" } } });
     writeln!(stdin, "{initialize}").unwrap();
     let mut answer = String::new();
@@ -717,18 +717,26 @@ fn initialize_and_list_tools(beat: &Beat) -> String {
 
 #[test]
 fn the_initialize_answered_while_the_daemon_starts_is_the_daemons_own_answer() {
-    let beat = Beat::new();
-    assert_eq!(beat.daemon_pid(), None);
-    // No daemon runs: `mcp start` starts one and answers `initialize` itself.
-    let cold = initialize_and_list_tools(&beat);
-    let pid = beat.daemon_pid().expect("the daemon it started runs on");
-    // The daemon runs: it answers `initialize`.
-    let warm = initialize_and_list_tools(&beat);
-    assert_eq!(beat.daemon_pid(), Some(pid));
-    assert_eq!(cold, warm, "the client sees the same answer either way");
-    let v: serde_json::Value = serde_json::from_str(&cold).unwrap();
-    assert_eq!(v["result"]["protocolVersion"], "2025-06-18", "{cold}");
-    assert_eq!(v["result"]["serverInfo"]["name"], "backbeat", "{cold}");
+    // A version the server speaks, and one it does not (the negotiation falls back).
+    for (asked, agreed) in [("2025-06-18", "2025-06-18"), ("1999-01-01", "")] {
+        let beat = Beat::new();
+        assert_eq!(beat.daemon_pid(), None);
+        // No daemon runs: `mcp start` starts one and answers `initialize` itself.
+        let cold = initialize_and_list_tools(&beat, asked);
+        let pid = beat.daemon_pid().expect("the daemon it started runs on");
+        // The daemon runs: it answers `initialize`.
+        let warm = initialize_and_list_tools(&beat, asked);
+        assert_eq!(beat.daemon_pid(), Some(pid));
+        assert_eq!(cold, warm, "the client sees the same answer either way");
+        let v: serde_json::Value = serde_json::from_str(&cold).unwrap();
+        let version = v["result"]["protocolVersion"].as_str().unwrap_or_default();
+        if agreed.is_empty() {
+            assert!(!version.is_empty() && version != asked, "{cold}");
+        } else {
+            assert_eq!(version, agreed, "{cold}");
+        }
+        assert_eq!(v["result"]["serverInfo"]["name"], "backbeat", "{cold}");
+    }
 }
 
 #[test]
@@ -800,8 +808,12 @@ fn a_task_list_summary_holds_what_beat_list_shows_of_the_same_tasks() {
     let beat = Beat::new();
     let first = beat.submit("print one", &[]);
     let second = beat.submit("print two", &[]);
-    beat.wait(&first);
-    beat.wait(&second);
+    // A preview cut between multi-byte characters, a newline and quotes in it.
+    let long = format!("print \"ü\"\n{}", "é€😀".repeat(30));
+    let third = beat.submit(&long, &[]);
+    for id in [&first, &second, &third] {
+        beat.wait(id);
+    }
     let mut mcp = beat.mcp();
     let full = mcp.ok("TaskStatus", json!({}));
     let summary = mcp.ok("TaskStatus", json!({ "summary": true }));
@@ -809,7 +821,14 @@ fn a_task_list_summary_holds_what_beat_list_shows_of_the_same_tasks() {
         full["tasks"].as_array().unwrap().clone(),
         summary["tasks"].as_array().unwrap().clone(),
     );
-    assert_eq!(summary.len(), 2);
+    assert_eq!(summary.len(), 3);
+    assert!(
+        summary[0]["promptPreview"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("...") && p.chars().count() == 53),
+        "{}",
+        summary[0]
+    );
     let keys: BTreeSet<String> = [
         "id",
         "status",
@@ -829,12 +848,52 @@ fn a_task_list_summary_holds_what_beat_list_shows_of_the_same_tasks() {
             assert_eq!(f[k], s[k], "{k} differs between {f} and {s}");
         }
     }
-    // The table shows them, newest first.
+    // The table, read from the summaries, is the table of the full records, byte for
+    // byte, newest first.
     let table = beat.ok(&["list"]);
+    assert_eq!(table, table_of(&full), "{table}");
     let (at_second, at_first) = (table.find(&second).unwrap(), table.find(&first).unwrap());
     assert!(at_second < at_first, "{table}");
     assert!(
         table.contains("print one") && table.contains("completed"),
         "{table}"
     );
+    assert_eq!(
+        beat.ok(&["status"]),
+        table,
+        "beat status without an id lists"
+    );
+}
+
+/// `beat list`'s table made from full records (TaskStatus without `summary`), as the
+/// CLI printed it before it read summaries.
+fn table_of(records: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<41}  {:<9}  {:<8}  {:<24}  PROMPT\n",
+        "ID", "STATUS", "AGENT", "CREATED"
+    );
+    for t in records {
+        let created = chrono::DateTime::from_timestamp_millis(t["createdAt"].as_i64().unwrap())
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let prompt = t["prompt"].as_str().unwrap();
+        let preview = if prompt.chars().count() > 50 {
+            format!("{}...", prompt.chars().take(50).collect::<String>())
+        } else {
+            prompt.to_string()
+        };
+        let owned = match (t["role"].as_str(), t["owner"]["id"].as_str()) {
+            (Some(role), Some(owner)) => format!("[{role} of {owner}] "),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<41}  {:<9}  {:<8}  {:<24}  {owned}{}\n",
+            t["id"].as_str().unwrap(),
+            t["status"].as_str().unwrap(),
+            t["agent"].as_str().unwrap(),
+            created,
+            preview.replace('\n', " "),
+        ));
+    }
+    out
 }

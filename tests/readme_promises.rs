@@ -35,10 +35,14 @@ fn the_environment_wins_over_config_json_and_a_bad_value_falls_back_alone() {
         "a key the environment does not set comes from config.json"
     );
     // The log is written by a thread of its own: wait for the line.
-    wait_until("the bad value to be reported", Duration::from_secs(20), || {
-        std::fs::read_to_string(beat.path().join("daemon.log"))
-            .is_ok_and(|log| log.contains("TASK_IDLE_TIMEOUT") && log.contains("banana"))
-    });
+    wait_until(
+        "the bad value to be reported",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(beat.path().join("daemon.log"))
+                .is_ok_and(|log| log.contains("TASK_IDLE_TIMEOUT") && log.contains("banana"))
+        },
+    );
 }
 
 /// "`cpuCoresReserved` ... 0 (off)": agents never take more than the cores left after it.

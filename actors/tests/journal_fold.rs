@@ -40,7 +40,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use backbeat_actors::agents::run_dir::{ExitRecord, KillCause};
-use backbeat_actors::journal::{Append, Store, TaskQuery, prune};
+use backbeat_actors::journal::{Append, Store, TaskQuery, TaskSummary, prune};
 use backbeat_actors::model::task::Checkpoint;
 use backbeat_actors::model::{
     EntityKind, EntityRef, Event, ExitOutcome, PipelineEvent, PipelineRecord, PipelineStatus,
@@ -1134,6 +1134,24 @@ fn check_fold(path: &Path, model: &Model) -> usize {
             limit: None,
         })
         .expect("reading tasks");
+    // A list's summaries are the same rows, in the same order, cut to what they hold.
+    let summaries = store
+        .task_summaries(&TaskQuery::default(), 5)
+        .expect("reading task summaries");
+    let projected: Vec<TaskSummary> = rows
+        .iter()
+        .map(|t| TaskSummary {
+            id: t.id.clone(),
+            status: t.status,
+            agent: t.agent.clone(),
+            created_at: t.created_at,
+            reason: t.reason.clone(),
+            role: t.role.clone(),
+            owner: t.owner.clone(),
+            prompt: t.prompt.chars().take(5).collect(),
+        })
+        .collect();
+    assert_eq!(summaries, projected, "task summaries differ from the tasks");
     let row_count = rows.len();
     let table: Records = rows.into_iter().map(|t| (t.id.clone(), t)).collect();
     assert_eq!(table.len(), row_count, "the tasks table repeats an id");

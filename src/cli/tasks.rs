@@ -1,6 +1,6 @@
 //! Task commands: list, status, logs, cancel, retry, wait.
 
-use backbeat_actors::TaskRecord;
+use backbeat_actors::{TaskRecord, TaskStatus};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
@@ -9,7 +9,8 @@ use super::{iso, outln, print_json};
 use crate::error::CliError;
 use crate::mcp::client::{DaemonClient, record_of};
 use crate::mcp::tools::tasks::{
-    CancelTaskArgs, ResumeTaskArgs, RetryTaskArgs, StatusField, TaskStatusArgs,
+    CancelTaskArgs, ResumeTaskArgs, RetryTaskArgs, StatusField, SummaryLine, SummaryList,
+    TaskStatusArgs,
 };
 use crate::paths::Home;
 
@@ -102,36 +103,34 @@ pub struct WaitArgs {
     json: bool,
 }
 
-fn list_table(tasks: &[Value]) {
+/// The table `beat list` prints; `None` when there are no tasks.
+fn list_table(tasks: &[SummaryLine]) -> Option<String> {
     use std::fmt::Write;
     if tasks.is_empty() {
-        eprintln!("No tasks.");
-        return;
+        return None;
     }
-    // One write for the whole table.
     let mut out = format!(
         "{:<41}  {:<9}  {:<8}  {:<24}  PROMPT\n",
         "ID", "STATUS", "AGENT", "CREATED"
     );
     for t in tasks {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<41}  {:<9}  {:<8}  {:<24}  {}{}",
-            t["id"].as_str().unwrap_or(""),
-            t["status"].as_str().unwrap_or(""),
-            t["agent"].as_str().unwrap_or(""),
-            t["createdAt"].as_i64().map(iso).unwrap_or_default(),
-            match (t["role"].as_str(), t["owner"]["id"].as_str()) {
-                (Some(role), Some(owner)) => format!("[{role} of {owner}] "),
-                _ => String::new(),
-            },
-            t["promptPreview"].as_str().unwrap_or("").replace('\n', " "),
+            "{:<41}  {:<9}  {:<8}  {:<24}  ",
+            t.id,
+            t.status.as_str(),
+            t.agent,
+            iso(t.created_at),
         );
+        if let (Some(role), Some(owner)) = (&t.role, &t.owner) {
+            let _ = write!(out, "[{role} of {}] ", owner.id);
+        }
+        let _ = writeln!(out, "{}", t.prompt_preview.replace('\n', " "));
     }
     // Why queued work waits (memory, CPU, a first run alone): once per distinct reason.
     let mut why: Vec<(&str, usize)> = Vec::new();
-    for t in tasks.iter().filter(|t| t["status"] == "queued") {
-        if let Some(r) = t["reason"].as_str() {
+    for t in tasks.iter().filter(|t| t.status == TaskStatus::Queued) {
+        if let Some(r) = t.reason.as_deref() {
             match why.iter_mut().find(|(w, _)| *w == r) {
                 Some((_, n)) => *n += 1,
                 None => why.push((r, 1)),
@@ -141,40 +140,45 @@ fn list_table(tasks: &[Value]) {
     for (reason, n) in why {
         let _ = writeln!(out, "{n} queued: {reason}");
     }
-    super::write_stdout(out.as_bytes());
+    Some(out)
 }
 
 pub async fn list(args: ListArgs, home: &Home) -> Result<i32, CliError> {
     let mut client = DaemonClient::connect(home).await?;
-    let mut v = client
-        .read(&TaskStatusArgs {
-            task_id: None,
-            status: args.status.map(StatusField::from),
-            limit: Some(args.limit),
-            // The table needs a tenth of each record; --json prints them whole.
-            summary: (!args.json).then_some(true),
-        })
-        .await?;
+    let query = TaskStatusArgs {
+        task_id: None,
+        status: args.status.map(StatusField::from),
+        limit: Some(args.limit),
+        // The table needs a tenth of each record; --json prints them whole.
+        summary: (!args.json).then_some(true),
+    };
+    if !args.json {
+        let list: SummaryList = client.read_as(&query).await?;
+        client.close().await;
+        match list_table(&list.tasks) {
+            // One write for the whole table.
+            Some(table) => super::write_stdout(table.as_bytes()),
+            None => eprintln!("No tasks."),
+        }
+        return Ok(0);
+    }
+    let mut v = client.read(&query).await?;
     client.close().await;
     let tasks = match v["tasks"].take() {
         Value::Array(tasks) => tasks,
         _ => Vec::new(),
     };
-    if args.json {
-        print_json(&Value::Array(
-            tasks
-                .into_iter()
-                .map(|mut t| {
-                    if let Value::Object(m) = &mut t {
-                        m.remove("promptPreview");
-                    }
-                    t
-                })
-                .collect(),
-        ));
-    } else {
-        list_table(&tasks);
-    }
+    print_json(&Value::Array(
+        tasks
+            .into_iter()
+            .map(|mut t| {
+                if let Value::Object(m) = &mut t {
+                    m.remove("promptPreview");
+                }
+                t
+            })
+            .collect(),
+    ));
     Ok(0)
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use backbeat_actors::TaskRecord;
 use rmcp::model::ProtocolVersion;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -202,6 +203,12 @@ impl DaemonClient {
     /// Calls the tool whose arguments `args` are; a tool error becomes
     /// `CliError::Refused` with its message, a lost daemon `CliError::Disconnected`.
     pub async fn call<A: ToolArgs>(&self, args: &A) -> Result<Value, CliError> {
+        let text = self.call_text(args).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `call`, with the answer's JSON text as the tool sent it.
+    async fn call_text<A: ToolArgs>(&self, args: &A) -> Result<String, CliError> {
         let tool = A::TOOL;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let params = json!({ "name": tool, "arguments": arguments_of(args) });
@@ -222,17 +229,14 @@ impl DaemonClient {
             .into_iter()
             .find_map(|c| c.text)
             .unwrap_or_default();
-        let value: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
         if result.is_error == Some(true) {
-            let message = value
-                .get("error")
-                .and_then(Value::as_str)
-                .map(String::from)
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
                 .unwrap_or(text);
             return Err(CliError::Refused(message));
         }
-        Ok(value)
+        Ok(text)
     }
 
     /// `call` for calls that change nothing (status, lists, waits): when the daemon
@@ -244,6 +248,25 @@ impl DaemonClient {
                 other => return other,
             }
         }
+    }
+
+    /// `read`, with the answer parsed into `T` (no tree of `Value`s for a long list).
+    pub async fn read_as<A: ToolArgs, T: DeserializeOwned>(
+        &mut self,
+        args: &A,
+    ) -> Result<T, CliError> {
+        let text = loop {
+            match self.call_text(args).await {
+                Err(CliError::Disconnected(_)) => self.reconnect().await?,
+                other => break other?,
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            CliError::Daemon(format!(
+                "the daemon's answer to {} is not what this CLI reads: {e}",
+                A::TOOL
+            ))
+        })
     }
 
     /// A task's full record.

@@ -10,9 +10,9 @@
 //! client never sees the switch.
 //!
 //! When no daemon runs at start, the daemon is started in the background and the
-//! client's `initialize` is answered here, by rmcp's own server handshake with the
-//! daemon's `server_config`: the very answer the daemon gives, without waiting for it
-//! to start. The daemon then gets the handshake as after a restart.
+//! client's `initialize` is answered here, by rmcp's own negotiation with the daemon's
+//! `server_config`: the very answer the daemon gives, without waiting for it to start.
+//! The daemon then gets the handshake as after a restart.
 //!
 //! Must never: leave a request of the client without an answer, or write anything but
 //! protocol messages to stdout.
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use rmcp::{ServerHandler, ServiceExt};
+use rmcp::ServerHandler;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
@@ -144,12 +144,19 @@ async fn connect(home: &Home, session: &Session) -> Result<Connection, CliError>
 /// A daemon being started in the background: its connection once it answers.
 type Starting = oneshot::Receiver<Result<std::os::unix::net::UnixStream, CliError>>;
 
-/// Starts a daemon on a thread of its own (spawning it must not hold up the answer
-/// to `initialize`), and connects to it.
-fn start_in_background(home: &Home) -> Starting {
+/// How long a daemon's start waits for the client's `initialize` to be answered.
+const ANSWER_FIRST_LIMIT: Duration = Duration::from_millis(5);
+
+/// Starts a daemon on a thread of its own, and connects to it. The start waits until
+/// `answered` is dropped (the client's `initialize` was answered, or the client sent
+/// something else), for at most `ANSWER_FIRST_LIMIT`: on two cores, forking and
+/// starting the daemon at the same moment held up the answer (the next call waits for
+/// the daemon anyway, and its start takes far longer than the answer).
+fn start_in_background(home: &Home, answered: std::sync::mpsc::Receiver<()>) -> Starting {
     let (tx, rx) = oneshot::channel();
     let home = home.clone();
     std::thread::spawn(move || {
+        let _ = answered.recv_timeout(ANSWER_FIRST_LIMIT);
         let connected = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -194,21 +201,29 @@ impl ServerHandler for Handshake {
     }
 }
 
-/// The daemon's answer to an `initialize` request line, made here: rmcp's server
-/// handshake over an in-memory pipe, with the daemon's `server_config`.
-async fn initialize_answer(request: &str) -> Option<String> {
-    let (ours, theirs) = tokio::io::duplex(1 << 16);
-    let (read, mut write) = tokio::io::split(ours);
-    let mut replies = BufReader::new(read).lines();
-    write
-        .write_all(format!("{request}\n").as_bytes())
-        .await
-        .ok()?;
-    let (served, answer) = tokio::join!(Handshake.serve(theirs), replies.next_line());
-    if let Ok(running) = served {
-        let _ = running.cancel().await;
-    }
-    answer.ok().flatten()
+/// The daemon's answer to an `initialize` request line, made here as rmcp's server
+/// makes it (its `negotiate_initialize` with the daemon's `server_config`, sent as a
+/// JSON-RPC response), without running a server session in the process (that cost
+/// half a millisecond before the first answer). `None` for any other line, or one
+/// that the negotiation refuses: those go to the daemon, which answers them itself.
+fn initialize_answer(request: &str) -> Option<String> {
+    use rmcp::model::{
+        ClientJsonRpcMessage, ClientRequest, JsonRpcMessage, ServerJsonRpcMessage, ServerResult,
+    };
+    let JsonRpcMessage::Request(request) =
+        serde_json::from_str::<ClientJsonRpcMessage>(request).ok()?
+    else {
+        return None;
+    };
+    let ClientRequest::InitializeRequest(initialize) = request.request else {
+        return None;
+    };
+    let result = Handshake.negotiate_initialize(&initialize.params).ok()?;
+    serde_json::to_string(&ServerJsonRpcMessage::response(
+        ServerResult::InitializeResult(result),
+        request.id,
+    ))
+    .ok()
 }
 
 /// A connection the daemon closed (it went away, or failed to start after it bound).
@@ -232,7 +247,7 @@ async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, 
             .map_err(gone)?;
         let answered = tokio::time::timeout(Duration::from_secs(15), async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["id"] == REPLAY_ID) {
+                if Envelope::of(&line).is_some_and(|e| e.id.is_some_and(|id| id == REPLAY_ID)) {
                     return true;
                 }
             }
@@ -254,31 +269,37 @@ async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, 
     Ok(Connection { lines, writer })
 }
 
-/// Writes one line to the client in one write: tokio's stdout writes on its blocking
-/// pool, so each write is a trip to another thread.
-async fn emit(stdout: &mut tokio::io::Stdout, line: &str) -> std::io::Result<()> {
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    stdout.write_all(&bytes).await?;
-    stdout.flush().await
+/// Writes one message to the client, in one write. Written here, not through tokio's
+/// stdout, which hands every write and flush to a thread of its blocking pool (three
+/// threads started before the first answer reached the client). The proxy waits on
+/// this write either way: the loop reads nothing else until the client took it.
+fn emit(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut message = Vec::with_capacity(line.len() + 1);
+    message.extend_from_slice(line.as_bytes());
+    message.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&message)?;
+    stdout.flush()
 }
 
 pub async fn run(home: &Home) -> Result<(), CliError> {
     let mut session = Session::default();
     // A daemon that answers is used at once; else one is started in the background.
     let mut starting: Option<Starting> = None;
+    // Dropped once the client's first line is handled: the daemon's start goes on.
+    let (answered, answered_rx) = std::sync::mpsc::channel::<()>();
+    let mut answered = Some(answered);
     home.check_database()?;
     let mut conn = match UnixStream::connect(home.socket()).await {
         Ok(stream) => Some(handshake(stream, &session).await?),
         Err(_) => {
             home.ensure()?;
-            starting = Some(start_in_background(home));
+            starting = Some(start_in_background(home, answered_rx));
             None
         }
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdout = tokio::io::stdout();
     loop {
         tokio::select! {
             line = stdin.next_line() => {
@@ -290,13 +311,14 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 if starting.is_some()
                     && conn.is_none()
                     && session.initialize.is_none()
-                    && is_initialize_request(&line)
-                    && let Some(reply) = initialize_answer(&line).await
+                    && let Some(reply) = initialize_answer(&line)
                 {
                     session.answered_here(&line);
-                    emit(&mut stdout, &reply).await?;
+                    emit(&reply)?;
+                    answered.take();
                     continue;
                 }
+                answered.take();
                 session.outgoing(&line);
                 // Sent to the daemon we have; when it is gone, to a new one. A daemon
                 // that is dying may still accept a connection and then drop it: try
@@ -336,7 +358,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 }
                 if !sent {
                     for reply in session.lost_replies() {
-                        emit(&mut stdout, &reply).await?;
+                        emit(&reply)?;
                     }
                 }
             }
@@ -344,14 +366,14 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 match line {
                     Ok(Some(line)) => {
                         if session.incoming(&line) {
-                            emit(&mut stdout, &line).await?;
+                            emit(&line)?;
                         }
                     }
                     _ => {
                         // The daemon went away: answer what it had; reconnect on demand.
                         conn = None;
                         for reply in session.lost_replies() {
-                            emit(&mut stdout, &reply).await?;
+                            emit(&reply)?;
                         }
                     }
                 }
@@ -360,6 +382,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
     }
     // The daemon this session started stays up for other clients: wait until it
     // answers (a failure to start is still reported).
+    answered.take();
     if let Some(rx) = starting.take() {
         conn = Some(started(rx, home, &session).await?);
     }
@@ -371,7 +394,7 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
                 match c.lines.next_line().await {
                     Ok(Some(line)) => {
                         if session.incoming(&line) {
-                            let _ = emit(&mut stdout, &line).await;
+                            let _ = emit(&line);
                         }
                     }
                     _ => break,
@@ -381,11 +404,6 @@ pub async fn run(home: &Home) -> Result<(), CliError> {
         .await;
     }
     Ok(())
-}
-
-/// Whether the line is an `initialize` request (with an id to answer).
-fn is_initialize_request(line: &str) -> bool {
-    Envelope::of(line).is_some_and(|e| e.method.as_deref() == Some("initialize") && e.id.is_some())
 }
 
 #[cfg(test)]

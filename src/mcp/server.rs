@@ -18,7 +18,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::tools::{self, ToolContext, ToolOutcome};
+use super::tools::{self, ToolContext, ToolReply};
 use crate::paths::Home;
 
 /// The first line a Backbeat client sends before MCP: who it is and where it works.
@@ -49,9 +49,9 @@ impl BackbeatMcp {
     }
 }
 
-pub fn to_result(outcome: ToolOutcome) -> CallToolResult {
+pub fn to_result(outcome: ToolReply) -> CallToolResult {
     match outcome {
-        Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
+        Ok(answer) => CallToolResult::success(vec![ContentBlock::text(answer.into_text())]),
         Err(message) => CallToolResult::error(vec![ContentBlock::text(
             json!({ "success": false, "error": message }).to_string(),
         )]),

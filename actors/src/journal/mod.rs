@@ -22,6 +22,6 @@ pub use backend::Backend;
 pub use prune::{Pruned, prune};
 pub use schema::open_write_connection;
 pub use sqlite::SqliteBackend;
-pub use store::{Store, StoredEvent, TaskQuery};
+pub use store::{Store, StoredEvent, TaskQuery, TaskSummary};
 pub use tables::Table;
 pub use writer::{Append, Committed, Journal, JournalError, JournalWriter};

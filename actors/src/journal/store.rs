@@ -1,6 +1,8 @@
 //! Reads: read-only connections in a small pool, used off the actor threads. Records are
-//! read from their `record` column only (`tables::read_record`).
+//! read from their `record` column only (`tables::read_record`); a task list's summaries
+//! read only the fields they hold from it (`TaskSummary`).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +12,7 @@ use super::schema::open_read_connection;
 use super::tables::{self, Table, read_record};
 use crate::model::loops::{IterationRecord, LoopRecord};
 use crate::model::schedule::{ExecutionRecord, ExecutionStatus, ScheduleRecord, ScheduleStatus};
-use crate::model::{EntityKind, Event, PipelineRecord, TaskRecord, TaskStatus};
+use crate::model::{EntityKind, EntityRef, Event, PipelineRecord, TaskRecord, TaskStatus};
 
 /// Read access to the journal's state tables.
 #[derive(Clone)]
@@ -33,6 +35,67 @@ pub struct StoredEvent {
 pub struct TaskQuery {
     pub status: Option<TaskStatus>,
     pub limit: Option<usize>,
+}
+
+/// What a task list shows of a task (`beat list`): a few fields of its record, read
+/// without building the rest of it (a list of 100 full records was most of the cost of
+/// `beat list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub id: String,
+    pub status: TaskStatus,
+    pub agent: String,
+    pub created_at: i64,
+    pub reason: Option<String>,
+    pub role: Option<String>,
+    pub owner: Option<EntityRef>,
+    /// The prompt's first characters (as many as asked for), cut between characters.
+    pub prompt: String,
+}
+
+/// The fields of a task record that a summary holds, borrowed from the record's JSON
+/// where it has no escapes; every other field is skipped unread.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryFields<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    status: TaskStatus,
+    #[serde(borrow)]
+    agent: Cow<'a, str>,
+    created_at: i64,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    owner: Option<EntityRef>,
+    #[serde(borrow)]
+    prompt: Cow<'a, str>,
+}
+
+/// The first `chars` characters of `text` (all of it when shorter).
+fn first_chars(text: &str, chars: usize) -> &str {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+fn summary_row(row: &rusqlite::Row<'_>, prompt_chars: usize) -> rusqlite::Result<TaskSummary> {
+    let text = row.get_ref(0)?.as_str()?;
+    let f: SummaryFields =
+        serde_json::from_str(text).map_err(|e| conversion_error(0, format!("task record: {e}")))?;
+    Ok(TaskSummary {
+        id: f.id.into_owned(),
+        status: f.status,
+        agent: f.agent.into_owned(),
+        created_at: f.created_at,
+        reason: f.reason,
+        role: f.role,
+        owner: f.owner,
+        prompt: first_chars(&f.prompt, prompt_chars).to_string(),
+    })
 }
 
 fn conversion_error(column: usize, message: String) -> rusqlite::Error {
@@ -108,6 +171,31 @@ impl Store {
                     "SELECT record FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1",
                 )?
                 .query_map(params![limit], task_row)?
+                .collect(),
+        })
+    }
+
+    /// `tasks`, as summaries whose prompt is cut after `prompt_chars` characters.
+    pub fn task_summaries(
+        &self,
+        query: &TaskQuery,
+        prompt_chars: usize,
+    ) -> rusqlite::Result<Vec<TaskSummary>> {
+        let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
+        let row = |r: &rusqlite::Row<'_>| summary_row(r, prompt_chars);
+        self.with(|c| match query.status {
+            Some(status) => c
+                .prepare_cached(
+                    "SELECT record FROM tasks WHERE status = ?1
+                     ORDER BY created_at DESC, id DESC LIMIT ?2",
+                )?
+                .query_map(params![status.as_str(), limit], row)?
+                .collect(),
+            None => c
+                .prepare_cached(
+                    "SELECT record FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit], row)?
                 .collect(),
         })
     }
@@ -357,5 +445,105 @@ impl Store {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Priority;
+
+    fn task(id: &str, prompt: &str, created_at: i64) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            prompt: prompt.into(),
+            status: TaskStatus::Queued,
+            priority: Priority::P2,
+            agent: "claude".into(),
+            working_directory: "/work".into(),
+            timeout: 60_000,
+            max_output_buffer: 1 << 20,
+            created_at,
+            ..Default::default()
+        }
+    }
+
+    /// Writes the rows as the journal writes them (nulls left out: `compact_json`).
+    fn store_of(dir: &Path, tasks: &[TaskRecord]) -> Store {
+        let path = dir.join("beat.db");
+        let conn = super::super::open_write_connection(&path).unwrap();
+        for t in tasks {
+            let mut record = Vec::new();
+            super::super::compact_json::write(&mut record, t).unwrap();
+            conn.execute(
+                "INSERT INTO tasks(id, status, created_at, record) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    t.id,
+                    t.status.as_str(),
+                    t.created_at,
+                    String::from_utf8(record).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        Store::new(&path)
+    }
+
+    #[test]
+    fn summaries_hold_the_listed_fields_of_the_full_records_with_the_prompt_cut_between_characters()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut owned = task("task-b", "é\u{1F600}\"quoted\"\\ and\nmore ünïcode text", 2);
+        owned.status = TaskStatus::Failed;
+        owned.reason = Some("the agent exited with code 1 \u{2014} \"see logs\"".into());
+        owned.role = Some("eval".into());
+        owned.owner = Some(EntityRef::new(EntityKind::Loop, "loop-1"));
+        owned.result = Some("a result that the summary does not hold".into());
+        let tasks = [
+            task("task-a", "short", 1),
+            owned,
+            task("task-c", &"ß".repeat(300), 3),
+            task("task-d", "", 3),
+        ];
+        let store = store_of(dir.path(), &tasks);
+        let query = TaskQuery::default();
+        let full = store.tasks(&query).unwrap();
+        for chars in [0, 1, 3, 50, 51, 1000] {
+            let summaries = store.task_summaries(&query, chars).unwrap();
+            let expected: Vec<TaskSummary> = full
+                .iter()
+                .map(|t| TaskSummary {
+                    id: t.id.clone(),
+                    status: t.status,
+                    agent: t.agent.clone(),
+                    created_at: t.created_at,
+                    reason: t.reason.clone(),
+                    role: t.role.clone(),
+                    owner: t.owner.clone(),
+                    prompt: t.prompt.chars().take(chars).collect(),
+                })
+                .collect();
+            assert_eq!(summaries, expected, "prompt cut after {chars} characters");
+        }
+        // Newest first, and the filter and limit of the full listing.
+        let ids = |q: &TaskQuery| -> Vec<String> {
+            store
+                .task_summaries(q, 10)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(&query), ["task-d", "task-c", "task-b", "task-a"]);
+        let failed = TaskQuery {
+            status: Some(TaskStatus::Failed),
+            limit: None,
+        };
+        assert_eq!(ids(&failed), ["task-b"]);
+        let two = TaskQuery {
+            status: None,
+            limit: Some(2),
+        };
+        assert_eq!(ids(&two), ["task-d", "task-c"]);
     }
 }

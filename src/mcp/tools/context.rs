@@ -24,7 +24,33 @@ pub struct ToolContext {
 /// A tool's answer: `Ok` is a JSON success object, `Err` a message for the caller.
 pub type ToolOutcome = Result<Value, String>;
 
-pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolOutcome> + Send + 'a>>;
+/// A success object as a handler made it: a `Value`, or JSON text written straight
+/// from typed data (a list of 100 summaries, without a tree of 800 map entries).
+pub enum Answer {
+    Json(Value),
+    Text(String),
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Answer {
+        Answer::Json(v)
+    }
+}
+
+impl Answer {
+    /// The JSON text sent as the tool result's content.
+    pub fn into_text(self) -> String {
+        match self {
+            Answer::Json(v) => v.to_string(),
+            Answer::Text(t) => t,
+        }
+    }
+}
+
+/// What a tool call comes to: any handler's outcome, as an `Answer`.
+pub type ToolReply = Result<Answer, String>;
+
+pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = ToolReply> + Send + 'a>>;
 
 /// Parses a tool's arguments; the error names the tool and what was wrong.
 pub fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {

@@ -21,7 +21,7 @@ use rmcp::model::Tool;
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
 
-pub use context::{ToolContext, ToolFuture, ToolOutcome, parse};
+pub use context::{Answer, ToolContext, ToolFuture, ToolReply, parse};
 
 /// One tool, declared once.
 pub struct ToolDef {
@@ -58,7 +58,7 @@ macro_rules! tool {
         fn call(ctx: &ToolContext, args: Value) -> ToolFuture<'_> {
             Box::pin(async move {
                 let parsed: $args = parse($name, args)?;
-                $handler(ctx, parsed).await
+                $handler(ctx, parsed).await.map(Answer::from)
             })
         }
         ToolDef {

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use backbeat_actors::engine::{Cancel, NewTask, Retry, Submit, TaskUpdate};
-use backbeat_actors::journal::TaskQuery;
+use backbeat_actors::journal::{TaskQuery, TaskSummary};
 use backbeat_actors::model::EntityRef;
 use backbeat_actors::{Priority, TaskRecord, TaskStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::context::{ToolContext, ToolOutcome};
+use super::context::{Answer, ToolContext, ToolOutcome, ToolReply};
 use crate::paths::absolute;
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
@@ -278,7 +278,7 @@ fn states(ids: &[String], records: &[TaskRecord]) -> Value {
     )
 }
 
-pub async fn status(server: &ToolContext, args: TaskStatusArgs) -> ToolOutcome {
+pub async fn status(server: &ToolContext, args: TaskStatusArgs) -> ToolReply {
     if let Some(id) = args.task_id {
         let task = find(server, &id).await?;
         let deps = task.depends_on.clone();
@@ -294,56 +294,73 @@ pub async fn status(server: &ToolContext, args: TaskStatusArgs) -> ToolOutcome {
                 .map(|t| json!({ "taskId": t.id, "status": t.status }))
                 .collect(),
         );
-        return Ok(v);
+        return Ok(v.into());
     }
     let query = TaskQuery {
         status: args.status.map(TaskStatus::from),
         limit: Some(args.limit.unwrap_or(100) as usize),
     };
-    let tasks = read(server, move |s| s.tasks(&query)).await?;
     if args.summary == Some(true) {
-        return Ok(json!({ "success": true, "tasks": summaries(&tasks) }));
+        // One character more than the preview shows tells whether it was cut.
+        let tasks = read(server, move |s| s.task_summaries(&query, PREVIEW_CHARS + 1)).await?;
+        let list = SummaryList {
+            success: true,
+            tasks: tasks.into_iter().map(SummaryLine::from).collect(),
+        };
+        return serde_json::to_string(&list)
+            .map(Answer::Text)
+            .map_err(|e| e.to_string());
     }
+    let tasks = read(server, move |s| s.tasks(&query)).await?;
     let list: Vec<Value> = tasks
         .iter()
         .map(|t| {
             let mut v = record_json(t);
-            v["promptPreview"] = Value::from(preview(&t.prompt, 50));
+            v["promptPreview"] = Value::from(preview(&t.prompt, PREVIEW_CHARS));
             v
         })
         .collect();
-    Ok(json!({ "success": true, "tasks": list }))
+    Ok(json!({ "success": true, "tasks": list }).into())
 }
 
-/// What `beat list` shows of each task: a tenth of the full record, so that a list
-/// of 100 is quick to make, send and read.
-fn summaries(tasks: &[TaskRecord]) -> Value {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Summary<'a> {
-        id: &'a str,
-        status: TaskStatus,
-        agent: &'a str,
-        created_at: i64,
-        reason: &'a Option<String>,
-        role: &'a Option<String>,
-        owner: &'a Option<EntityRef>,
-        prompt_preview: String,
+/// Characters of a prompt that a list shows (`promptPreview`).
+pub const PREVIEW_CHARS: usize = 50;
+
+/// What `beat list` shows of a task (a `summary: true` list): a tenth of the full
+/// record, so that a list of 100 is quick to read from the journal, send and parse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryLine {
+    pub id: String,
+    pub status: TaskStatus,
+    pub agent: String,
+    pub created_at: i64,
+    pub reason: Option<String>,
+    pub role: Option<String>,
+    pub owner: Option<EntityRef>,
+    pub prompt_preview: String,
+}
+
+impl From<TaskSummary> for SummaryLine {
+    fn from(s: TaskSummary) -> SummaryLine {
+        SummaryLine {
+            prompt_preview: preview(&s.prompt, PREVIEW_CHARS),
+            id: s.id,
+            status: s.status,
+            agent: s.agent,
+            created_at: s.created_at,
+            reason: s.reason,
+            role: s.role,
+            owner: s.owner,
+        }
     }
-    let list: Vec<Summary> = tasks
-        .iter()
-        .map(|t| Summary {
-            id: &t.id,
-            status: t.status,
-            agent: &t.agent,
-            created_at: t.created_at,
-            reason: &t.reason,
-            role: &t.role,
-            owner: &t.owner,
-            prompt_preview: preview(&t.prompt, 50),
-        })
-        .collect();
-    serde_json::to_value(list).unwrap_or(Value::Null)
+}
+
+/// The answer to TaskStatus with `summary: true`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SummaryList {
+    pub success: bool,
+    pub tasks: Vec<SummaryLine>,
 }
 
 /// The last `tail` lines of a file (all when `tail` is 0), and how many lines it has.
