@@ -52,7 +52,7 @@ mod journal_support;
 use journal_support::{Journal, start_writer};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestRng, TestRunner};
 
 type Records = BTreeMap<String, TaskRecord>;
 type Pipelines = BTreeMap<String, PipelineRecord>;
@@ -1447,12 +1447,17 @@ fn run_case(steps: &[Step], totals: &RefCell<Totals>) {
 fn every_state_table_is_the_fold_of_the_events() {
     let began = Instant::now();
     let totals = RefCell::new(Totals::default());
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases: 64,
         // Regressions are reported in the failure message, not written beside the test.
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    // A fixed seed: the coverage checks below (every event journaled at least once)
+    // must not depend on the luck of a run. The seed's cases were checked to reach
+    // every event; a generator change that stops reaching one fails here every time.
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&steps(), |steps| {
         run_case(&steps, &totals);
         Ok(())

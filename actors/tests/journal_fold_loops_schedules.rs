@@ -42,7 +42,7 @@ mod journal_support;
 use journal_support::Journal;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as PropStrategy;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestRng, TestRunner};
 
 /// One operation: what to do, which entity (an index into the live ones), a free
 /// argument that shapes it, and whether to wait for every queued append afterwards.
@@ -792,11 +792,17 @@ fn run_case(ops: &[Op], totals: &mut Totals) {
 fn loop_schedule_and_execution_tables_are_the_fold_of_the_events() {
     let began = Instant::now();
     let totals = std::cell::RefCell::new(Totals::default());
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases: 32,
+        // Regressions are reported in the failure message, not written beside the test.
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    // A fixed seed: the coverage checks below (every event journaled at least once)
+    // must not depend on the luck of a run. The seed's cases were checked to reach
+    // every event; a generator change that stops reaching one fails here every time.
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&ops(), |ops| {
         run_case(&ops, &mut totals.borrow_mut());
         Ok(())
