@@ -27,8 +27,10 @@ use crate::paths::Home;
 /// gets the same lines through a writer thread of its own. The returned guards flush
 /// what is still queued when dropped: keep them until the daemon stops.
 fn init_logging(home: &Home, foreground: bool) -> Vec<tracing_appender::non_blocking::WorkerGuard> {
+    // A queue of 1024 lines (32 KiB): the default 128 000 kept 4 MiB resident per writer.
     let writer_thread = |name: &str| {
         tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(1024)
             .lossy(false)
             .thread_name(name)
     };
@@ -53,7 +55,9 @@ fn init_logging(home: &Home, foreground: bool) -> Vec<tracing_appender::non_bloc
             .with_ansi(false)
             .with_writer(writer)
     });
-    let stderr_layer = foreground.then(|| {
+    // A daemon started for a client runs in the foreground with stderr on /dev/null:
+    // formatting every line a second time for nothing is skipped.
+    let stderr_layer = (foreground && !stderr_is_null()).then(|| {
         let (writer, guard) = writer_thread("daemon-stderr").finish(std::io::stderr());
         guards.push(guard);
         tracing_subscriber::fmt::layer().with_writer(writer)
@@ -64,6 +68,20 @@ fn init_logging(home: &Home, foreground: bool) -> Vec<tracing_appender::non_bloc
         .with(stderr_layer)
         .try_init();
     guards
+}
+
+/// Whether stderr is `/dev/null`.
+fn stderr_is_null() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    // SAFETY: fstat(2) of descriptor 2 into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == null.rdev()
 }
 
 /// Runs the daemon in this process until SIGTERM or SIGINT. Returns at once, with
