@@ -578,6 +578,10 @@ impl Handler<Release> for ResourceGovernor {
             }
             self.save_footprints_soon(ctx);
         }
+        // The last measurement still counts the memory of the agent that just exited:
+        // judged on it, the next start would wait for the next sample (up to 200 ms per
+        // slot freed). The next decision measures again.
+        self.measured_at = None;
         self.pump(ctx);
     }
 }
