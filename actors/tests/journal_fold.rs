@@ -1138,19 +1138,7 @@ fn check_fold(path: &Path, model: &Model) -> usize {
     let summaries = store
         .task_summaries(&TaskQuery::default(), 5)
         .expect("reading task summaries");
-    let projected: Vec<TaskSummary> = rows
-        .iter()
-        .map(|t| TaskSummary {
-            id: t.id.clone(),
-            status: t.status,
-            agent: t.agent.clone(),
-            created_at: t.created_at,
-            reason: t.reason.clone(),
-            role: t.role.clone(),
-            owner: t.owner.clone(),
-            prompt: t.prompt.chars().take(5).collect(),
-        })
-        .collect();
+    let projected: Vec<TaskSummary> = rows.iter().map(|t| TaskSummary::of(t, 5)).collect();
     assert_eq!(summaries, projected, "task summaries differ from the tasks");
     let row_count = rows.len();
     let table: Records = rows.into_iter().map(|t| (t.id.clone(), t)).collect();

@@ -53,6 +53,23 @@ pub struct TaskSummary {
     pub prompt: String,
 }
 
+impl TaskSummary {
+    /// The summary of a whole record: what `Store::task_summaries` reads without
+    /// building the record (the reference its tests compare with).
+    pub fn of(t: &TaskRecord, prompt_chars: usize) -> TaskSummary {
+        TaskSummary {
+            id: t.id.clone(),
+            status: t.status,
+            agent: t.agent.clone(),
+            created_at: t.created_at,
+            reason: t.reason.clone(),
+            role: t.role.clone(),
+            owner: t.owner.clone(),
+            prompt: t.prompt.chars().take(prompt_chars).collect(),
+        }
+    }
+}
+
 /// The fields of a task record that a summary holds, borrowed from the record's JSON
 /// where it has no escapes; every other field is skipped unread.
 #[derive(serde::Deserialize)]
@@ -157,22 +174,7 @@ impl Store {
     }
 
     pub fn tasks(&self, query: &TaskQuery) -> rusqlite::Result<Vec<TaskRecord>> {
-        let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
-        self.with(|c| match query.status {
-            Some(status) => c
-                .prepare_cached(
-                    "SELECT record FROM tasks WHERE status = ?1
-                     ORDER BY created_at DESC, id DESC LIMIT ?2",
-                )?
-                .query_map(params![status.as_str(), limit], task_row)?
-                .collect(),
-            None => c
-                .prepare_cached(
-                    "SELECT record FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1",
-                )?
-                .query_map(params![limit], task_row)?
-                .collect(),
-        })
+        self.task_rows(query, task_row)
     }
 
     /// `tasks`, as summaries whose prompt is cut after `prompt_chars` characters.
@@ -181,21 +183,29 @@ impl Store {
         query: &TaskQuery,
         prompt_chars: usize,
     ) -> rusqlite::Result<Vec<TaskSummary>> {
+        self.task_rows(query, |r| summary_row(r, prompt_chars))
+    }
+
+    /// The records `query` selects, newest first, each read by `row`.
+    fn task_rows<T>(
+        &self,
+        query: &TaskQuery,
+        row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
         let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
-        let row = |r: &rusqlite::Row<'_>| summary_row(r, prompt_chars);
         self.with(|c| match query.status {
             Some(status) => c
                 .prepare_cached(
                     "SELECT record FROM tasks WHERE status = ?1
                      ORDER BY created_at DESC, id DESC LIMIT ?2",
                 )?
-                .query_map(params![status.as_str(), limit], row)?
+                .query_map(params![status.as_str(), limit], &row)?
                 .collect(),
             None => c
                 .prepare_cached(
                     "SELECT record FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1",
                 )?
-                .query_map(params![limit], row)?
+                .query_map(params![limit], &row)?
                 .collect(),
         })
     }
@@ -510,19 +520,8 @@ mod tests {
         let full = store.tasks(&query).unwrap();
         for chars in [0, 1, 3, 50, 51, 1000] {
             let summaries = store.task_summaries(&query, chars).unwrap();
-            let expected: Vec<TaskSummary> = full
-                .iter()
-                .map(|t| TaskSummary {
-                    id: t.id.clone(),
-                    status: t.status,
-                    agent: t.agent.clone(),
-                    created_at: t.created_at,
-                    reason: t.reason.clone(),
-                    role: t.role.clone(),
-                    owner: t.owner.clone(),
-                    prompt: t.prompt.chars().take(chars).collect(),
-                })
-                .collect();
+            let expected: Vec<TaskSummary> =
+                full.iter().map(|t| TaskSummary::of(t, chars)).collect();
             assert_eq!(summaries, expected, "prompt cut after {chars} characters");
         }
         // Newest first, and the filter and limit of the full listing.
