@@ -378,6 +378,14 @@ impl ResourceGovernor {
                 expected: self.expected(&settings, &agent, &key),
             };
             let decision = admission::decide(&limits, &running, &candidate, &self.measured);
+            tracing::debug!(
+                task = %id,
+                ?decision,
+                available = self.measured.available_memory,
+                measured_ms_ago = self.measured_at.map(|t| t.elapsed().as_millis() as u64),
+                running = ?running.iter().map(|r| (r.memory, r.expected.memory)).collect::<Vec<_>>(),
+                "admission decision"
+            );
             // A slot is free and the headroom matters: judge it on fresh figures.
             if decision != Decision::NoSlot
                 && limits.needs_measurement()
