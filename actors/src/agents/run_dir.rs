@@ -294,7 +294,8 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 /// State letter and start time of `pid` from `/proc/<pid>/stat`.
 fn proc_stat(pid: u32) -> Option<(String, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Two reads, not the up to five of `read_to_string` (a `/proc` file reports size 0).
+    let stat = crate::measure::read_small(Path::new(&format!("/proc/{pid}/stat")))?;
     // The command name (field 2) may contain spaces and parentheses: skip past its end.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
