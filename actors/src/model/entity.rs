@@ -46,6 +46,42 @@ pub trait Entity:
     }
 }
 
+/// The part of an `impl Entity` that only names the kind's variant: `id`, the stored
+/// status and event names, and the kind-tagged `Transition` and `Record` forms. Every
+/// record has an `id` field, a status with `as_str`, and events with `name`; what differs
+/// between kinds (`is_terminal`, `apply`) is written in each impl.
+macro_rules! entity_glue {
+    ($variant:ident) => {
+        fn id(&self) -> &str {
+            &self.id
+        }
+
+        fn status_name(&self) -> &'static str {
+            self.status.as_str()
+        }
+
+        fn event_name(event: &Self::Event) -> &'static str {
+            event.name()
+        }
+
+        fn transition(event: Self::Event, record: Self) -> $crate::model::Transition {
+            $crate::model::Transition::$variant(event, record)
+        }
+
+        fn into_record(self) -> $crate::model::Record {
+            $crate::model::Record::$variant(self)
+        }
+
+        fn from_record(record: &$crate::model::Record) -> Option<&Self> {
+            match record {
+                $crate::model::Record::$variant(r) => Some(r),
+                _ => None,
+            }
+        }
+    };
+}
+pub(crate) use entity_glue;
+
 /// One transition of one entity: the event and the record it produced.
 // Not boxed: transitions are moved, not stored, and a box would cost an allocation per
 // transition on the journal's hot path.

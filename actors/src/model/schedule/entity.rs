@@ -7,19 +7,13 @@
 use super::{
     ExecutionEvent, ExecutionRecord, ScheduleEvent, ScheduleRecord, apply, apply_execution,
 };
-use crate::model::{Entity, EntityKind, InvalidTransition, Record, Transition};
+use crate::model::entity::entity_glue;
+use crate::model::{Entity, EntityKind, InvalidTransition};
 
 impl Entity for ScheduleRecord {
     const KIND: EntityKind = EntityKind::Schedule;
     type Event = ScheduleEvent;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
-    }
+    entity_glue!(Schedule);
 
     /// A finished schedule whose runs still run stays live: it follows them to the end.
     fn is_terminal(&self) -> bool {
@@ -34,38 +28,12 @@ impl Entity for ScheduleRecord {
             from: e.from,
         })
     }
-
-    fn event_name(event: &ScheduleEvent) -> &'static str {
-        event.name()
-    }
-
-    fn transition(event: ScheduleEvent, record: Self) -> Transition {
-        Transition::Schedule(event, record)
-    }
-
-    fn from_record(record: &Record) -> Option<&Self> {
-        match record {
-            Record::Schedule(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn into_record(self) -> Record {
-        Record::Schedule(self)
-    }
 }
 
 impl Entity for ExecutionRecord {
     const KIND: EntityKind = EntityKind::ScheduleRun;
     type Event = ExecutionEvent;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
-    }
+    entity_glue!(ScheduleRun);
 
     fn is_terminal(&self) -> bool {
         self.status.is_final()
@@ -78,24 +46,5 @@ impl Entity for ExecutionRecord {
             event: e.event,
             from: e.from,
         })
-    }
-
-    fn event_name(event: &ExecutionEvent) -> &'static str {
-        event.name()
-    }
-
-    fn transition(event: ExecutionEvent, record: Self) -> Transition {
-        Transition::ScheduleRun(event, record)
-    }
-
-    fn from_record(record: &Record) -> Option<&Self> {
-        match record {
-            Record::ScheduleRun(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn into_record(self) -> Record {
-        Record::ScheduleRun(self)
     }
 }
