@@ -19,18 +19,21 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{TIMED_OUT, processes_with, wait_bounded};
+
+#[path = "support/mod.rs"]
+mod support;
 
 type Result<T> = std::result::Result<T, String>;
 
 /// The longest one command may take before the bench gives up on it.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The words of the error of a command that took too long.
-const TIMED_OUT: &str = "ran longer than";
 /// Tasks each side holds when its lists are timed.
 const TASKS: usize = 100;
 
@@ -261,48 +264,6 @@ impl Drop for Side {
         }
         self.kill_lingering();
     }
-}
-
-/// The processes whose environment holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            (pid != me && environ.split(|b| *b == 0).any(|v| v == marker.as_bytes())).then_some(pid)
-        })
-        .collect()
-}
-
-/// Waits for `child` at most `timeout` (a pidfd: the wait ends the moment it exits).
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    // SAFETY: pidfd_open(2) on the PID of a child we have not reaped yet.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
-    if fd >= 0 {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd; the descriptor is ours and closed right after.
-        let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
-        // SAFETY: closing the descriptor pidfd_open gave us.
-        unsafe { libc::close(fd) };
-        if ready == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("a command {TIMED_OUT} {timeout:?}"));
-        }
-    }
-    child
-        .wait()
-        .map_err(|e| format!("waiting for a child failed: {e}"))
 }
 
 /// The task id a `run` printed (`Task ID: <id>`, the original's detached run

@@ -20,13 +20,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backbeat_actors::journal::{Append, JournalWriter, open_write_connection};
 use backbeat_actors::model::TaskEvent;
 use serde_json::{Value, json};
+use support::{processes_with, wait_bounded};
+
+#[path = "support/mod.rs"]
+mod support;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -262,33 +266,6 @@ fn epoch_ms() -> i64 {
 // ---------------------------------------------------------------------------------
 // Processes
 
-/// Waits for `child` at most `timeout`; kills it past that. Uses a pidfd, so that the
-/// wait ends the moment the child exits (no polling interval in the measurement).
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    // SAFETY: pidfd_open(2) on the PID of a child we have not reaped yet.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
-    if fd >= 0 {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd; the descriptor is ours and closed right after.
-        let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
-        // SAFETY: closing the descriptor pidfd_open gave us.
-        unsafe { libc::close(fd) };
-        if ready == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("a child process ran longer than {timeout:?}"));
-        }
-    }
-    child
-        .wait()
-        .map_err(|e| format!("waiting for a child failed: {e}"))
-}
-
 /// The resident set of `pid` in MiB, from `/proc/<pid>/status`.
 fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -304,29 +281,9 @@ fn rss_mib(pid: u32) -> Result<f64> {
 /// SIGKILLs every process whose environment says `BACKBEAT_HOME=<home>`: the daemon if
 /// it did not stop, and the shims and agents that outlive it.
 fn kill_processes_of(home: &Path) {
-    let marker = format!("BACKBEAT_HOME={}", home.display());
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
-            // SAFETY: kill(2) on a process of our own temp home, found just now.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+    for pid in processes_with(&format!("BACKBEAT_HOME={}", home.display())) {
+        // SAFETY: kill(2) on a process of our own temp home, found just now.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
 }
 
