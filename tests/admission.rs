@@ -14,16 +14,7 @@ fn never_more_agents_at_once_than_max_workers() {
     let beat = Beat::with_config(json!({ "maxWorkers": 2 }));
     // Each agent waits until two agents have run at once: the first two can only
     // finish if both slots were granted together.
-    let meeting = beat.workdir.path().join("meeting");
-    std::fs::create_dir(&meeting).unwrap();
-    let ids: Vec<String> = (0..8)
-        .map(|n| {
-            beat.submit(
-                &format!("rendezvous {} 2; print {n}", meeting.display()),
-                &[],
-            )
-        })
-        .collect();
+    let ids = submit_meeting_in_pairs(&beat, 8);
     for id in &ids {
         assert_eq!(beat.wait(id)["status"], "completed");
     }
@@ -184,16 +175,7 @@ fn learned_footprints_survive_a_daemon_restart() {
     );
     beat.ok(&["daemon", "stop"]);
 
-    let meeting = beat.workdir.path().join("meeting");
-    std::fs::create_dir(&meeting).unwrap();
-    let ids: Vec<String> = (0..2)
-        .map(|n| {
-            beat.submit(
-                &format!("rendezvous {} 2; print {n}", meeting.display()),
-                &[],
-            )
-        })
-        .collect();
+    let ids = submit_meeting_in_pairs(&beat, 2);
     for id in &ids {
         let t = beat.wait(id);
         assert_eq!(t["status"], "completed", "{t}");
@@ -215,4 +197,19 @@ fn learned_footprints_survive_a_daemon_restart() {
         alone, None,
         "a kind learned before the restart was run alone"
     );
+}
+
+/// Submits `n` agents that each wait until two of them run at once (the fake agent's
+/// `rendezvous`), so that two can finish only if two slots were granted together.
+fn submit_meeting_in_pairs(beat: &Beat, n: usize) -> Vec<String> {
+    let meeting = beat.workdir.path().join("meeting");
+    std::fs::create_dir(&meeting).unwrap();
+    (0..n)
+        .map(|i| {
+            beat.submit(
+                &format!("rendezvous {} 2; print {i}", meeting.display()),
+                &[],
+            )
+        })
+        .collect()
 }
