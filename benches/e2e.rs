@@ -1419,12 +1419,18 @@ impl Drop for MemoryWatch {
 
 /// The most tasks that ran at once, from their start and end times.
 fn peak_concurrency(finished: &[Value]) -> usize {
-    let mut edges: Vec<(i64, i32)> = finished
-        .iter()
-        .filter_map(|f| Some([(f["startTime"].as_i64()?, 1), (f["endTime"].as_i64()?, -1)]))
-        .flatten()
-        .collect();
-    // An end and a start at the same millisecond: the end first.
+    most_at_once(
+        finished
+            .iter()
+            .filter_map(|f| Some([(f["startTime"].as_i64()?, 1), (f["endTime"].as_i64()?, -1)]))
+            .flatten()
+            .collect(),
+    )
+}
+
+/// The most lives at once, from their starts (+1) and ends (-1); an end and a start at
+/// the same instant count the end first.
+fn most_at_once<T: Ord>(mut edges: Vec<(T, i32)>) -> usize {
     edges.sort();
     let (mut now, mut peak) = (0i32, 0i32);
     for (_, d) in edges {
@@ -1438,21 +1444,14 @@ fn peak_concurrency(finished: &[Value]) -> usize {
 fn agents_at_once(lives: &Path) -> Result<usize> {
     let text = std::fs::read_to_string(lives)
         .map_err(|e| format!("cannot read {}: {e}", lives.display()))?;
-    let mut edges: Vec<(u128, i32)> = text
-        .lines()
-        .filter_map(|l| {
-            let (kind, at) = l.split_once(' ')?;
-            Some((at.parse().ok()?, if kind == "S" { 1 } else { -1 }))
-        })
-        .collect();
-    // An end and a start at the same instant: the end first.
-    edges.sort();
-    let (mut now, mut peak) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        peak = peak.max(now);
-    }
-    Ok(peak as usize)
+    Ok(most_at_once(
+        text.lines()
+            .filter_map(|l| {
+                let (kind, at) = l.split_once(' ')?;
+                Some((at.parse::<u128>().ok()?, if kind == "S" { 1 } else { -1 }))
+            })
+            .collect(),
+    ))
 }
 
 /// The median run time of the tasks, in s.
