@@ -91,10 +91,14 @@ pub struct AgentPool {
 }
 
 impl AgentPool {
-    pub fn new(launcher: Launcher, programs: ProgramCache, settings: SettingsSource) -> AgentPool {
+    pub fn new(
+        launcher: Launcher,
+        programs: Arc<ProgramCache>,
+        settings: SettingsSource,
+    ) -> AgentPool {
         AgentPool {
             launcher: Arc::new(launcher),
-            programs: Arc::new(programs),
+            programs,
             settings,
             runs: HashMap::new(),
         }
@@ -274,7 +278,12 @@ mod tests {
             base_env: Vec::new(),
             spawner: None,
         };
-        AgentPool::new(launcher, ProgramCache::new(None), fixed_settings(settings)).start()
+        AgentPool::new(
+            launcher,
+            Arc::new(ProgramCache::new(None)),
+            fixed_settings(settings),
+        )
+        .start()
     }
 
     #[actix_rt::test]

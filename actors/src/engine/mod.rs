@@ -153,8 +153,9 @@ impl Engine {
             spawner: config.spawner,
             base_env: std::env::vars_os().collect(),
         };
-        let pool =
-            AgentPool::new(launcher, ProgramCache::from_env(), config.settings.clone()).start();
+        // One cache of program lookups for validation and launching alike.
+        let programs = Arc::new(ProgramCache::from_env());
+        let pool = AgentPool::new(launcher, programs.clone(), config.settings.clone()).start();
         let (recovered, gate) = tokio::sync::watch::channel(false);
         let engine = Engine {
             journal,
@@ -170,7 +171,7 @@ impl Engine {
             recovered: Arc::new(recovered),
             timer: ScheduleTimer::new(config.clock.clone()).start(),
             clock: config.clock,
-            programs: Arc::new(ProgramCache::from_env()),
+            programs,
         }
         .start();
         Ok(EngineHandle {
