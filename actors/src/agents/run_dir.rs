@@ -177,9 +177,9 @@ impl RunDir {
         }
     }
 
-    /// Whether the shim has recorded the run's result (read or not).
+    /// Whether the shim has recorded the run's result (not read: one size query).
     pub fn has_exit(&self) -> bool {
-        matches!(xattr::get(&self.path, xattr::EXIT), Ok(Some(_))) || self.exit().exists()
+        xattr::exists(&self.path, xattr::EXIT) || self.exit().exists()
     }
 
     pub fn read_spec(&self) -> std::io::Result<RunSpec> {
@@ -251,6 +251,15 @@ mod xattr {
                 _ => return Err(e),
             }
         }
+    }
+
+    /// Whether the attribute is there, from its size alone.
+    pub fn exists(path: &Path, name: &CStr) -> bool {
+        let Ok(path) = c_path(path) else {
+            return false;
+        };
+        // SAFETY: getxattr(2) with a zero size only reports the value's size.
+        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
     }
 
     /// Removes the attribute; absent (or unsupported, or no folder) is no error.
