@@ -61,6 +61,18 @@ fn reports_cost(agent: &str) -> bool {
     agent == "claude"
 }
 
+/// Resolves the loop's agent (naming the default where none is given) and checks that
+/// its judge exists. Blocking (a CLI lookup).
+fn resolve_agents(req: &mut CreateLoopRequest, settings: &Settings) -> Result<(), EngineError> {
+    let agent =
+        crate::agents::resolve_agent(Some(req.agent.as_str()).filter(|a| !a.is_empty()), settings)?;
+    req.agent = agent.name().to_string();
+    if let Some(judge) = &req.eval_agent {
+        crate::agents::resolve_agent(Some(judge), settings)?;
+    }
+    Ok(())
+}
+
 /// Checks `req` as `prepare_loop` would (its agents resolved, its settings, its
 /// directory) without touching git: a scheduled loop's settings are refused when the
 /// schedule is created, not at each fire. Answers the request with its agent resolved.
@@ -68,12 +80,7 @@ pub fn check_loop_request(
     mut req: CreateLoopRequest,
     settings: &Settings,
 ) -> Result<CreateLoopRequest, EngineError> {
-    let agent =
-        crate::agents::resolve_agent(Some(req.agent.as_str()).filter(|a| !a.is_empty()), settings)?;
-    req.agent = agent.name().to_string();
-    if let Some(judge) = &req.eval_agent {
-        crate::agents::resolve_agent(Some(judge), settings)?;
-    }
+    resolve_agents(&mut req, settings)?;
     let mut probe = req.clone();
     // The branch each fire gets carries the fire time: check that form of it.
     probe.git_branch = probe
@@ -94,12 +101,7 @@ pub fn prepare_loop(
     store: &Store,
     worktrees_root: &Path,
 ) -> Result<(LoopRecord, Transition), EngineError> {
-    let agent =
-        crate::agents::resolve_agent(Some(req.agent.as_str()).filter(|a| !a.is_empty()), settings)?;
-    req.agent = agent.name().to_string();
-    if let Some(judge) = &req.eval_agent {
-        crate::agents::resolve_agent(Some(judge), settings)?;
-    }
+    resolve_agents(&mut req, settings)?;
     let judge = req.eval_agent.clone().unwrap_or(req.agent.clone());
     let cost = reports_cost(&req.agent)
         && (req.eval_mode != Some(loops::EvalMode::Agent) || reports_cost(&judge));
