@@ -121,7 +121,8 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
     // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
-    let spawner = match unsafe { Spawner::start(crate::shim::run_forked, &home.log()) } {
+    let handover = backbeat_actors::agents::channel::handover_lock(&home.runs());
+    let spawner = match unsafe { Spawner::start(crate::shim::run_forked, &home.log(), &handover) } {
         Ok(s) => Some(std::sync::Arc::new(s)),
         Err(e) => {
             eprintln!("beat: the shim spawner could not start ({e}); shims will be exec'd");

@@ -4,6 +4,9 @@
 //! subreaper, so orphaned descendants come back to it), the agent's output files and
 //! their size limit, the wall-clock and idle timeouts, and the run's exit record (see
 //! `RunDir::record_exit`).
+//! A shim forked by the spawner also owns its end of the run's channel (see
+//! `backbeat_actors::agents::channel`): it hands its result to the daemon there, and
+//! writes to the run folder only what the daemon could otherwise lose.
 //! Must never: outlive its agent's group, leave a process of that group behind, or leave
 //! a partial exit record (one `setxattr`, or a temporary file renamed). It runs in its
 //! own session, so it survives the daemon; the daemon stops it with SIGTERM.
@@ -16,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backbeat_actors::agents::channel::{self, FromDaemon, ShimReport};
+use backbeat_actors::agents::checkpoint;
 use backbeat_actors::agents::parse::{
     AgentEvent, OutputFormat, RunSummary, StreamParser, render, retry_reason, stderr_retry,
 };
@@ -23,6 +28,7 @@ use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
     write_atomically,
 };
+use backbeat_actors::agents::spawner::ShimChannel;
 use backbeat_actors::model::now_ms;
 
 /// Output accounting for both streams: one budget for the two.
@@ -162,6 +168,98 @@ impl Transcript {
     }
 }
 
+/// A forked shim's side of the run's channel.
+struct Link {
+    channel: OwnedFd,
+    /// The handover lock, held until the start is durable or our identity is recorded.
+    handover: Option<OwnedFd>,
+    /// The daemon said the start is journaled.
+    started: bool,
+    /// The daemon said the result is journaled.
+    finished: bool,
+    /// The daemon's end is closed.
+    gone: bool,
+}
+
+impl Link {
+    /// The channel's descriptor for `poll`, while there is something to hear on it.
+    fn poll_fd(&self) -> libc::c_int {
+        if self.gone {
+            -1
+        } else {
+            self.channel.as_raw_fd()
+        }
+    }
+
+    /// Reads what the daemon sent, without blocking.
+    fn hear(&mut self, run: &RunDir) {
+        while !self.gone {
+            match channel::read_from_daemon(self.channel.as_raw_fd()) {
+                FromDaemon::Started => self.started(),
+                FromDaemon::Finished => {
+                    self.started();
+                    self.finished = true;
+                }
+                FromDaemon::Gone => self.daemon_gone(run),
+                FromDaemon::Nothing => return,
+            }
+        }
+    }
+
+    fn started(&mut self) {
+        self.started = true;
+        self.handover = None;
+    }
+
+    /// The daemon is gone. If it had not journaled the start, the next daemon can only
+    /// know of this run from the folder: record who we are there before letting the
+    /// handover lock go (its recovery waits for that lock).
+    fn daemon_gone(&mut self, run: &RunDir) {
+        self.gone = true;
+        if !self.started {
+            let me = std::process::id();
+            let identity = ShimIdentity {
+                pid: me,
+                start_time: process_start_time(me).unwrap_or(0),
+            };
+            if let Err(e) = run.ensure().and_then(|()| run.record_shim(&identity)) {
+                eprintln!(
+                    "beat shim: cannot record its identity in {}: {e}",
+                    run.path.display()
+                );
+            }
+        }
+        self.handover = None;
+    }
+
+    /// Hands the result to the daemon and waits until it is journaled. `false` if the
+    /// daemon could not take it or went away first: then the folder must get it.
+    fn hand_over(&mut self, run: &RunDir, report: &ShimReport) -> bool {
+        self.hear(run);
+        if self.gone {
+            return false;
+        }
+        let sent = serde_json::to_vec(report)
+            .is_ok_and(|bytes| channel::send_packet(self.channel.as_raw_fd(), &bytes));
+        if !sent {
+            // Too large for one packet, or the daemon just went: the folder takes it.
+            self.daemon_gone(run);
+            return false;
+        }
+        while !self.finished && !self.gone {
+            let mut fd = libc::pollfd {
+                fd: self.channel.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one descriptor we own; EINTR just polls again.
+            unsafe { libc::poll(&mut fd, 1, -1) };
+            self.hear(run);
+        }
+        self.finished
+    }
+}
+
 fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
     // SAFETY: kill(2) on a process group we created.
     unsafe { libc::kill(-pgid, signal) == 0 }
@@ -218,6 +316,8 @@ struct Supervisor {
     agent: i32,
     exited: Option<(std::process::ExitStatus, u64)>,
     terminate_requested: bool,
+    link: Option<Link>,
+    run: RunDir,
 }
 
 impl Supervisor {
@@ -235,6 +335,11 @@ impl Supervisor {
             },
             self.pollfd(0),
             self.pollfd(1),
+            libc::pollfd {
+                fd: self.link.as_ref().map_or(-1, Link::poll_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // Round up: a deadline 0.4 ms away must not turn into a busy loop.
@@ -247,10 +352,15 @@ impl Supervisor {
         if fds[0].revents != 0 {
             self.read_signals();
         }
-        for (i, fd) in fds[1..].iter().enumerate() {
+        for (i, fd) in fds[1..3].iter().enumerate() {
             if fd.revents != 0 {
                 self.read_pipe(i);
             }
+        }
+        if fds[3].revents != 0
+            && let Some(link) = &mut self.link
+        {
+            link.hear(&self.run);
         }
     }
 
@@ -309,7 +419,15 @@ impl Supervisor {
         }
         let chunk = &buf[..n as usize];
         if pipe.to.is_none() {
-            match File::create(&pipe.path) {
+            // A forked shim's run folder exists only once there is something to keep.
+            let created = File::create(&pipe.path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    self.run.ensure()?;
+                    File::create(&pipe.path)
+                }
+                _ => Err(e),
+            });
+            match created {
                 Ok(f) => pipe.to = Some(f),
                 Err(e) => {
                     // Written to the daemon's log (our stderr); the output is drained.
@@ -368,7 +486,7 @@ pub fn run(run_path: &Path) -> i32 {
         path: run_path.to_path_buf(),
     };
     match run.read_spec() {
-        Ok(spec) => supervise_run(run, spec),
+        Ok(spec) => supervise_run(run, spec, None),
         Err(e) => {
             eprintln!("beat shim: cannot read {}: {e}", run.spec().display());
             2
@@ -378,37 +496,62 @@ pub fn run(run_path: &Path) -> i32 {
 
 /// Runs the shim forked by the spawner, which hands it the spec (no `spec.json`: one
 /// file fewer to create per run).
-pub fn run_forked(run_path: &Path, spec: &[u8]) -> i32 {
+pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
     let run = RunDir {
         path: run_path.to_path_buf(),
     };
-    match serde_json::from_slice::<RunSpec>(spec) {
-        Ok(spec) => supervise_run(run, spec),
+    let spec = match serde_json::from_slice::<RunSpec>(spec) {
+        Ok(spec) => spec,
         Err(e) => {
             eprintln!("beat shim: unreadable spec for {}: {e}", run.path.display());
-            2
+            return 2;
         }
+    };
+    // Taken before anything else, so that a recovering daemon waits for us (see
+    // `channel`).
+    let handover = channel::hold_handover(&channel.handover_lock);
+    let mut link = Link {
+        channel: channel.channel,
+        handover,
+        started: false,
+        finished: false,
+        gone: false,
+    };
+    link.hear(&run);
+    if link.gone && !link.started {
+        // The daemon died before it journaled the start, and before the agent ran:
+        // the task is still queued, and the next daemon runs it. Nothing to leave.
+        return 0;
     }
+    if link.handover.is_none() && !link.started {
+        // Without the lock, recovery would not wait for us: say who we are up front.
+        link.daemon_gone(&run);
+        link.gone = false;
+    }
+    supervise_run(run, spec, Some(link))
 }
 
-fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
+fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
     // SAFETY: setting signal dispositions and prctl at start, before any thread exists.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
-    let me = std::process::id();
-    let identity = ShimIdentity {
-        pid: me,
-        start_time: process_start_time(me).unwrap_or(0),
-    };
-    if let Err(e) = run.record_shim(&identity) {
-        eprintln!(
-            "beat shim: cannot record its identity in {}: {e}",
-            run.path.display()
-        );
-        return 2;
+    if link.is_none() {
+        // An exec'd shim has no channel: its identity goes on the folder at once.
+        let me = std::process::id();
+        let identity = ShimIdentity {
+            pid: me,
+            start_time: process_start_time(me).unwrap_or(0),
+        };
+        if let Err(e) = run.record_shim(&identity) {
+            eprintln!(
+                "beat shim: cannot record its identity in {}: {e}",
+                run.path.display()
+            );
+            return 2;
+        }
     }
     // TERM and INT are blocked already (the spawner or the daemon started us so), and
     // stay blocked: they are read from a signalfd, with CHLD, in the one poll loop. A
@@ -420,10 +563,19 @@ fn supervise_run(run: RunDir, spec: RunSpec) -> i32 {
             return 2;
         }
     };
-    let record = supervise(&run, &spec, signals);
+    let (record, mut link) = supervise(&run, &spec, signals, link.take());
+    if let Some(link) = &mut link {
+        let report = ShimReport {
+            tail: checkpoint::observe(&run, &spec.cwd),
+            exit: record.clone(),
+        };
+        if link.hand_over(&run, &report) {
+            return 0; // journaled by the daemon: nothing to write
+        }
+    }
     // Not fsynced (two fsyncs cost about 14 ms per run on a slow disk, on the path from
     // one task's end to the next one's start): see `RunDir::record_exit`.
-    if let Err(e) = run.record_exit(&record) {
+    if let Err(e) = run.ensure().and_then(|()| run.record_exit(&record)) {
         eprintln!(
             "beat shim: cannot record the run's result in {}: {e}",
             run.path.display()
@@ -467,12 +619,23 @@ fn signal_fd(signals: &[libc::c_int]) -> std::io::Result<OwnedFd> {
     }
 }
 
-fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
+fn supervise(
+    run: &RunDir,
+    spec: &RunSpec,
+    signals: OwnedFd,
+    link: Option<Link>,
+) -> (ExitRecord, Option<Link>) {
     let started_at = now_ms();
     // A structured agent's files are created at once, output.txt before stdout.log:
     // whoever sees stdout.log can tell from output.txt whether the agent has a readable
     // transcript. A plain agent's output files are created when output comes.
     let structured = spec.output_format.is_structured();
+    if structured && let Err(e) = run.ensure() {
+        return (
+            spawn_error(started_at, format!("cannot create the run folder: {e}")),
+            link,
+        );
+    }
     let transcript = if structured {
         match File::create(run.readable()) {
             Ok(readable) => Some(Transcript {
@@ -498,7 +661,10 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
         match (File::create(run.stdout()), File::create(run.stderr())) {
             (Ok(o), Ok(e)) => (Some(o), Some(e)),
             (Err(e), _) | (_, Err(e)) => {
-                return spawn_error(started_at, format!("cannot create the output files: {e}"));
+                return (
+                    spawn_error(started_at, format!("cannot create the output files: {e}")),
+                    link,
+                );
             }
         }
     } else {
@@ -507,13 +673,19 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
     let stdin = if spec.prompt_on_stdin {
         match File::open(run.prompt()) {
             Ok(f) => Stdio::from(f),
-            Err(e) => return spawn_error(started_at, format!("cannot open the prompt file: {e}")),
+            Err(e) => {
+                let error = spawn_error(started_at, format!("cannot open the prompt file: {e}"));
+                return (error, link);
+            }
         }
     } else {
         Stdio::null()
     };
     let Some((program, args)) = spec.argv.split_first() else {
-        return spawn_error(started_at, "the agent's command line is empty".into());
+        return (
+            spawn_error(started_at, "the agent's command line is empty".into()),
+            link,
+        );
     };
     let mut child = match Command::new(program)
         .args(args)
@@ -525,7 +697,7 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return spawn_error(started_at, format!("{program}: {e}")),
+        Err(e) => return (spawn_error(started_at, format!("{program}: {e}")), link),
     };
     let pid = child.id() as i32;
     let mut sup = Supervisor {
@@ -555,6 +727,8 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
         agent: pid,
         exited: None,
         terminate_requested: false,
+        link,
+        run: run.clone(),
     };
     drop(child); // reaped by `reap_children`, with its rusage
 
@@ -644,7 +818,7 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
         .as_mut()
         .map(|t| t.finish())
         .or_else(|| Some(RunSummary::default()));
-    ExitRecord {
+    let record = ExitRecord {
         exit_code: status.code(),
         signal: status.signal(),
         killed_for,
@@ -655,5 +829,103 @@ fn supervise(run: &RunDir, spec: &RunSpec, signals: OwnedFd) -> ExitRecord {
         truncated: sup.budget.truncated,
         spawn_error: None,
         summary,
+    };
+    (record, sup.link)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backbeat_actors::agents::channel::{FINISHED, STARTED, send_packet};
+    use backbeat_actors::agents::checkpoint::RunTail;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+    use super::*;
+
+    /// A shim's link and the daemon's end of its channel, for a run folder under `dir`
+    /// (not created).
+    fn link(dir: &Path, handover: Option<OwnedFd>) -> (Link, OwnedFd, RunDir) {
+        let (daemon, shim) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let link = Link {
+            channel: shim,
+            handover,
+            started: false,
+            finished: false,
+            gone: false,
+        };
+        (link, daemon, RunDir::new(dir, "task-1"))
+    }
+
+    fn report() -> ShimReport {
+        ShimReport {
+            exit: ExitRecord {
+                exit_code: Some(0),
+                signal: None,
+                killed_for: None,
+                started_at: 1,
+                ended_at: 2,
+                max_rss_kb: 3,
+                output_bytes: 0,
+                truncated: false,
+                spawn_error: None,
+                summary: None,
+            },
+            tail: RunTail::default(),
+        }
+    }
+
+    #[test]
+    fn a_result_the_daemon_journaled_leaves_no_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut link, daemon, run) = link(dir.path(), None);
+        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
+        assert!(send_packet(daemon.as_raw_fd(), &[FINISHED]));
+        assert!(link.hand_over(&run, &report()));
+        assert!(!run.path.exists(), "nothing was written");
+        let mut buf = vec![0u8; channel::MAX_REPORT];
+        match channel::receive_report(daemon.as_raw_fd(), &mut buf) {
+            channel::Received::Report(r) => assert_eq!(*r, report()),
+            _ => panic!("the daemon got no report"),
+        }
+    }
+
+    #[test]
+    fn a_daemon_gone_before_journaling_the_start_finds_the_shims_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut link, daemon, run) = link(dir.path(), None);
+        drop(daemon);
+        assert!(!link.hand_over(&run, &report()));
+        let me = std::process::id();
+        assert_eq!(run.read_shim().map(|s| s.pid), Some(me));
+    }
+
+    #[test]
+    fn a_daemon_gone_after_journaling_the_start_needs_no_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut link, daemon, run) = link(dir.path(), None);
+        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
+        drop(daemon);
+        assert!(!link.hand_over(&run, &report()));
+        assert_eq!(run.read_shim(), None);
+    }
+
+    #[test]
+    fn the_handover_lock_is_let_go_once_the_start_is_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = channel::handover_lock(dir.path());
+        let held = channel::hold_handover(&lock).unwrap();
+        let (mut link, daemon, run) = link(dir.path(), Some(held));
+        link.hear(&run);
+        assert!(!channel::wait_for_handover(&lock, Duration::from_millis(20)).unwrap());
+        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
+        link.hear(&run);
+        assert!(channel::wait_for_handover(&lock, Duration::from_secs(10)).unwrap());
     }
 }

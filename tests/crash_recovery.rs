@@ -96,6 +96,13 @@ fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Waits until the current daemon has taken over task `id` while its agent (`agent`,
 /// started at `started`) is still the same live process, then lets the agent finish by
 /// creating `release`.
@@ -173,7 +180,9 @@ fn a_run_whose_shim_and_agent_vanished_is_lost_not_silent() {
     let pidfile = beat.workdir.path().join("agent.pid");
     let id = beat.submit(&format!("pidfile {}; sleep 60000", pidfile.display()), &[]);
     let (agent, _) = read_pidfile(&pidfile);
-    let shim_pid = shim_identity(&beat.run_dir(&id)).unwrap().pid;
+    // The agent's parent is its shim (a forked shim records its identity on the run
+    // folder only when its daemon dies before journaling the start).
+    let shim_pid = parent_of(agent).unwrap();
     beat.kill_daemon();
     kill9(shim_pid);
     kill9(agent as u32);
@@ -227,5 +236,70 @@ fn a_shim_spawned_just_before_a_crash_is_adopted_not_launched_again() {
     assert_eq!(beat.ok(&["logs", &id]), "from-the-orphan-shim\n");
     assert_eq!(beat.start_counts().get(&id), Some(&1));
     assert!(shim.wait().unwrap().success());
+    beat.assert_fold_matches_state();
+}
+
+/// The daemon dies while one run's end and the next run's start are both waiting for
+/// the journal (held by this test): the first shim never heard that its result was
+/// journaled, the second that its start was. Each hands what the next daemon needs to
+/// the run folder: the result, and the shim's identity (before it lets the handover
+/// lock go, which recovery waits for). Nothing is lost, and nothing runs twice.
+#[test]
+fn what_a_daemon_died_before_journaling_is_handed_over_through_the_run_folders() {
+    let beat = Beat::with_config(json!({ "maxWorkers": 1 }));
+    let dir = beat.workdir.path();
+    let (first_release, second_release) = (dir.join("release-1"), dir.join("release-2"));
+    let second_pidfile = dir.join("second.pid");
+    // Each start of the second agent leaves a file here.
+    let second_starts = dir.join("second-starts");
+    std::fs::create_dir(&second_starts).unwrap();
+    let first = beat.submit(
+        &format!("await {}; print first", first_release.display()),
+        &[],
+    );
+    wait_until("the first task to run", Duration::from_secs(10), || {
+        beat.status(&first)["status"] == "running"
+    });
+    let second = beat.submit(
+        &format!(
+            "rendezvous {} 1; pidfile {}; await {}; print second",
+            second_starts.display(),
+            second_pidfile.display(),
+            second_release.display()
+        ),
+        &[],
+    );
+    assert_eq!(beat.status(&second)["status"], "queued");
+
+    // Hold the journal's write lock: the daemon can journal neither the first run's end
+    // nor the second run's start. The first agent's end frees the only slot at once, so
+    // the second agent starts while both wait.
+    let journal = rusqlite::Connection::open(beat.path().join("beat.db")).unwrap();
+    journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::fs::write(&first_release, "").unwrap();
+    let (second_agent, _) = read_pidfile(&second_pidfile);
+    let second_started = start_time(second_agent).unwrap();
+    beat.kill_daemon();
+    journal.execute_batch("ROLLBACK").unwrap();
+    drop(journal);
+
+    let t = beat.wait(&first);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &first]), "first\n");
+    adopted_alive_then_release(
+        &beat,
+        &second,
+        second_agent,
+        second_started,
+        &second_release,
+    );
+    let t = beat.wait(&second);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &second]), "second\n");
+    let starts = beat.start_counts();
+    assert_eq!(starts.get(&first), Some(&1));
+    assert_eq!(starts.get(&second), Some(&1));
+    let agents_started = std::fs::read_dir(&second_starts).unwrap().count();
+    assert_eq!(agents_started, 1, "the second agent ran once");
     beat.assert_fold_matches_state();
 }

@@ -17,11 +17,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::agents::channel::ExitAck;
 use crate::agents::checkpoint::{self, RunTail};
 use crate::agents::pool::{Adopt, FindShim, ForgetShim, Launch};
 use crate::agents::process::RunResult;
 use crate::agents::run_dir::RunDir;
-use crate::agents::{AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, Terminate};
+use crate::agents::{
+    AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, StartDurable, Terminate,
+};
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle};
 use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Launched, Release, ResourceGovernor, WaitReason, Withdraw};
@@ -320,11 +323,12 @@ impl TaskActor {
                     shim_start_time: run.shim_start_time,
                 };
                 self.commit_until_durable(vec![event], ctx, |act, _| {
-                    // A cancel that arrived while the start was being journaled.
-                    if !act.cancel_waiters.is_empty()
-                        && let Some(p) = &act.process
-                    {
-                        p.do_send(Terminate);
+                    if let Some(p) = &act.process {
+                        p.do_send(StartDurable);
+                        // A cancel that arrived while the start was being journaled.
+                        if !act.cancel_waiters.is_empty() {
+                            p.do_send(Terminate);
+                        }
                     }
                 });
             }
@@ -398,6 +402,16 @@ impl Handler<AgentExited> for TaskActor {
         }
         self.process = None;
         let tail = Some(msg.tail);
+        // Told to the shim once the result is journaled (in the `then` of the commit).
+        let ack = msg.ack;
+        let acked = |ack: Option<ExitAck>| {
+            move |act: &mut Self, ctx: &mut Context<Self>| {
+                if let Some(ack) = ack {
+                    ack.durable();
+                }
+                act.end(ctx)
+            }
+        };
         let (outcome, rss) = match msg.result {
             RunResult::Exited(exit) => (
                 outcome_of_exit(&exit, self.core.record.cancel_reason.as_deref()),
@@ -409,7 +423,7 @@ impl Handler<AgentExited> for TaskActor {
                     at: now_ms(),
                     reason,
                 };
-                return self.finish_until_durable(event, tail, ctx, |act, ctx| act.end(ctx));
+                return self.finish_until_durable(event, tail, ctx, acked(ack));
             }
         };
         // The agent has exited: its slot, CPU and memory are free now. Releasing them
@@ -426,13 +440,13 @@ impl Handler<AgentExited> for TaskActor {
                 outcome.rate_limit_reset,
             )
         {
-            return self.wait_for_rate_limit(outcome, plan, settings.rate_limit_retries, ctx);
+            return self.wait_for_rate_limit(outcome, plan, settings.rate_limit_retries, ack, ctx);
         }
         let event = TaskEvent::Finished {
             at: now_ms(),
             outcome,
         };
-        self.finish_until_durable(event, tail, ctx, |act, ctx| act.end(ctx));
+        self.finish_until_durable(event, tail, ctx, acked(ack));
     }
 }
 
@@ -480,13 +494,15 @@ impl TaskActor {
         mut outcome: crate::model::ExitOutcome,
         plan: rate_limit::RetryPlan,
         max_retries: u32,
+        ack: Option<ExitAck>,
         ctx: &mut Context<Self>,
     ) {
         let not_before = plan.not_before;
         outcome.reason =
             reasons::rate_limit_wait(&outcome.reason, not_before, plan.attempt, max_retries);
         // The old run's identity goes first: a crash after this leaves the task running
-        // with a dead shim and its exit record, which recovery reads again.
+        // with a dead shim and its exit record (a shim whose result was never
+        // acknowledged writes it to the folder), which recovery reads again.
         let forget = self.deps.pool.send(ForgetShim {
             task_id: self.core.record.id.clone(),
         });
@@ -496,7 +512,12 @@ impl TaskActor {
                 not_before,
                 outcome,
             };
-            act.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
+            act.commit_until_durable(vec![event], ctx, |act, ctx| {
+                if let Some(ack) = ack {
+                    ack.durable();
+                }
+                act.pick_up(ctx)
+            });
         }));
     }
 }

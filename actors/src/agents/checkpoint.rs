@@ -124,7 +124,7 @@ fn read_tail(path: &Path) -> std::io::Result<Vec<u8>> {
 /// What a finished run left behind for its checkpoint: the tails of its output and of
 /// its stderr, and the git state of its working directory. Read once, off the actix
 /// thread, by whoever looks at the run when it ends.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunTail {
     pub output_summary: String,
     pub stderr_tail: String,

@@ -1,4 +1,5 @@
-//! The launcher: prepares a task's run folder and spawns `beat shim` for it.
+//! The launcher: prepares a task's run folder (when the run has files to be given) and
+//! spawns its shim, forked by the spawner or exec'd as `beat shim`.
 //!
 //! Every function here blocks (file writes, fork): only the `AgentPool` calls them, from
 //! tokio's blocking pool, never from the actix thread.
@@ -28,8 +29,9 @@ pub struct Launcher {
 pub enum ShimExit {
     /// An exec'd shim: the daemon's own child.
     Child(tokio::process::Child),
-    /// A shim forked by the spawner: readable once it has exited.
-    PidFd(std::os::fd::OwnedFd),
+    /// A shim forked by the spawner: the daemon's end of the run's channel (see
+    /// `channel`), which reads end-of-file once the shim has exited.
+    Channel(std::os::fd::OwnedFd),
 }
 
 /// A shim that has been started for this daemon.
@@ -91,6 +93,11 @@ impl Launcher {
 
     /// Writes the run folder and spawns the shim in a session of its own, so that
     /// nothing that signals the daemon's process group reaches the agent.
+    ///
+    /// A run with no file to prepare gets no folder here: a shim forked by the spawner
+    /// creates it when there is something to write (output, or a result the daemon
+    /// could not take). A folder left by an earlier run of the task is removed first, so
+    /// that none of its files or records passes for this run's.
     pub fn launch(
         &self,
         task: &TaskRecord,
@@ -98,17 +105,25 @@ impl Launcher {
         settings: &Settings,
     ) -> std::io::Result<Launched> {
         let run = self.run_dir(&task.id);
-        // One mkdir in the common case: a folder left by an earlier run is replaced.
-        match std::fs::create_dir(&run.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                std::fs::remove_dir_all(&run.path)?;
-                std::fs::create_dir(&run.path)?;
+        let needs_folder = cmd.prompt_on_stdin || !cmd.files.is_empty();
+        if needs_folder {
+            // One mkdir in the common case: a folder left by an earlier run is replaced.
+            match std::fs::create_dir(&run.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::remove_dir_all(&run.path)?;
+                    std::fs::create_dir(&run.path)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&run.path)?;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&run.path)?;
+        } else {
+            match std::fs::remove_dir_all(&run.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
-            Err(e) => return Err(e),
         }
         if cmd.prompt_on_stdin {
             std::fs::write(run.prompt(), &task.prompt)?;
@@ -141,7 +156,7 @@ impl Launcher {
             match spawner.spawn_shim(run_path, spec, &env) {
                 Ok(shim) => {
                     return Ok(Launched {
-                        exit: ShimExit::PidFd(shim.pidfd),
+                        exit: ShimExit::Channel(shim.channel),
                         pid: shim.pid,
                         start_time: shim.start_time,
                     });
@@ -158,6 +173,7 @@ impl Launcher {
         // The exec'd shim reads its spec from the run folder. Not fsynced: if the
         // machine dies before the shim starts, recovery finds no shim identity and
         // launches again.
+        std::fs::create_dir_all(run_path)?;
         write_atomically(&run_path.join(SPEC_FILE), spec, false)?;
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);

@@ -8,6 +8,7 @@
 //! put API keys anywhere but the agent's environment.
 
 pub mod adapter;
+pub mod channel;
 pub mod checkpoint;
 pub mod launch;
 pub mod parse;
@@ -20,4 +21,4 @@ pub mod spawner;
 pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
 pub use launch::{Launched, Launcher, ShimExit};
 pub use pool::{AgentPool, LaunchError, RunHandle};
-pub use process::{AgentExited, AgentProcess, AgentProgress, Terminate};
+pub use process::{AgentExited, AgentProcess, AgentProgress, StartDurable, Terminate};

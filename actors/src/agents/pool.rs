@@ -69,7 +69,8 @@ pub struct Adopt {
 }
 
 /// The identity of a shim the task's run folder records, if any: a shim
-/// spawned by a daemon that died before it journaled the start.
+/// spawned by a daemon that died before it journaled the start (or one of this daemon's
+/// own, for a task whose actor restarted before it journaled the start).
 #[derive(Message)]
 #[rtype(result = "Option<ShimIdentity>")]
 pub struct FindShim {
@@ -87,7 +88,8 @@ pub struct AgentPool {
     launcher: Arc<Launcher>,
     programs: Arc<ProgramCache>,
     settings: SettingsSource,
-    runs: HashMap<String, Addr<AgentProcess>>,
+    /// Live followers by task id, with their shim.
+    runs: HashMap<String, (Addr<AgentProcess>, ShimIdentity)>,
 }
 
 impl AgentPool {
@@ -167,7 +169,11 @@ impl Handler<Launch> for AgentPool {
             )
             .with_progress(progress_to)
             .start();
-            act.runs.insert(task_id, process.clone());
+            let shim = ShimIdentity {
+                pid: launched.pid,
+                start_time: launched.start_time,
+            };
+            act.runs.insert(task_id, (process.clone(), shim));
             Ok(RunHandle {
                 process,
                 shim_pid: launched.pid,
@@ -183,7 +189,7 @@ impl Handler<Adopt> for AgentPool {
     fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) -> Self::Result {
         // A task's actor restarted by its supervisor keeps its address, so the run's
         // existing follower already reports to it: one follower per run.
-        if let Some(process) = self.runs.get(&msg.task_id)
+        if let Some((process, _)) = self.runs.get(&msg.task_id)
             && process.connected()
         {
             return MessageResult(process.clone());
@@ -198,7 +204,11 @@ impl Handler<Adopt> for AgentPool {
         let process = AgentProcess::adopted(followed, msg.report_to, ctx.address().recipient())
             .with_progress(msg.progress_to)
             .start();
-        self.runs.insert(msg.task_id, process.clone());
+        let shim = ShimIdentity {
+            pid: msg.shim_pid,
+            start_time: msg.shim_start_time,
+        };
+        self.runs.insert(msg.task_id, (process.clone(), shim));
         MessageResult(process)
     }
 }
@@ -207,6 +217,14 @@ impl Handler<FindShim> for AgentPool {
     type Result = ResponseFuture<Option<ShimIdentity>>;
 
     fn handle(&mut self, msg: FindShim, _ctx: &mut Context<Self>) -> Self::Result {
+        // A shim of this daemon whose start is not journaled yet has recorded nothing on
+        // its folder (it would, if this daemon died): the registry knows it.
+        if let Some((process, shim)) = self.runs.get(&msg.task_id)
+            && process.connected()
+        {
+            let shim = *shim;
+            return Box::pin(async move { Some(shim) });
+        }
         let run = self.run_dir(&msg.task_id);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || run.read_shim())
@@ -242,7 +260,7 @@ impl Handler<RunOver> for AgentPool {
 
     fn handle(&mut self, msg: RunOver, _ctx: &mut Context<Self>) {
         // Only the follower that ended: the task may have a newer run already.
-        if self.runs.get(&msg.task_id) == Some(&msg.process) {
+        if self.runs.get(&msg.task_id).map(|(p, _)| p) == Some(&msg.process) {
             self.runs.remove(&msg.task_id);
         }
     }

@@ -4,17 +4,22 @@
 //! the pool when it stops. Reads of the run folder and of `/proc` run on the blocking
 //! pool, never on the actix thread.
 //!
-//! A shim this daemon spawned is awaited as a child; a shim adopted after a restart is
-//! checked by PID and start time until its exit record appears. Either way the result is
-//! read from the run folder and sent to the task. Cancelling sends SIGTERM to the shim,
+//! A shim the spawner forked reports over the run's channel (see `channel`): its result
+//! comes in one packet, and the task acknowledges it once journaled. An exec'd shim is
+//! awaited as a child, and a shim adopted after a restart is checked by PID and start
+//! time until its exit record appears: for those (and a channel that closes without a
+//! report) the result is read from the run folder. Cancelling sends SIGTERM to the shim,
 //! which stops the agent's whole process group (TERM, grace, KILL) and records why.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::io::unix::AsyncFd;
 
-use std::path::PathBuf;
-
+use super::channel::{self, ExitAck, Received};
 use super::checkpoint::{self, RunTail};
 use super::launch::ShimExit;
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
@@ -36,7 +41,15 @@ pub enum RunResult {
 pub struct AgentExited {
     pub result: RunResult,
     pub tail: RunTail,
+    /// Acknowledge once the result is journaled (a run reported over its channel);
+    /// dropped unacknowledged, the shim writes the result to the run folder.
+    pub ack: Option<ExitAck>,
 }
+
+/// The run's start is journaled: the shim may let go of the handover lock.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartDurable;
 
 /// What the agent is doing now, from the shim's `progress.txt` (its retries).
 #[derive(Message)]
@@ -76,6 +89,8 @@ pub struct AgentProcess {
     reported: bool,
     progress: Option<Recipient<AgentProgress>>,
     last_progress: Option<String>,
+    /// The daemon's end of the run's channel, while the run has not reported.
+    channel: Option<Rc<AsyncFd<OwnedFd>>>,
 }
 
 /// How often an adopted shim (not our child) is checked.
@@ -112,6 +127,7 @@ impl AgentProcess {
             reported: false,
             progress: None,
             last_progress: None,
+            channel: None,
         }
     }
 
@@ -152,6 +168,7 @@ impl AgentProcess {
             Some(AgentExited {
                 result,
                 tail: checkpoint::observe(&run, &dir),
+                ack: None,
             })
         });
         ctx.spawn(read.into_actor(self).map(|joined, act, ctx| {
@@ -162,12 +179,83 @@ impl AgentProcess {
                 Err(e) => AgentExited {
                     result: RunResult::Lost(reasons::exit_unreadable(&e.to_string())),
                     tail: RunTail::default(),
+                    ack: None,
                 },
             };
             act.reported = true;
             act.task.do_send(exited);
             ctx.stop();
         }));
+    }
+}
+
+impl AgentProcess {
+    /// Waits for the run's report on its channel.
+    fn follow_channel(&mut self, channel: OwnedFd, ctx: &mut Context<Self>) {
+        // SAFETY: the channel is ours alone; it is deregistered when the AsyncFd goes.
+        let channel = match unsafe { AsyncFd::register(channel) } {
+            Ok(channel) => Rc::new(channel),
+            Err(e) => {
+                // The channel is closed with the error: the shim writes the folder.
+                tracing::warn!(task = %self.followed.task_id, error = %e, "cannot watch the run's channel; polling its folder");
+                return self.poll_folder(ctx);
+            }
+        };
+        self.channel = Some(channel.clone());
+        ctx.spawn(
+            async move { next_report(&channel).await }
+                .into_actor(self)
+                .map(|received, act, ctx| act.received(received, ctx)),
+        );
+    }
+
+    fn poll_folder(&mut self, ctx: &mut Context<Self>) {
+        self.check(ctx, false);
+        ctx.run_interval(ADOPTED_POLL, |act, ctx| act.check(ctx, false));
+    }
+
+    fn received(&mut self, received: Received, ctx: &mut Context<Self>) {
+        let channel = self.channel.take();
+        match received {
+            Received::Report(report) => {
+                // The reading future is done, so this is the only reference left.
+                let ack = channel
+                    .and_then(|c| Rc::try_unwrap(c).ok())
+                    .map(|c| ExitAck::new(c.into_inner()));
+                self.reported = true;
+                self.task.do_send(AgentExited {
+                    result: RunResult::Exited(Box::new(report.exit)),
+                    tail: report.tail,
+                    ack,
+                });
+                ctx.stop();
+            }
+            // The shim exited without a report: it wrote the folder, or it died.
+            Received::Closed | Received::WouldBlock => self.check(ctx, true),
+            Received::Unreadable(why) => {
+                // Closing our end makes the shim write the folder; read it from there.
+                tracing::warn!(task = %self.followed.task_id, %why, "unreadable report; reading the run folder");
+                drop(channel);
+                self.poll_folder(ctx);
+            }
+        }
+    }
+}
+
+/// The next report on a run's channel (or its end).
+async fn next_report(channel: &AsyncFd<OwnedFd>) -> Received {
+    let mut buf = Vec::new();
+    loop {
+        let Ok(mut ready) = channel.readable().await else {
+            return Received::Closed;
+        };
+        if buf.is_empty() {
+            buf = vec![0u8; channel::MAX_REPORT];
+        }
+        match channel::receive_report(channel.get_ref().as_raw_fd(), &mut buf) {
+            Received::WouldBlock => ready.clear_ready(),
+            other => return other,
+        }
     }
 }
 
@@ -208,30 +296,8 @@ impl Actor for AgentProcess {
                         .map(|_, act, ctx| act.check(ctx, true)),
                 );
             }
-            Some(ShimExit::PidFd(pidfd)) => {
-                ctx.spawn(
-                    async move {
-                        // A pidfd is readable once its process has exited. If it cannot
-                        // be watched, fall back to polling like an adopted shim.
-                        // SAFETY: the pidfd is ours alone; it is dropped with the AsyncFd.
-                        match unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
-                            Ok(fd) => fd.readable().await.map(|_| ()).is_ok(),
-                            Err(_) => false,
-                        }
-                    }
-                    .into_actor(self)
-                    .map(|watched, act, ctx| {
-                        act.check(ctx, watched);
-                        if !watched {
-                            ctx.run_interval(ADOPTED_POLL, |act, ctx| act.check(ctx, false));
-                        }
-                    }),
-                );
-            }
-            None => {
-                self.check(ctx, false);
-                ctx.run_interval(ADOPTED_POLL, |act, ctx| act.check(ctx, false));
-            }
+            Some(ShimExit::Channel(channel)) => self.follow_channel(channel, ctx),
+            None => self.poll_folder(ctx),
         }
     }
 
@@ -240,6 +306,17 @@ impl Actor for AgentProcess {
             task_id: self.followed.task_id.clone(),
             process: ctx.address(),
         });
+    }
+}
+
+impl Handler<StartDurable> for AgentProcess {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StartDurable, _ctx: &mut Context<Self>) {
+        // Non-blocking; a shim that is gone needs it no more.
+        if let Some(open) = &self.channel {
+            channel::send_packet(open.get_ref().as_raw_fd(), &[channel::STARTED]);
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //! Why attributes and not files: creating a file costs 10 to 170 µs on a file system
 //! that recently deleted many (ext4 without a journal skips recently freed inodes),
 //! a large share of a trivial task's cost; an attribute needs no new inode.
+//! A run of a shim forked by the spawner has a folder only once it has something to
+//! keep (output, or what its channel could not hand over: see `channel`).
 //! Must never: hold a pipe to the agent. The daemon only reads files, so that its own
 //! death loses no output and no result.
 
@@ -108,6 +110,18 @@ impl RunDir {
             .ok()
             .filter(|s| !s.is_empty())
     }
+    /// Creates the folder if it is not there (a forked shim creates it when it first has
+    /// something to write).
+    pub fn ensure(&self) -> std::io::Result<()> {
+        match std::fs::create_dir(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.path)
+            }
+            other => other,
+        }
+    }
+
     /// Where the shim's identity is written when the run folder cannot hold it as an
     /// extended attribute.
     pub fn shim(&self) -> PathBuf {

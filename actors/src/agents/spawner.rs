@@ -10,9 +10,11 @@
 //! TERM and INT blocked until its handler is in place.
 //!
 //! Owns: one `SOCK_SEQPACKET` socket pair between the daemon and the spawner; the
-//! spawner's children until they exit (it reaps them). The daemon gets, for each shim,
-//! its PID, its start time and a pidfd (over `SCM_RIGHTS`), so it learns of the shim's
-//! exit without being its parent.
+//! spawner's children until they exit (it reaps them). For each shim it makes one more
+//! socket pair, the run's channel (see `channel`): the shim keeps one end, and the
+//! daemon gets the other (over `SCM_RIGHTS`) with the shim's PID and start time. The
+//! channel closes when the shim exits, so the daemon learns of that without being its
+//! parent.
 //! Must never: run in a process that has more than one thread when it forks (only
 //! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
 //! descriptor of the daemon's open in a shim (the daemon's lock above all), or exec.
@@ -31,17 +33,25 @@ use nix::sys::socket::{
 
 use super::run_dir::process_start_time;
 
-/// The entry point of a shim: runs it for a run folder and its spec (JSON), and
-/// returns its exit code.
-pub type ShimMain = fn(&Path, &[u8]) -> i32;
+/// The entry point of a shim: runs it for a run folder, its spec (JSON) and its end of
+/// the run's channel, and returns its exit code.
+pub type ShimMain = fn(&Path, &[u8], ShimChannel) -> i32;
+
+/// A forked shim's link to the daemon (see `channel`).
+#[derive(Debug)]
+pub struct ShimChannel {
+    pub channel: OwnedFd,
+    /// The handover lock, held shared until the start is journaled.
+    pub handover_lock: PathBuf,
+}
 
 /// A shim forked by the spawner.
 #[derive(Debug)]
 pub struct SpawnedShim {
     pub pid: u32,
     pub start_time: u64,
-    /// Becomes readable when the shim exits (the daemon is not its parent).
-    pub pidfd: OwnedFd,
+    /// The daemon's end of the run's channel; it reads end-of-file once the shim exits.
+    pub channel: OwnedFd,
 }
 
 /// The daemon's end of the spawner. Cheap to share: requests are serialized by a lock
@@ -63,7 +73,11 @@ impl Spawner {
     /// with a copy of this process, and any lock another thread held would stay held.
     /// Shims write their own diagnostics (rare) to `log`, opened for appending, rather
     /// than to a file of their own: one file fewer to create per run.
-    pub unsafe fn start(shim_main: ShimMain, log: &Path) -> std::io::Result<Spawner> {
+    pub unsafe fn start(
+        shim_main: ShimMain,
+        log: &Path,
+        handover_lock: &Path,
+    ) -> std::io::Result<Spawner> {
         let log = std::ffi::CString::new(log.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("the log path holds a NUL byte"))?;
         let (daemon_end, spawner_end) = socketpair(
@@ -91,7 +105,7 @@ impl Spawner {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 drop(daemon_end);
-                let code = serve(spawner_end, shim_main, &log);
+                let code = serve(spawner_end, shim_main, &log, handover_lock);
                 // SAFETY: leaving the spawner without running the daemon's exit handlers.
                 unsafe { libc::_exit(code) }
             }
@@ -139,13 +153,13 @@ impl Spawner {
         let mut space = nix::cmsg_space!([RawFd; 1]);
         let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
             .map_err(std::io::Error::from)?;
-        let mut pidfd = None;
+        let mut channel = None;
         for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for raw in fds {
                     // SAFETY: the kernel just gave us this descriptor; we own it now.
                     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                    pidfd.get_or_insert(owned);
+                    channel.get_or_insert(owned);
                 }
             }
         }
@@ -162,11 +176,12 @@ impl Spawner {
         if errno != 0 || pid <= 0 {
             return Err(std::io::Error::from_raw_os_error(errno.max(1)));
         }
-        let pidfd = pidfd.ok_or_else(|| std::io::Error::other("the spawner sent no pidfd"))?;
+        let channel =
+            channel.ok_or_else(|| std::io::Error::other("the spawner sent no channel"))?;
         Ok(SpawnedShim {
             pid: pid as u32,
             start_time,
-            pidfd,
+            channel,
         })
     }
 }
@@ -210,7 +225,7 @@ fn decode_request(bytes: &[u8]) -> Option<Request<'_>> {
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
 /// The spawner's loop: one request, one fork, one reply; reaps exited shims.
-fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr) -> i32 {
+fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &Path) -> i32 {
     let fd = socket.as_raw_fd();
     // SAFETY: single-threaded; we close what the daemon had open (its lock above all, so
     // that neither the spawner nor a shim keeps the daemon's flock), and take a SIGCHLD
@@ -260,19 +275,15 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr) -> i32 {
             }
             return 1;
         }
-        let (pid, mut errno, start_time) = match decode_request(&buf[..n as usize]) {
-            Some((run, spec, env)) => fork_shim(fd, &run, spec, &env, shim_main, log),
-            None => (-1, libc::EINVAL, 0),
+        let (pid, errno, start_time, channel) = match decode_request(&buf[..n as usize]) {
+            Some((run, spec, env)) => fork_shim(fd, &run, spec, &env, shim_main, log, handover),
+            None => (-1, libc::EINVAL, 0, None),
         };
-        let pidfd = if pid > 0 { pidfd_open(pid) } else { None };
-        if pid > 0 && pidfd.is_none() {
-            errno = libc::ESRCH;
-        }
         let mut reply = [0u8; 16];
         reply[0..4].copy_from_slice(&pid.to_ne_bytes());
         reply[4..8].copy_from_slice(&errno.to_ne_bytes());
         reply[8..16].copy_from_slice(&start_time.to_ne_bytes());
-        let fds: Vec<RawFd> = pidfd.iter().map(|f| f.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = channel.iter().map(|f| f.as_raw_fd()).collect();
         let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
             vec![]
         } else {
@@ -295,15 +306,8 @@ fn reap() {
     }
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2); the child is ours and not reaped (at worst a zombie), so
-    // the PID cannot have been reused.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a new descriptor the kernel gave us.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Forks one shim. Returns (pid, errno, start time) for the reply.
+/// Forks one shim. Returns (pid, errno, start time, the daemon's end of the run's
+/// channel) for the reply.
 fn fork_shim(
     socket: RawFd,
     run: &Path,
@@ -311,17 +315,25 @@ fn fork_shim(
     env: &[(OsString, OsString)],
     shim_main: ShimMain,
     log: &std::ffi::CStr,
-) -> (i32, i32, u64) {
+    handover: &Path,
+) -> (i32, i32, u64, Option<OwnedFd>) {
+    let failed = |e: std::io::Error| (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None);
+    let (daemon_end, shim_end) = match socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ) {
+        Ok(pair) => pair,
+        Err(e) => return failed(e.into()),
+    };
     // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return (
-            -1,
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(1),
-            0,
-        );
+        return failed(std::io::Error::last_os_error());
     }
     if pid == 0 {
+        drop(daemon_end);
         // SAFETY: in the new child, single-threaded. A session of its own, so nothing
         // that signals the daemon's group reaches it; TERM and INT blocked until the
         // shim's handler is in place (it unblocks them), so an immediate cancel is
@@ -361,14 +373,19 @@ fn fork_shim(
             // environment each time (quadratic, for the 40 to 100 of an agent).
             replace_environment(env);
         }
-        let code = shim_main(run, spec);
+        let channel = ShimChannel {
+            channel: shim_end,
+            handover_lock: handover.to_path_buf(),
+        };
+        let code = shim_main(run, spec, channel);
         // SAFETY: the shim is done; leave without the spawner's exit handlers.
         unsafe { libc::_exit(code) }
     }
+    drop(shim_end);
     // The child cannot be reaped before this read (we reap only in `reap`), so /proc
     // shows it, at worst as a zombie.
     let start_time = process_start_time(pid as u32).unwrap_or(0);
-    (pid, 0, start_time)
+    (pid, 0, start_time, Some(daemon_end))
 }
 
 /// Makes `env` the process's whole environment. Variables whose name or value holds a

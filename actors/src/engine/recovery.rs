@@ -1,8 +1,10 @@
 //! Recovery at start: every unfinished entity gets its actor back, one function per
 //! kind, owners before the tasks they own (so no task's end finds its owner missing).
 //!
-//! Owns: reading what is unfinished from the journal (off the actor thread),
-//! rebuilding the dependency graph from it, and the `RecoveryGate` that reads wait on.
+//! Owns: reading what is unfinished from the journal (off the actor thread), after the
+//! shims of the last daemon that had not heard their start was journaled have recorded
+//! who they are (the handover lock, see `agents::channel`); rebuilding the dependency
+//! graph from it, and the `RecoveryGate` that reads wait on.
 //! Must never: let a request in before recovery finished (the handler is atomic), or
 //! let a read show a state that recovery is about to replace: a task journaled
 //! `running` whose agent ended while no daemon ran is shown only once its end is
@@ -17,6 +19,7 @@ use actix::prelude::*;
 use tokio::sync::{broadcast, watch};
 
 use super::Engine;
+use crate::agents::channel;
 use crate::agents::run_dir::{RunDir, is_same_process_alive};
 use crate::error::EngineError;
 use crate::journal::Committed;
@@ -28,6 +31,10 @@ use crate::pipeline::PipelineActor;
 /// The longest reads wait for the ends of runs that finished while no daemon ran; past
 /// it they are served (and the log says which tasks had not settled).
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The longest recovery waits for the last daemon's shims to let the handover lock go;
+/// each needs a few system calls once its daemon is gone, unless it is stopped.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(10);
 
 /// Open once recovery has settled: every unfinished entity has its actor again, and
 /// every task journaled `running` whose agent is gone has its end (or its requeue)
@@ -87,6 +94,14 @@ impl Handler<Recover> for Engine {
         let runs_root = self.runs_root.clone();
         let read = async move {
             tokio::task::spawn_blocking(move || {
+                match channel::wait_for_handover(&channel::handover_lock(&runs_root), HANDOVER_LIMIT) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        "a shim of the last daemon held the handover lock for {} s; recovering without it (a task it runs may run again)",
+                        HANDOVER_LIMIT.as_secs()
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot take the handover lock; recovering without it"),
+                }
                 let schedules = store.live_schedules()?;
                 let pipelines = store.live_pipelines()?;
                 let loops = store.live_loops()?;
