@@ -150,6 +150,18 @@ pub fn observe(run: &RunDir, working_directory: &Path) -> RunTail {
     }
 }
 
+/// What a run that printed nothing left: the git state of `working_directory` alone.
+/// Blocking.
+pub fn observe_git(working_directory: &Path) -> RunTail {
+    let (git_branch, git_commit_sha, git_dirty_files) = git_state(working_directory);
+    RunTail {
+        git_branch,
+        git_commit_sha,
+        git_dirty_files,
+        ..RunTail::default()
+    }
+}
+
 /// The checkpoint of a task that reached `status`, from what its run left; `error`
 /// (the task's reason when it did not complete) comes before the stderr's tail.
 pub fn assemble(tail: RunTail, status: TaskStatus, error: Option<String>) -> Checkpoint {
