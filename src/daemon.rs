@@ -120,9 +120,15 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     lock.rewind()?;
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()?;
-    // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
     let handover = backbeat_actors::agents::channel::handover_lock(&home.runs());
-    let spawner = match unsafe { Spawner::start(crate::shim::run_forked, &home.log(), &handover) } {
+    let program = std::env::current_exe()?.with_file_name("beat-spawner");
+    let started = if program.is_file() {
+        Spawner::exec(&program, &home.log(), &handover)
+    } else {
+        // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
+        unsafe { Spawner::start(crate::shim::run_forked, &home.log(), &handover) }
+    };
+    let spawner = match started {
         Ok(s) => Some(std::sync::Arc::new(s)),
         Err(e) => {
             eprintln!("beat: the shim spawner could not start ({e}); shims will be exec'd");

@@ -88,3 +88,48 @@ fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
 }
+
+/// The program a process runs.
+fn program_of(pid: i32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+#[test]
+fn the_spawner_is_a_small_program_of_its_own_when_installed_beside_beat() {
+    let beat = Beat::new();
+    let id = beat.submit("print one", &[]);
+    assert_eq!(beat.wait(&id)["status"], "completed");
+    let spawners = processes_named(&beat, "beat-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
+    let program = program_of(spawners[0]);
+    assert_eq!(
+        program.file_name().and_then(|n| n.to_str()),
+        Some("beat-spawner"),
+        "{}",
+        program.display()
+    );
+}
+
+#[test]
+fn without_beat_spawner_beside_it_the_daemon_forks_its_own_spawner() {
+    let beat = Beat::new();
+    // A `beat` installed alone.
+    let install = tempfile::tempdir().unwrap();
+    let alone = install.path().join("beat");
+    std::fs::hard_link(common::BEAT, &alone)
+        .or_else(|_| std::fs::copy(common::BEAT, &alone).map(|_| ()))
+        .unwrap();
+    let started = beat
+        .command(&alone)
+        .args(["daemon", "start"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let id = beat.submit("print one", &[]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    let spawners = processes_named(&beat, "beat-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
+    assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
+    beat.ok(&["daemon", "stop"]);
+}

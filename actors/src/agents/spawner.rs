@@ -1,5 +1,7 @@
-//! The shim spawner: a small process, forked from the daemon before it starts any
-//! thread, that forks one shim per run *without exec*.
+//! The shim spawner: a small single-threaded process that forks one shim per run
+//! *without exec*. It is `beat-spawner`, a small program of its own that the daemon
+//! starts ([`Spawner::exec`]), or, where that is not installed, a copy of the daemon
+//! forked before it starts any thread ([`Spawner::start`]).
 //!
 //! Why: starting a shim by exec of the `beat` binary cost about 2 ms of CPU per task
 //! (page faults, execve, the dynamic loader), and a fork of the multi-threaded daemon
@@ -17,7 +19,7 @@
 //! parent.
 //! Must never: run in a process that has more than one thread when it forks (only
 //! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
-//! descriptor of the daemon's open in a shim (the daemon's lock above all), or exec.
+//! descriptor of the daemon's open in a shim (the daemon's lock above all), or exec a shim.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -87,19 +89,7 @@ impl Spawner {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(std::io::Error::from)?;
-        for fd in [&daemon_end, &spawner_end] {
-            let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
-            // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        set_buffer_sizes(&[&daemon_end, &spawner_end]);
         // SAFETY: the caller guarantees one thread; the child only runs `serve`.
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
@@ -116,6 +106,56 @@ impl Spawner {
                 })
             }
         }
+    }
+
+    /// Starts the spawner as a program of its own (`beat-spawner`, a small binary with
+    /// the shim's code and little else): its shims then inherit a small address space,
+    /// whose page faults and teardown cost a fraction of a copy of the daemon's. The
+    /// program gets its end of the socket as descriptor 3, and `log` and
+    /// `handover_lock` as its two arguments. Safe to call with threads running.
+    pub fn exec(program: &Path, log: &Path, handover_lock: &Path) -> std::io::Result<Spawner> {
+        use std::os::unix::process::CommandExt;
+        let (daemon_end, spawner_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        set_buffer_sizes(&[&daemon_end, &spawner_end]);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let raw = spawner_end.as_raw_fd();
+        let mut command = std::process::Command::new(program);
+        command
+            .arg(log)
+            .arg(handover_lock)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        // SAFETY: dup2 is async-signal-safe; the copy at 3 has no close-on-exec flag.
+        unsafe {
+            command.pre_exec(move || {
+                // dup2 onto itself would keep the close-on-exec flag: clear it either way.
+                if (raw != SPAWNER_FD && libc::dup2(raw, SPAWNER_FD) < 0)
+                    || libc::fcntl(SPAWNER_FD, libc::F_SETFD, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        drop(spawner_end);
+        // Reaped when it exits (when the daemon's end closes).
+        std::thread::Builder::new()
+            .name("spawner-reaper".into())
+            .spawn(move || child.wait())?;
+        Ok(Spawner {
+            socket: Mutex::new(daemon_end),
+        })
     }
 
     /// Forks a shim for `run_path` with its `spec` (JSON) and an environment that is
@@ -184,6 +224,37 @@ impl Spawner {
             channel,
         })
     }
+}
+
+/// Where `beat-spawner` finds its end of the socket.
+pub const SPAWNER_FD: RawFd = 3;
+
+/// Room for the largest request in both directions of the socket.
+fn set_buffer_sizes(fds: &[&OwnedFd]) {
+    for fd in fds {
+        let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
+        // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The main of `beat-spawner`: serves the daemon on descriptor `SPAWNER_FD` until the
+/// daemon's end closes; returns the exit code.
+pub fn serve_program(shim_main: ShimMain, log: &Path, handover_lock: &Path) -> i32 {
+    let Ok(log) = std::ffi::CString::new(log.as_os_str().as_bytes()) else {
+        return 2;
+    };
+    // SAFETY: the daemon gave us this descriptor at exec; nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(SPAWNER_FD) };
+    serve(socket, shim_main, &log, handover_lock)
 }
 
 /// `run_path NUL spec NUL (key=value NUL)*` (the spec is JSON: it holds no NUL).
