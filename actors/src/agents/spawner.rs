@@ -321,6 +321,12 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_NAME, c"beat-spawner".as_ptr(), 0, 0, 0);
     }
+    // Opened once, not per shim (two path lookups fewer per run); close-on-exec, so an
+    // agent inherits neither. A shim's 0 and 1 are /dev/null and its 2 the log.
+    let outputs = ShimOutputs {
+        null: open_cloexec(c"/dev/null", libc::O_RDWR),
+        log: open_cloexec(log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND),
+    };
     let mut buf = vec![0u8; MAX_REQUEST + 1];
     loop {
         reap();
@@ -347,7 +353,9 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             return 1;
         }
         let (pid, errno, start_time, channel) = match decode_request(&buf[..n as usize]) {
-            Some((run, spec, env)) => fork_shim(fd, &run, spec, &env, shim_main, log, handover),
+            Some((run, spec, env)) => {
+                fork_shim(fd, &run, spec, &env, shim_main, &outputs, handover)
+            }
             None => (-1, libc::EINVAL, 0, None),
         };
         let mut reply = [0u8; 16];
@@ -385,7 +393,7 @@ fn fork_shim(
     spec: &[u8],
     env: &[(OsString, OsString)],
     shim_main: ShimMain,
-    log: &std::ffi::CStr,
+    outputs: &ShimOutputs,
     handover: &Path,
 ) -> (i32, i32, u64, Option<OwnedFd>) {
     let failed = |e: std::io::Error| (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None);
@@ -398,6 +406,7 @@ fn fork_shim(
         Ok(pair) => pair,
         Err(e) => return failed(e.into()),
     };
+    let forking_at = boot_ticks();
     // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -419,24 +428,13 @@ fn fork_shim(
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            if null >= 0 {
-                libc::dup2(null, 0);
-                libc::dup2(null, 1);
-                if null > 2 {
-                    libc::close(null);
-                }
+            // dup2 clears close-on-exec on the copies, which are the shim's own.
+            if let Some(null) = &outputs.null {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
             }
-            let err = libc::open(
-                log.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
-                0o600,
-            );
-            if err >= 0 {
-                libc::dup2(err, 2);
-                if err > 2 {
-                    libc::close(err);
-                }
+            if let Some(log) = &outputs.log {
+                libc::dup2(log.as_raw_fd(), 2);
             }
             libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0);
             // The environment is replaced wholesale, as `env_clear().envs(..)` did: one
@@ -453,10 +451,49 @@ fn fork_shim(
         unsafe { libc::_exit(code) }
     }
     drop(shim_end);
-    // The child cannot be reaped before this read (we reap only in `reap`), so /proc
-    // shows it, at worst as a zombie.
-    let start_time = process_start_time(pid as u32).unwrap_or(0);
+    let start_time = match (forking_at, boot_ticks()) {
+        // The kernel took the child's start time between the two readings of the same
+        // clock, in the same ticks: when both fall in one tick, that tick is it.
+        (Some(before), Some(after)) if before == after => before,
+        // The child cannot be reaped before this read (we reap only in `reap`), so
+        // /proc shows it, at worst as a zombie.
+        _ => process_start_time(pid as u32).unwrap_or(0),
+    };
     (pid, 0, start_time, Some(daemon_end))
+}
+
+/// What every shim's standard descriptors point to, opened once by the spawner.
+struct ShimOutputs {
+    null: Option<OwnedFd>,
+    log: Option<OwnedFd>,
+}
+
+fn open_cloexec(path: &std::ffi::CStr, flags: libc::c_int) -> Option<OwnedFd> {
+    // SAFETY: open(2) of a C string; the descriptor is ours.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    // SAFETY: a new descriptor the kernel gave us.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Now on the clock a process's start time is kept in (`/proc/<pid>/stat` field 22:
+/// boot time, in clock ticks).
+fn boot_ticks() -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) and sysconf(3) write nothing but the timespec we own.
+    let (read, hz) = unsafe {
+        (
+            libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now),
+            libc::sysconf(libc::_SC_CLK_TCK),
+        )
+    };
+    if read != 0 || hz <= 0 {
+        return None;
+    }
+    let ns = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
+    Some((ns / (1_000_000_000 / hz as u128)) as u64)
 }
 
 /// Makes `env` the process's whole environment. Variables whose name or value holds a
@@ -515,6 +552,33 @@ unsafe fn close_all_but(keep: &[RawFd]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_time_read_from_the_boot_clock_is_the_one_proc_shows() {
+        // Many forks, so that some straddle a tick (those read /proc, like before).
+        let mut compared = 0;
+        for _ in 0..200 {
+            let before = boot_ticks().unwrap();
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe { libc::_exit(0) }
+            }
+            let after = boot_ticks().unwrap();
+            let shown = process_start_time(pid as u32).unwrap();
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            assert!(
+                before <= shown && shown <= after,
+                "{before} <= {shown} <= {after}"
+            );
+            if before == after {
+                assert_eq!(shown, before);
+                compared += 1;
+            }
+        }
+        assert!(compared > 0, "no fork fell within one tick");
+    }
 
     #[test]
     fn a_request_round_trips_with_odd_bytes_in_values() {
