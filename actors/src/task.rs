@@ -58,6 +58,11 @@ pub struct CancelTask {
     pub reason: String,
 }
 
+/// The task as last committed (what its actor holds).
+#[derive(Message)]
+#[rtype(result = "TaskRecord")]
+pub struct CurrentRecord;
+
 /// Take part in the cancel of the task's owner (a pipeline): offer the transitions
 /// that cancel this task, to be committed in the owner's transaction, and adopt them
 /// once `verdict` says they were.
@@ -586,6 +591,14 @@ impl TaskActor {
             let event = TaskEvent::Unblocked { at: now_ms(), prompt, not_before };
             act.commit_until_durable(vec![event], ctx, |act, ctx| act.pick_up(ctx));
         }));
+    }
+}
+
+impl Handler<CurrentRecord> for TaskActor {
+    type Result = MessageResult<CurrentRecord>;
+
+    fn handle(&mut self, _msg: CurrentRecord, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.core.record.clone())
     }
 }
 

@@ -36,7 +36,7 @@ pub use self::loops::{
 pub use self::pipelines::{CancelPipeline, CreatePipeline};
 pub use self::recovery::{Recover, RecoveryGate};
 use self::registry::Registry;
-pub use self::requests::{AdoptOwnedTasks, Cancel, NewTask};
+pub use self::requests::{AdoptOwnedTasks, Cancel, NewTask, ReadTask};
 pub use self::retention::{Prune, PruneReport};
 pub use self::schedules::{CreateSchedule, ScheduleOp, ScheduleTarget};
 use self::validation::{Lineage, again, check, validate_dependencies};
@@ -58,7 +58,7 @@ use crate::model::{Record, TaskRecord, TaskStatus};
 use crate::schedule::{LoopRunEnded, PipelineRunEnded};
 use crate::schedule_timer::ScheduleTimer;
 use crate::settings::{Settings, SettingsSource};
-use crate::task::{CancelTask, TaskActor, TaskDeps};
+use crate::task::{CancelTask, CurrentRecord, TaskActor, TaskDeps};
 pub use task_watch::{TaskUpdate, TaskWatch, Watching};
 
 #[derive(Message)]
@@ -313,6 +313,26 @@ impl Handler<Cancel> for Engine {
                 }),
             }
         })
+    }
+}
+
+impl Handler<ReadTask> for Engine {
+    type Result = ResponseFuture<Result<Option<TaskRecord>, EngineError>>;
+
+    fn handle(&mut self, msg: ReadTask, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(actor) = self.live.task(&msg.task_id) {
+            let current = actor.send(CurrentRecord);
+            let store = self.store.clone();
+            return Box::pin(async move {
+                match current.await {
+                    Ok(record) => Ok(Some(record)),
+                    // The actor stopped meanwhile: its end is journaled.
+                    Err(_) => read_task(&store, &msg.task_id).await,
+                }
+            });
+        }
+        let store = self.store.clone();
+        Box::pin(async move { read_task(&store, &msg.task_id).await })
     }
 }
 

@@ -38,6 +38,14 @@ pub struct Cancel {
     pub reason: String,
 }
 
+/// One task as committed: from its actor while it has one (no trip to the database),
+/// else from the journal. `None` when no such task exists.
+#[derive(Message)]
+#[rtype(result = "Result<Option<TaskRecord>, EngineError>")]
+pub struct ReadTask {
+    pub task_id: String,
+}
+
 /// Start the actors of tasks an entity (a loop) created and journaled itself.
 #[derive(Message)]
 #[rtype(result = "()")]

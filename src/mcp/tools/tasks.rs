@@ -208,11 +208,25 @@ pub async fn read<T: Send + 'static>(
         .map_err(|e| format!("reading the database failed: {e}"))
 }
 
+/// One task as committed. A live task is read from its actor, without a trip to the
+/// database (WaitTask reads every task it waits for).
 pub async fn find(server: &ToolContext, id: &str) -> Result<TaskRecord, String> {
-    let id_owned = id.to_string();
-    read(server, move |s| s.task(&id_owned))
-        .await?
-        .ok_or_else(|| backbeat_actors::EngineError::TaskNotFound(id.to_string()).to_string())
+    // Never older than the journal (see `read`).
+    server.engine.recovered.wait().await;
+    let read = server
+        .engine
+        .engine
+        .send(backbeat_actors::engine::ReadTask {
+            task_id: id.to_string(),
+        });
+    match read.await {
+        Ok(Ok(Some(task))) => Ok(task),
+        Ok(Ok(None)) => Err(backbeat_actors::EngineError::TaskNotFound(id.to_string()).to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!(
+            "the engine is gone ({e}); the daemon is stopping, try again"
+        )),
+    }
 }
 
 /// The full record with millisecond times, as the CLI's `--json` builds on.
