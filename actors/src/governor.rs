@@ -573,9 +573,12 @@ impl Handler<Release> for ResourceGovernor {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
-        if let Some(slot) = self.running.remove(&msg.task_id)
-            && let Some(max_rss_kb) = msg.max_rss_kb
-        {
+        // The run's follower frees the slot the moment the agent's exit is reported,
+        // and the task again when it handles the exit: the second finds it free.
+        let Some(slot) = self.running.remove(&msg.task_id) else {
+            return;
+        };
+        if let Some(max_rss_kb) = msg.max_rss_kb {
             // Only a run that ran teaches: the larger of the peak its shim measured for
             // one process and the peak sampled for its whole tree.
             let peak = (max_rss_kb * 1024).max(slot.peak_memory);

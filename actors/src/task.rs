@@ -292,6 +292,7 @@ impl TaskActor {
             task: self.core.record.clone(),
             report_to: ctx.address().recipient(),
             progress_to: ctx.address().recipient(),
+            release_to: self.deps.governor.clone().recipient(),
         });
         ctx.wait(launch.into_actor(self).map(|res, act, ctx| {
             let launched = match res {

@@ -21,6 +21,7 @@ use super::launch::{Launched, Launcher};
 use super::process::{AgentExited, AgentProcess, AgentProgress, FollowedRun, RunOver};
 use super::programs::ProgramCache;
 use super::run_dir::{RunDir, ShimIdentity};
+use crate::governor::Release;
 use crate::model::{TaskRecord, reasons};
 use crate::settings::SettingsSource;
 
@@ -32,6 +33,9 @@ pub struct Launch {
     pub report_to: Recipient<AgentExited>,
     /// Told what the agent is doing while it runs (its retries).
     pub progress_to: Recipient<AgentProgress>,
+    /// Told the moment the agent's exit is reported, so that its slot is free before
+    /// the task has journaled anything (the task's own release then finds it free).
+    pub release_to: Recipient<Release>,
 }
 
 /// A run the pool launched or adopted.
@@ -144,6 +148,7 @@ impl Handler<Launch> for AgentPool {
             task,
             report_to,
             progress_to,
+            release_to,
         } = msg;
         let task_id = task.id.clone();
         let working_directory = std::path::PathBuf::from(&task.working_directory);
@@ -168,6 +173,7 @@ impl Handler<Launch> for AgentPool {
                 ctx.address().recipient(),
             )
             .with_progress(progress_to)
+            .with_release(release_to)
             .start();
             let shim = ShimIdentity {
                 pid: launched.pid,
@@ -289,6 +295,11 @@ mod tests {
         fn handle(&mut self, _: AgentProgress, _: &mut Context<Self>) {}
     }
 
+    impl Handler<Release> for Unreached {
+        type Result = ();
+        fn handle(&mut self, _: Release, _: &mut Context<Self>) {}
+    }
+
     fn pool(runs_root: &Path, settings: Settings) -> Addr<AgentPool> {
         let launcher = Launcher {
             runs_root: runs_root.to_path_buf(),
@@ -356,6 +367,7 @@ mod tests {
                 task,
                 report_to: Unreached.start().recipient(),
                 progress_to: Unreached.start().recipient(),
+                release_to: Unreached.start().recipient(),
             })
             .await
             .unwrap()
@@ -380,6 +392,7 @@ mod tests {
                 task,
                 report_to: Unreached.start().recipient(),
                 progress_to: Unreached.start().recipient(),
+                release_to: Unreached.start().recipient(),
             })
             .await
             .unwrap()

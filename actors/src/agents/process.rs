@@ -23,6 +23,7 @@ use super::channel::{self, ExitAck, Received};
 use super::checkpoint::{self, RunTail};
 use super::launch::ShimExit;
 use super::run_dir::{ExitRecord, RunDir, is_same_process_alive};
+use crate::governor::Release;
 use crate::model::reasons;
 
 /// How the run ended, as far as the files tell.
@@ -91,6 +92,8 @@ pub struct AgentProcess {
     last_progress: Option<String>,
     /// The daemon's end of the run's channel, while the run has not reported.
     channel: Option<Rc<AsyncFd<OwnedFd>>>,
+    /// Where the run's slot is freed when its report comes (see `with_release`).
+    release: Option<Recipient<Release>>,
 }
 
 /// How often an adopted shim (not our child) is checked.
@@ -128,7 +131,16 @@ impl AgentProcess {
             progress: None,
             last_progress: None,
             channel: None,
+            release: None,
         }
+    }
+
+    /// Also frees the run's slot with `to` the moment the agent's exit is reported over
+    /// the channel: the task handles the exit only after its start is journaled, and a
+    /// slot held until then would put a commit on the path from one run to the next.
+    pub fn with_release(mut self, to: Recipient<Release>) -> AgentProcess {
+        self.release = Some(to);
+        self
     }
 
     /// Also tells `to` what the agent is doing while it runs (its retries).
@@ -223,6 +235,12 @@ impl AgentProcess {
                     .and_then(|c| Rc::try_unwrap(c).ok())
                     .map(|c| ExitAck::new(c.into_inner()));
                 self.reported = true;
+                if let Some(release) = &self.release {
+                    release.do_send(Release {
+                        task_id: self.followed.task_id.clone(),
+                        max_rss_kb: Some(report.exit.max_rss_kb),
+                    });
+                }
                 self.task.do_send(AgentExited {
                     result: RunResult::Exited(Box::new(report.exit)),
                     tail: report.tail,
