@@ -171,10 +171,11 @@ impl Transcript {
 /// A forked shim's side of the run's channel.
 struct Link {
     channel: OwnedFd,
-    /// The handover lock, held until the start is durable or our identity is recorded.
+    /// The handover lock, held until the result is journaled or our identity is
+    /// recorded.
     handover: Option<OwnedFd>,
-    /// The daemon said the start is journaled.
-    started: bool,
+    /// Our identity is on the run folder.
+    identified: bool,
     /// The daemon said the result is journaled.
     finished: bool,
     /// The daemon's end is closed.
@@ -195,10 +196,9 @@ impl Link {
     fn hear(&mut self, run: &RunDir) {
         while !self.gone {
             match channel::read_from_daemon(self.channel.as_raw_fd()) {
-                FromDaemon::Started => self.started(),
                 FromDaemon::Finished => {
-                    self.started();
                     self.finished = true;
+                    self.handover = None;
                 }
                 FromDaemon::Gone => self.daemon_gone(run),
                 FromDaemon::Nothing => return,
@@ -206,30 +206,34 @@ impl Link {
         }
     }
 
-    fn started(&mut self) {
-        self.started = true;
+    /// The daemon is gone before it journaled the result. If the crash left the task
+    /// `queued`, the next daemon can know of this run only from the folder: record who
+    /// we are there before letting the handover lock go (its recovery waits for that
+    /// lock).
+    fn daemon_gone(&mut self, run: &RunDir) {
+        self.gone = true;
+        if !self.finished {
+            self.identify(run);
+        }
         self.handover = None;
     }
 
-    /// The daemon is gone. If it had not journaled the start, the next daemon can only
-    /// know of this run from the folder: record who we are there before letting the
-    /// handover lock go (its recovery waits for that lock).
-    fn daemon_gone(&mut self, run: &RunDir) {
-        self.gone = true;
-        if !self.started {
-            let me = std::process::id();
-            let identity = ShimIdentity {
-                pid: me,
-                start_time: process_start_time(me).unwrap_or(0),
-            };
-            if let Err(e) = run.ensure().and_then(|()| run.record_shim(&identity)) {
-                eprintln!(
-                    "beat shim: cannot record its identity in {}: {e}",
-                    run.path.display()
-                );
-            }
+    /// Records our identity on the run folder, once.
+    fn identify(&mut self, run: &RunDir) {
+        if std::mem::replace(&mut self.identified, true) {
+            return;
         }
-        self.handover = None;
+        let me = std::process::id();
+        let identity = ShimIdentity {
+            pid: me,
+            start_time: process_start_time(me).unwrap_or(0),
+        };
+        if let Err(e) = run.ensure().and_then(|()| run.record_shim(&identity)) {
+            eprintln!(
+                "beat shim: cannot record its identity in {}: {e}",
+                run.path.display()
+            );
+        }
     }
 
     /// Hands the result to the daemon and waits until it is journaled. `false` if the
@@ -532,20 +536,20 @@ pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
     let mut link = Link {
         channel: channel.channel,
         handover,
-        started: false,
+        identified: false,
         finished: false,
         gone: false,
     };
     link.hear(&run);
-    if link.gone && !link.started {
-        // The daemon died before it journaled the start, and before the agent ran:
-        // the task is still queued, and the next daemon runs it. Nothing to leave.
+    if link.gone {
+        // The daemon died before this shim ran anything: the next daemon runs a task
+        // the crash left queued (a run it journaled as started in that instant ends as
+        // lost, never twice). Nothing to leave.
         return 0;
     }
-    if link.handover.is_none() && !link.started {
+    if link.handover.is_none() {
         // Without the lock, recovery would not wait for us: say who we are up front.
-        link.daemon_gone(&run);
-        link.gone = false;
+        link.identify(&run);
     }
     supervise_run(run, spec, Some(link))
 }
@@ -862,7 +866,7 @@ fn supervise(
 mod tests {
     use std::time::Duration;
 
-    use backbeat_actors::agents::channel::{FINISHED, STARTED, send_packet};
+    use backbeat_actors::agents::channel::{FINISHED, send_packet};
     use backbeat_actors::agents::checkpoint::RunTail;
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
@@ -881,7 +885,7 @@ mod tests {
         let link = Link {
             channel: shim,
             handover,
-            started: false,
+            identified: false,
             finished: false,
             gone: false,
         };
@@ -910,7 +914,6 @@ mod tests {
     fn a_result_the_daemon_journaled_leaves_no_run_folder() {
         let dir = tempfile::tempdir().unwrap();
         let (mut link, daemon, run) = link(dir.path(), None);
-        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
         assert!(send_packet(daemon.as_raw_fd(), &[FINISHED]));
         assert!(link.hand_over(&run, &report()));
         assert!(!run.path.exists(), "nothing was written");
@@ -922,7 +925,7 @@ mod tests {
     }
 
     #[test]
-    fn a_daemon_gone_before_journaling_the_start_finds_the_shims_identity() {
+    fn a_daemon_gone_before_journaling_the_result_finds_the_shims_identity() {
         let dir = tempfile::tempdir().unwrap();
         let (mut link, daemon, run) = link(dir.path(), None);
         drop(daemon);
@@ -932,25 +935,28 @@ mod tests {
     }
 
     #[test]
-    fn a_daemon_gone_after_journaling_the_start_needs_no_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut link, daemon, run) = link(dir.path(), None);
-        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
-        drop(daemon);
-        assert!(!link.hand_over(&run, &report()));
-        assert_eq!(run.read_shim(), None);
-    }
-
-    #[test]
-    fn the_handover_lock_is_let_go_once_the_start_is_journaled() {
+    fn the_handover_lock_is_held_until_the_result_is_journaled() {
         let dir = tempfile::tempdir().unwrap();
         let lock = channel::handover_lock(dir.path());
         let held = channel::hold_handover(&lock).unwrap();
         let (mut link, daemon, run) = link(dir.path(), Some(held));
         link.hear(&run);
         assert!(!channel::wait_for_handover(&lock, Duration::from_millis(20)).unwrap());
-        assert!(send_packet(daemon.as_raw_fd(), &[STARTED]));
+        assert!(send_packet(daemon.as_raw_fd(), &[FINISHED]));
         link.hear(&run);
+        assert!(channel::wait_for_handover(&lock, Duration::from_secs(10)).unwrap());
+        assert_eq!(run.read_shim(), None, "no identity was needed");
+    }
+
+    #[test]
+    fn the_handover_lock_is_let_go_once_the_identity_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = channel::handover_lock(dir.path());
+        let held = channel::hold_handover(&lock).unwrap();
+        let (mut link, daemon, run) = link(dir.path(), Some(held));
+        drop(daemon);
+        link.hear(&run);
+        assert!(run.read_shim().is_some());
         assert!(channel::wait_for_handover(&lock, Duration::from_secs(10)).unwrap());
     }
 }

@@ -22,9 +22,7 @@ use crate::agents::checkpoint::{self, RunTail};
 use crate::agents::pool::{Adopt, FindShim, ForgetShim, Launch};
 use crate::agents::process::RunResult;
 use crate::agents::run_dir::RunDir;
-use crate::agents::{
-    AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, StartDurable, Terminate,
-};
+use crate::agents::{AgentExited, AgentPool, AgentProcess, AgentProgress, RunHandle, Terminate};
 use crate::entity::{EntityActor, EntityCore, EntityEnded, Lifecycle};
 use crate::error::EngineError;
 use crate::governor::{Enqueue, Grant, Launched, Release, ResourceGovernor, WaitReason, Withdraw};
@@ -329,12 +327,11 @@ impl TaskActor {
                     shim_start_time: run.shim_start_time,
                 };
                 self.commit_until_durable(vec![event], ctx, |act, _| {
-                    if let Some(p) = &act.process {
-                        p.do_send(StartDurable);
-                        // A cancel that arrived while the start was being journaled.
-                        if !act.cancel_waiters.is_empty() {
-                            p.do_send(Terminate);
-                        }
+                    // A cancel that arrived while the start was being journaled.
+                    if !act.cancel_waiters.is_empty()
+                        && let Some(p) = &act.process
+                    {
+                        p.do_send(Terminate);
                     }
                 });
             }

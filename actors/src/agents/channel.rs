@@ -8,16 +8,21 @@
 //! shim writes to the folder exactly when the daemon could lose what it sent:
 //!
 //! - the shim starts the agent at once, and holds a shared lock on the runs' *handover
-//!   lock* until the daemon says the start is durable (`STARTED`). If the daemon dies
-//!   first, the shim records its identity on the run folder before it lets the lock go,
-//!   and the next daemon's recovery, which takes the lock exclusively before it reads
-//!   anything, finds it and adopts the run instead of running the agent twice;
+//!   lock* until the daemon says the run's result is durable (`FINISHED`). If the channel
+//!   closes first (the daemon died, or stopped), the shim records its identity on the
+//!   run folder before it lets the lock go; the next daemon's recovery, which takes the
+//!   lock exclusively before it reads anything, finds it, and adopts the run instead of
+//!   running the agent twice if the crash left the task `queued` (a task journaled
+//!   `running` is adopted by the PID and start time in the journal);
 //! - at the end the shim sends its report (exit record and checkpoint tail) and waits
-//!   until the daemon says the result is durable (`FINISHED`). If the channel closes
-//!   first, the shim writes the record to the run folder, where the next daemon (or
-//!   this one, for a report it could not read) finds it.
+//!   for `FINISHED`. If the channel closes first, the shim writes the record to the run
+//!   folder, where the next daemon (or this one, for a report it could not read) finds
+//!   it.
 //!
-//! Owns: the wire format (the two one-byte acknowledgements, the report as JSON), the
+//! Nothing is said when the start is journaled: waking every shim for it would cost a
+//! trivial run more than the identity a daemon's death makes each running shim write.
+//!
+//! Owns: the wire format (the one-byte acknowledgement, the report as JSON), the
 //! handover lock's path and its two sides, and `ExitAck`, the daemon's promise to
 //! acknowledge a report once it is journaled (dropped unacknowledged, it closes the
 //! channel, which makes the shim write the record to the folder).
@@ -33,10 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::RunTail;
 use super::run_dir::ExitRecord;
 
-/// Daemon to shim: the run's start is journaled.
-pub const STARTED: u8 = b'S';
 /// Daemon to shim: the run's result is journaled; the shim may exit without writing it.
-/// Implies `STARTED`.
 pub const FINISHED: u8 = b'F';
 
 /// The largest report the daemon reads from the channel; a larger one (a huge list of
@@ -61,7 +63,6 @@ pub struct ShimReport {
 /// What a shim reads from its channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FromDaemon {
-    Started,
     Finished,
     /// The daemon's end is closed: it died, or dropped the run.
     Gone,
@@ -85,7 +86,6 @@ pub fn read_from_daemon(channel: RawFd) -> FromDaemon {
         };
         if n > 0 {
             return match byte[0] {
-                STARTED => FromDaemon::Started,
                 FINISHED => FromDaemon::Finished,
                 _ => FromDaemon::Nothing,
             };
@@ -142,7 +142,7 @@ impl ExitAck {
     }
 }
 
-/// The shim's side of the handover lock: held shared until the start is journaled (or
+/// The shim's side of the handover lock: held shared until the result is journaled (or
 /// the shim's identity is on the run folder). `None` if the lock cannot be opened, in
 /// which case the shim records its identity up front instead.
 pub fn hold_handover(lock: &Path) -> Option<OwnedFd> {
@@ -168,9 +168,8 @@ pub fn hold_handover(lock: &Path) -> Option<OwnedFd> {
     }
 }
 
-/// The recovering daemon's side: waits until no shim of an earlier daemon is between
-/// starting its agent and either hearing that the start is durable or recording its
-/// identity. Blocking. `false` if `limit` passed first (a shim stopped by a debugger,
+/// The recovering daemon's side: waits until every shim of an earlier daemon has either
+/// heard that its result is durable or recorded its identity. Blocking. `false` if `limit` passed first (a shim stopped by a debugger,
 /// say): recovery then goes on without it.
 pub fn wait_for_handover(lock: &Path, limit: Duration) -> std::io::Result<bool> {
     let file = std::fs::OpenOptions::new()
@@ -296,9 +295,7 @@ mod tests {
             Received::WouldBlock
         ));
         assert_eq!(read_from_daemon(shim.as_raw_fd()), FromDaemon::Nothing);
-        send_packet(daemon.as_raw_fd(), &[STARTED]);
         ExitAck::new(daemon).durable();
-        assert_eq!(read_from_daemon(shim.as_raw_fd()), FromDaemon::Started);
         assert_eq!(read_from_daemon(shim.as_raw_fd()), FromDaemon::Finished);
         // The ack's end is closed once it is spent.
         assert_eq!(read_from_daemon(shim.as_raw_fd()), FromDaemon::Gone);

@@ -21,4 +21,4 @@ pub mod spawner;
 pub use adapter::{AgentAdapter, AgentError, LaunchCommand, adapter_for, resolve_agent};
 pub use launch::{Launched, Launcher, ShimExit};
 pub use pool::{AgentPool, LaunchError, RunHandle};
-pub use process::{AgentExited, AgentProcess, AgentProgress, StartDurable, Terminate};
+pub use process::{AgentExited, AgentProcess, AgentProgress, Terminate};
