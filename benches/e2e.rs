@@ -734,16 +734,16 @@ struct Run {
 }
 
 fn throughput(bin: &Path) -> Result<Vec<Figure>> {
-    let (beat, daemon_cpu_ms, submit_ms) = {
+    let (beat, daemon_cpu_ms, submit_ms, xargs) = {
         let home = BeatHome::new(bin)?;
-        home.explain(beat_throughput(&home))?
+        home.explain(beat_throughput(&home, true))?
     }; // each home's daemon is stopped before the next run
+    let xargs = xargs.ok_or("xargs was not measured")?;
     let in_repo = {
         let home = BeatHome::new(bin)?;
         home.init_git_repo()?;
-        home.explain(beat_throughput(&home))?.0
+        home.explain(beat_throughput(&home, false))?.0
     };
-    let xargs = xargs_throughput()?;
     Ok(vec![
         Figure::info("throughput_beat", beat.rate, "tasks/s"),
         Figure::info("throughput_xargs_p4", xargs.rate, "tasks/s"),
@@ -763,15 +763,19 @@ fn throughput(bin: &Path) -> Result<Vec<Figure>> {
 }
 
 /// The 1000 tasks through one MCP session: submitted pipelined, then awaited with
-/// WaitTask. Returns the run, the daemon's own CPU per task (ms) and the time the
-/// submissions took (ms). The run's CPU is the daemon's plus its reaped children's
-/// (each shim, which has reaped its agent).
-fn beat_throughput(home: &BeatHome) -> Result<(Run, f64, f64)> {
+/// WaitTask. Returns the run, the daemon's own CPU per task (ms), the time the
+/// submissions took (ms) and, with `against_xargs`, xargs' run over the same commands
+/// measured right before and right after (their mean: the machine's speed drifts by
+/// tens of percent over a minute, and both sides must see the same machine). The run's
+/// CPU is the daemon's plus its reaped children's (each shim, which has reaped its
+/// agent).
+fn beat_throughput(home: &BeatHome, against_xargs: bool) -> Result<(Run, f64, f64, Option<Run>)> {
     home.configure(&[("maxWorkers", "4"), ("memoryReserve", "0")])?;
     let pid = home.start_daemon()?;
     let mut mcp = home.mcp()?;
     let first = task_id(&mcp.call("DelegateTask", home.task("true"))?)?; // warm-up
     mcp.call("WaitTask", json!({ "taskId": first, "timeoutMs": 30_000 }))?;
+    let xargs_before = against_xargs.then(xargs_throughput).transpose()?;
 
     let cpu_before = process_cpu(pid)?;
     let began_ms = epoch_ms();
@@ -786,6 +790,7 @@ fn beat_throughput(home: &BeatHome) -> Result<(Run, f64, f64)> {
     let finished = wait_all_completed(&mut mcp, &ids, STEP_TIMEOUT)?;
     let wall_s = began.elapsed().as_secs_f64();
     let cpu_after = process_cpu(pid)?;
+    let xargs_after = against_xargs.then(xargs_throughput).transpose()?;
     let last_end = latest(&finished, "endTime")?;
     let span_s = ((last_end - began_ms) as f64 / 1000.0).max(0.001);
     println!(
@@ -797,7 +802,19 @@ fn beat_throughput(home: &BeatHome) -> Result<(Run, f64, f64)> {
         rate: THROUGHPUT_TASKS as f64 / span_s,
         cpu_ms: per_task(cpu_after.total() - cpu_before.total()),
     };
-    Ok((run, per_task(cpu_after.own - cpu_before.own), submit_ms))
+    let xargs = match (xargs_before, xargs_after) {
+        (Some(a), Some(b)) => Some(Run {
+            rate: (a.rate + b.rate) / 2.0,
+            cpu_ms: (a.cpu_ms + b.cpu_ms) / 2.0,
+        }),
+        _ => None,
+    };
+    Ok((
+        run,
+        per_task(cpu_after.own - cpu_before.own),
+        submit_ms,
+        xargs,
+    ))
 }
 
 /// WaitTask for every task (pipelined); an error unless all of them completed.
