@@ -1398,33 +1398,73 @@ fn settled_mem_available() -> u64 {
     lowest
 }
 
-/// Samples `MemAvailable` every 20 ms until dropped; `lowest` gives the lowest seen.
+/// Samples `MemAvailable` every 20 ms until stopped: the lowest seen, and (with
+/// `agents`) the room the machine had for the agents over time.
 struct MemoryWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    lowest: Option<std::thread::JoinHandle<u64>>,
+    seen: Option<std::thread::JoinHandle<Watched>>,
+}
+
+/// The agents a watch counts: processes named `comm` whose environment holds `marker`,
+/// each needing `size` bytes, above `reserve`.
+struct WatchedAgents {
+    comm: &'static str,
+    marker: String,
+    size: u64,
+    reserve: u64,
+}
+
+struct Watched {
+    lowest: u64,
+    /// The mean over the run of how many agents the machine had room for: what was
+    /// available plus what the agents held, above the reserve, in whole agents. The
+    /// machine's own `MemAvailable` moves during a run (its memory balloon gives and
+    /// takes), so the room at the start is not the room the run had.
+    mean_room: Option<f64>,
 }
 
 impl MemoryWatch {
-    fn start() -> MemoryWatch {
+    fn start(agents: Option<WatchedAgents>) -> MemoryWatch {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
-        let lowest = std::thread::spawn(move || {
+        let seen = std::thread::spawn(move || {
             let mut lowest = u64::MAX;
+            let (mut rooms, mut samples) = (0u64, 0u64);
+            let mut tick = 0u32;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                lowest = lowest.min(mem_available());
+                let available = mem_available();
+                lowest = lowest.min(available);
+                // Every fifth sample: reading every process's environment costs more.
+                if let Some(a) = &agents
+                    && tick % 5 == 0
+                {
+                    let held = resident_bytes(&processes_named_with(a.comm, &a.marker));
+                    rooms += (available + held).saturating_sub(a.reserve) / a.size;
+                    samples += 1;
+                }
+                tick += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
-            lowest
+            Watched {
+                lowest,
+                mean_room: (samples > 0).then(|| rooms as f64 / samples as f64),
+            }
         });
         MemoryWatch {
             stop,
-            lowest: Some(lowest),
+            seen: Some(seen),
         }
     }
 
-    fn lowest(mut self) -> u64 {
+    fn finish(mut self) -> Watched {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.lowest.take().and_then(|h| h.join().ok()).unwrap_or(0)
+        self.seen
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or(Watched {
+                lowest: 0,
+                mean_room: None,
+            })
     }
 }
 
@@ -1432,6 +1472,27 @@ impl Drop for MemoryWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The processes named `comm` whose environment holds `marker`.
+fn processes_named_with(comm: &str, marker: &str) -> Vec<u32> {
+    processes_with(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Resident memory of the processes, in bytes (`/proc/<pid>/statm`).
+fn resident_bytes(pids: &[u32]) -> u64 {
+    // SAFETY: sysconf(3) has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/statm")).ok())
+        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page)
+        .sum()
 }
 
 /// The most tasks that ran at once, from their start and end times.
@@ -1519,7 +1580,12 @@ fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
         "{PYTHON} -c 'import time\nopen(\"{lives}\", \"a\").write(\"S %d\\n\" % time.time_ns())\nheld = []\nfor _ in range(15):\n    held.append(b\"\\x01\" * {step})\n    time.sleep(0.1)\ntime.sleep(1.5)\nopen(\"{lives}\", \"a\").write(\"E %d\\n\" % time.time_ns())'",
         lives = lives.display()
     );
-    let watch = MemoryWatch::start();
+    let watch = MemoryWatch::start(Some(WatchedAgents {
+        comm: "python3",
+        marker: format!("BACKBEAT_HOME={}", home.path().display()),
+        size,
+        reserve,
+    }));
     let began_ms = epoch_ms();
     let submitted = mcp.call_many(
         "DelegateTask",
@@ -1528,7 +1594,8 @@ fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
     )?;
     let ids = submitted.iter().map(task_id).collect::<Result<Vec<_>>>()?;
     let finished = wait_all_completed(&mut mcp, &ids, Duration::from_secs(600));
-    let lowest = watch.lowest();
+    let watched = watch.finish();
+    let lowest = watched.lowest;
     let finished = finished?;
     println!(
         "note: admission: {:.2} GiB available once every agent ended ({:.2} GiB at the start)",
@@ -1537,7 +1604,17 @@ fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
     );
     let makespan_s = (latest(&finished, "endTime")? - began_ms) as f64 / 1000.0;
     let run_s = median_run_s(&finished);
-    let ideal_s = GROWERS.div_ceil(room.max(1)) as f64 * run_s;
+    // The ideal for the room the machine had during the run (a fluid schedule: the
+    // agents' total run time spread over that many at once), and for the room at the
+    // start, which the run may not have had.
+    let mean_room = watched.mean_room.unwrap_or(room as f64).max(1.0);
+    let ideal_s = (GROWERS as f64 * run_s / mean_room).max(run_s);
+    let ideal_start_room_s = GROWERS.div_ceil(room.max(1)) as f64 * run_s;
+    println!(
+        "note: admission: room for {mean_room:.2} agents on average during the run \
+         (available plus what the agents held, above the reserve); ideal {ideal_s:.1} s \
+         for it, {ideal_start_room_s:.1} s for the room at the start"
+    );
     let peak = agents_at_once(&lives)?;
     println!(
         "note: admission: {} agents at once by the tasks' start and end times (a task ends \
@@ -1546,11 +1623,10 @@ fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
     );
     println!(
         "note: admission: lowest available {:.2} GiB against the {:.2} GiB reserve; \
-         makespan {makespan_s:.1} s, ideal {ideal_s:.1} s ({} rounds of the median run, \
-         {run_s:.2} s); at most {peak} agents at once",
+         makespan {makespan_s:.1} s, ideal {ideal_s:.1} s (median run {run_s:.2} s); \
+         at most {peak} agents at once",
         lowest as f64 / GIB as f64,
         reserve as f64 / GIB as f64,
-        GROWERS.div_ceil(room.max(1)),
     );
     Ok(vec![
         Figure::info("admission_agent_size", size as f64 / MIB_F, "MiB"),
@@ -1569,6 +1645,12 @@ fn memory_admission_in(home: &BeatHome) -> Result<Vec<Figure>> {
         ),
         Figure::info("admission_makespan", makespan_s, "s"),
         Figure::info("admission_ideal_makespan", ideal_s, "s"),
+        Figure::info("admission_mean_room", mean_room, "agents"),
+        Figure::info(
+            "admission_makespan_vs_start_room_ideal",
+            makespan_s / ideal_start_room_s,
+            "x",
+        ),
         // Reported, not a goal: the room is reckoned from `MemAvailable` at the start,
         // and that estimate moves by itself during the run (by over 1 GiB here, either
         // way); the goal is the reserve, judged on the memory really available.
