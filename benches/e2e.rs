@@ -1436,7 +1436,7 @@ impl MemoryWatch {
                 lowest = lowest.min(available);
                 // Every fifth sample: reading every process's environment costs more.
                 if let Some(a) = &agents
-                    && tick % 5 == 0
+                    && tick.is_multiple_of(5)
                 {
                     let held = resident_bytes(&processes_named_with(a.comm, &a.marker));
                     rooms += (available + held).saturating_sub(a.reserve) / a.size;
