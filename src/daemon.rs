@@ -122,11 +122,18 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     lock.sync_all()?;
     let handover = backbeat_actors::agents::channel::handover_lock(&home.runs());
     let program = std::env::current_exe()?.with_file_name("beat-spawner");
-    let started = if program.is_file() {
-        Spawner::exec(&program, &home.log(), &handover)
+    let small = if program.is_file() {
+        Spawner::exec(&program, crate::VERSION, &home.log(), &handover)
+            .inspect_err(|e| eprintln!("beat: {e}; forking the spawner from the daemon instead"))
+            .ok()
     } else {
-        // SAFETY: no thread exists yet (logging, the actix system and tokio start below).
-        unsafe { Spawner::start(crate::shim::run_forked, &home.log(), &handover) }
+        None
+    };
+    let started = match small {
+        Some(spawner) => Ok(spawner),
+        // SAFETY: no thread exists yet (logging, the actix system and tokio start below;
+        // a failed `exec` started none).
+        None => unsafe { Spawner::start(crate::shim::run_forked, &home.log(), &handover) },
     };
     let spawner = match started {
         Ok(s) => Some(std::sync::Arc::new(s)),

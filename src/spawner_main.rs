@@ -20,10 +20,24 @@ use std::path::PathBuf;
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
-    let (Some(log), Some(handover), None) = (args.next(), args.next(), args.next()) else {
-        eprintln!("beat-spawner: started by the daemon only (arguments: <log> <handover-lock>)");
+    let (Some(version), Some(log), Some(handover), None) =
+        (args.next(), args.next(), args.next(), args.next())
+    else {
+        eprintln!(
+            "beat-spawner: started by the daemon only (arguments: <version> <log> <handover-lock>)"
+        );
         std::process::exit(2);
     };
+    // Another build's spawner would not speak this daemon's protocol: the daemon then
+    // forks its own.
+    let mine = env!("BACKBEAT_VERSION");
+    if version.to_str() != Some(mine) {
+        eprintln!(
+            "beat-spawner: this is build {mine}, the daemon is {}; the daemon forks its own spawner instead (install both from one build: cargo install --path .)",
+            version.to_string_lossy()
+        );
+        std::process::exit(3);
+    }
     let code = backbeat_actors::agents::spawner::serve_program(
         shim::run_forked,
         &PathBuf::from(log),

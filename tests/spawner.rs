@@ -113,12 +113,7 @@ fn the_spawner_is_a_small_program_of_its_own_when_installed_beside_beat() {
 #[test]
 fn without_beat_spawner_beside_it_the_daemon_forks_its_own_spawner() {
     let beat = Beat::new();
-    // A `beat` installed alone.
-    let install = tempfile::tempdir().unwrap();
-    let alone = install.path().join("beat");
-    std::fs::hard_link(common::BEAT, &alone)
-        .or_else(|_| std::fs::copy(common::BEAT, &alone).map(|_| ()))
-        .unwrap();
+    let (_install, alone) = install_beat(None);
     let started = beat
         .command(&alone)
         .args(["daemon", "start"])
@@ -131,5 +126,59 @@ fn without_beat_spawner_beside_it_the_daemon_forks_its_own_spawner() {
     let spawners = processes_named(&beat, "beat-spawner");
     assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
     assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
+    beat.ok(&["daemon", "stop"]);
+}
+
+/// A `beat` installed alone in a new folder, with `spawner` (if any) as the
+/// `beat-spawner` beside it.
+fn install_beat(spawner: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let install = tempfile::tempdir().unwrap();
+    let beat = install.path().join("beat");
+    std::fs::hard_link(common::BEAT, &beat)
+        .or_else(|_| std::fs::copy(common::BEAT, &beat).map(|_| ()))
+        .unwrap();
+    if let Some(script) = spawner {
+        use std::os::unix::fs::PermissionsExt;
+        let path = install.path().join("beat-spawner");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (install, beat)
+}
+
+#[test]
+fn a_beat_spawner_of_another_build_refuses_to_serve_and_says_why() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beat-spawner"))
+        .args(["0.0.0+another", "/dev/null", "/dev/null"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the daemon is 0.0.0+another"), "{said}");
+    assert!(said.contains("cargo install --path ."), "{said}");
+}
+
+#[test]
+fn a_beat_spawner_that_does_not_answer_is_replaced_by_a_fork_of_the_daemon() {
+    let beat = Beat::new();
+    // What another build's spawner does: it exits at once, saying why.
+    let (_install, alone) = install_beat(Some(
+        "#!/bin/sh\necho 'beat-spawner: another build' >&2\nexit 3\n",
+    ));
+    let started = beat
+        .command(&alone)
+        .args(["daemon", "start"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let id = beat.submit("print one", &[]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    let spawners = processes_named(&beat, "beat-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
+    assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
+    let log = std::fs::read_to_string(beat.home.path().join("daemon.log")).unwrap();
+    assert!(log.contains("beat-spawner: another build"), "{log}");
     beat.ok(&["daemon", "stop"]);
 }

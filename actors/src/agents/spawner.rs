@@ -111,9 +111,18 @@ impl Spawner {
     /// Starts the spawner as a program of its own (`beat-spawner`, a small binary with
     /// the shim's code and little else): its shims then inherit a small address space,
     /// whose page faults and teardown cost a fraction of a copy of the daemon's. The
-    /// program gets its end of the socket as descriptor 3, and `log` and
-    /// `handover_lock` as its two arguments. Safe to call with threads running.
-    pub fn exec(program: &Path, log: &Path, handover_lock: &Path) -> std::io::Result<Spawner> {
+    /// program gets its end of the socket as descriptor 3, and `version`, `log` and
+    /// `handover_lock` as its arguments. It answers `READY` once it serves, and only if
+    /// its build is `version` (a `beat-spawner` left from another build would not speak
+    /// this daemon's protocol): else this fails, and nothing of it is left. Creates no
+    /// thread before it has succeeded, so the caller may still fork (`start`) after a
+    /// failure.
+    pub fn exec(
+        program: &Path,
+        version: &str,
+        log: &Path,
+        handover_lock: &Path,
+    ) -> std::io::Result<Spawner> {
         use std::os::unix::process::CommandExt;
         let (daemon_end, spawner_end) = socketpair(
             AddressFamily::Unix,
@@ -130,6 +139,7 @@ impl Spawner {
         let raw = spawner_end.as_raw_fd();
         let mut command = std::process::Command::new(program);
         command
+            .arg(version)
             .arg(log)
             .arg(handover_lock)
             .stdin(std::process::Stdio::null())
@@ -149,6 +159,11 @@ impl Spawner {
         }
         let mut child = command.spawn()?;
         drop(spawner_end);
+        if let Err(e) = await_ready(&daemon_end) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         // Reaped when it exits (when the daemon's end closes).
         std::thread::Builder::new()
             .name("spawner-reaper".into())
@@ -229,6 +244,44 @@ impl Spawner {
 /// Where `beat-spawner` finds its end of the socket.
 pub const SPAWNER_FD: RawFd = 3;
 
+/// What `beat-spawner` sends first, once it serves.
+const READY: &[u8] = b"ready";
+
+/// How long a starting `beat-spawner` may take to say it is ready.
+const READY_WITHIN_MS: libc::c_int = 5_000;
+
+/// Waits for the started program's `READY`.
+fn await_ready(socket: &OwnedFd) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own.
+    if unsafe { libc::poll(&mut pfd, 1, READY_WITHIN_MS) } <= 0 {
+        return Err(std::io::Error::other(
+            "beat-spawner did not answer within 5 s",
+        ));
+    }
+    let mut hello = [0u8; 16];
+    // SAFETY: recv(2) into a buffer we own.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            hello.as_mut_ptr().cast(),
+            hello.len(),
+            0,
+        )
+    };
+    if n > 0 && &hello[..n as usize] == READY {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            "beat-spawner exited at start (another build than this beat's? its reason is in the daemon's log)",
+        ))
+    }
+}
+
 /// Room for the largest request in both directions of the socket.
 fn set_buffer_sizes(fds: &[&OwnedFd]) {
     for fd in fds {
@@ -246,14 +299,25 @@ fn set_buffer_sizes(fds: &[&OwnedFd]) {
     }
 }
 
-/// The main of `beat-spawner`: serves the daemon on descriptor `SPAWNER_FD` until the
-/// daemon's end closes; returns the exit code.
+/// The main of `beat-spawner`: says `READY` on descriptor `SPAWNER_FD`, then serves
+/// the daemon there until the daemon's end closes; returns the exit code.
 pub fn serve_program(shim_main: ShimMain, log: &Path, handover_lock: &Path) -> i32 {
     let Ok(log) = std::ffi::CString::new(log.as_os_str().as_bytes()) else {
         return 2;
     };
     // SAFETY: the daemon gave us this descriptor at exec; nothing else owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(SPAWNER_FD) };
+    if sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(READY)],
+        &[],
+        MsgFlags::empty(),
+        None,
+    )
+    .is_err()
+    {
+        return 1;
+    }
     serve(socket, shim_main, &log, handover_lock)
 }
 
