@@ -114,8 +114,15 @@ fn the_spawner_is_a_small_program_of_its_own_when_installed_beside_beat() {
 fn without_beat_spawner_beside_it_the_daemon_forks_its_own_spawner() {
     let beat = Beat::new();
     let (_install, alone) = install_beat(None);
+    runs_with_a_forked_spawner(&beat, &alone);
+    beat.ok(&["daemon", "stop"]);
+}
+
+/// Starts the daemon from `alone` and checks that a task runs, with a spawner that is a
+/// copy of that daemon.
+fn runs_with_a_forked_spawner(beat: &Beat, alone: &std::path::Path) {
     let started = beat
-        .command(&alone)
+        .command(alone)
         .args(["daemon", "start"])
         .output()
         .unwrap();
@@ -123,10 +130,9 @@ fn without_beat_spawner_beside_it_the_daemon_forks_its_own_spawner() {
     let id = beat.submit("print one", &[]);
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
-    let spawners = processes_named(&beat, "beat-spawner");
+    let spawners = processes_named(beat, "beat-spawner");
     assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
     assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
-    beat.ok(&["daemon", "stop"]);
 }
 
 /// A `beat` installed alone in a new folder, with `spawner` (if any) as the
@@ -166,18 +172,7 @@ fn a_beat_spawner_that_does_not_answer_is_replaced_by_a_fork_of_the_daemon() {
     let (_install, alone) = install_beat(Some(
         "#!/bin/sh\necho 'beat-spawner: another build' >&2\nexit 3\n",
     ));
-    let started = beat
-        .command(&alone)
-        .args(["daemon", "start"])
-        .output()
-        .unwrap();
-    assert!(started.status.success(), "{started:?}");
-    let id = beat.submit("print one", &[]);
-    let t = beat.wait(&id);
-    assert_eq!(t["status"], "completed", "{t}");
-    let spawners = processes_named(&beat, "beat-spawner");
-    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
-    assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
+    runs_with_a_forked_spawner(&beat, &alone);
     let log = std::fs::read_to_string(beat.home.path().join("daemon.log")).unwrap();
     assert!(log.contains("beat-spawner: another build"), "{log}");
     beat.ok(&["daemon", "stop"]);

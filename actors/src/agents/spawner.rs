@@ -82,14 +82,7 @@ impl Spawner {
     ) -> std::io::Result<Spawner> {
         let log = std::ffi::CString::new(log.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("the log path holds a NUL byte"))?;
-        let (daemon_end, spawner_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        set_buffer_sizes(&[&daemon_end, &spawner_end]);
+        let (daemon_end, spawner_end) = daemon_socket()?;
         // SAFETY: the caller guarantees one thread; the child only runs `serve`.
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
@@ -124,14 +117,7 @@ impl Spawner {
         handover_lock: &Path,
     ) -> std::io::Result<Spawner> {
         use std::os::unix::process::CommandExt;
-        let (daemon_end, spawner_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        set_buffer_sizes(&[&daemon_end, &spawner_end]);
+        let (daemon_end, spawner_end) = daemon_socket()?;
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,9 +268,21 @@ fn await_ready(socket: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
-/// Room for the largest request in both directions of the socket.
-fn set_buffer_sizes(fds: &[&OwnedFd]) {
-    for fd in fds {
+/// A `SOCK_SEQPACKET` socket pair, both ends close-on-exec.
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// The daemon's socket to its spawner, with room for the largest request both ways.
+fn daemon_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (daemon_end, spawner_end) = seqpacket_pair()?;
+    for fd in [&daemon_end, &spawner_end] {
         let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
         // SAFETY: setsockopt on a descriptor we own, with a correctly sized value.
         unsafe {
@@ -297,6 +295,7 @@ fn set_buffer_sizes(fds: &[&OwnedFd]) {
             );
         }
     }
+    Ok((daemon_end, spawner_end))
 }
 
 /// The main of `beat-spawner`: says `READY` on descriptor `SPAWNER_FD`, then serves
@@ -461,14 +460,9 @@ fn fork_shim(
     handover: &Path,
 ) -> (i32, i32, u64, Option<OwnedFd>) {
     let failed = |e: std::io::Error| (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None);
-    let (daemon_end, shim_end) = match socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    ) {
+    let (daemon_end, shim_end) = match seqpacket_pair() {
         Ok(pair) => pair,
-        Err(e) => return failed(e.into()),
+        Err(e) => return failed(e),
     };
     let forking_at = boot_ticks();
     // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
