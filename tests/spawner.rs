@@ -177,3 +177,21 @@ fn a_beat_spawner_that_does_not_answer_is_replaced_by_a_fork_of_the_daemon() {
     assert!(log.contains("beat-spawner: another build"), "{log}");
     beat.ok(&["daemon", "stop"]);
 }
+
+#[test]
+fn a_run_that_prints_nothing_leaves_no_run_folder() {
+    let beat = Beat::new();
+    let id = beat.submit("exit 0", &[]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    // Its shim handed the result over the channel and exits once told it is journaled;
+    // had the daemon not said so, the shim would write the record to the folder first.
+    wait_until("the run's shim to exit", Duration::from_secs(10), || {
+        processes_named(&beat, "beat-shim").is_empty()
+    });
+    assert!(
+        !beat.run_dir(&id).exists(),
+        "no file was written for the run"
+    );
+    assert_eq!(beat.ok(&["logs", &id]), "");
+}
