@@ -397,3 +397,28 @@ fn init_sets_the_default_agent_and_needs_a_terminal_to_ask() {
         Some(2)
     );
 }
+
+/// A run whose report is larger than the channel carries (here, 2000 changed files in
+/// its checkpoint) ends through its run folder instead: the daemon closes the channel,
+/// the shim writes the record there, and nothing of the result is lost.
+#[test]
+fn a_report_too_large_for_the_channel_ends_through_the_run_folder() {
+    let beat = Beat::new();
+    let dir = beat.workdir.path();
+    git(dir, &["init", "-q"]);
+    for n in 0..2000 {
+        let name = format!("an-untracked-file-with-a-long-name-number-{n:05}.txt");
+        std::fs::write(dir.join(name), "x").unwrap();
+    }
+    let id = beat.submit("print done", &[]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["checkpoint"]["outputSummary"], "done");
+    let dirty = t["checkpoint"]["gitDirtyFiles"].as_array().unwrap();
+    assert_eq!(dirty.len(), 2000);
+    // The record went through the folder, where the daemon read it.
+    let run = backbeat_actors::agents::run_dir::RunDir {
+        path: beat.run_dir(&id),
+    };
+    assert!(run.has_exit(), "the exit record is on the run folder");
+}
