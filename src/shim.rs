@@ -615,16 +615,10 @@ fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
 
 fn spawn_error(started_at: i64, message: String) -> ExitRecord {
     ExitRecord {
-        exit_code: None,
-        signal: None,
-        killed_for: None,
         started_at,
         ended_at: now_ms(),
-        max_rss_kb: 0,
-        output_bytes: 0,
-        truncated: false,
         spawn_error: Some(message),
-        summary: None,
+        ..ExitRecord::default()
     }
 }
 
@@ -896,15 +890,10 @@ mod tests {
         ShimReport {
             exit: ExitRecord {
                 exit_code: Some(0),
-                signal: None,
-                killed_for: None,
                 started_at: 1,
                 ended_at: 2,
                 max_rss_kb: 3,
-                output_bytes: 0,
-                truncated: false,
-                spawn_error: None,
-                summary: None,
+                ..ExitRecord::default()
             },
             tail: RunTail::default(),
         }

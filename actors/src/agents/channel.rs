@@ -70,34 +70,40 @@ pub enum FromDaemon {
     Nothing,
 }
 
+/// One packet received without blocking, into `buf`: its real length (larger than
+/// `buf` when it was cut: `MSG_TRUNC`), 0 at end-of-file, or the error (`WouldBlock`
+/// when there is none).
+fn recv_now(channel: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: recv(2) into a buffer we own, of its length.
+        let n = unsafe {
+            libc::recv(
+                channel,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Reads one message without blocking. A byte the protocol does not know counts as
 /// `Nothing`: a newer daemon's message is not a reason to stop an agent.
 pub fn read_from_daemon(channel: RawFd) -> FromDaemon {
     let mut byte = [0u8; 1];
-    loop {
-        // SAFETY: recv(2) into a one-byte buffer we own.
-        let n = unsafe {
-            libc::recv(
-                channel,
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n > 0 {
-            return match byte[0] {
-                FINISHED => FromDaemon::Finished,
-                _ => FromDaemon::Nothing,
-            };
-        }
-        if n == 0 {
-            return FromDaemon::Gone;
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return FromDaemon::Nothing,
-            _ => return FromDaemon::Gone,
-        }
+    match recv_now(channel, &mut byte) {
+        Ok(0) => FromDaemon::Gone,
+        Ok(_) if byte[0] == FINISHED => FromDaemon::Finished,
+        Ok(_) => FromDaemon::Nothing,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => FromDaemon::Nothing,
+        Err(_) => FromDaemon::Gone,
     }
 }
 
@@ -212,35 +218,15 @@ pub enum Received {
 }
 
 pub fn receive_report(channel: RawFd, buf: &mut [u8]) -> Received {
-    loop {
-        // SAFETY: recv(2) into a buffer we own; MSG_TRUNC makes it return the packet's
-        // real length, so a cut one is told from a whole one.
-        let n = unsafe {
-            libc::recv(
-                channel,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n == 0 {
-            return Received::Closed;
-        }
-        if n > 0 {
-            let n = n as usize;
-            if n > buf.len() {
-                return Received::Unreadable(format!("a report of {n} bytes"));
-            }
-            return match serde_json::from_slice(&buf[..n]) {
-                Ok(report) => Received::Report(Box::new(report)),
-                Err(e) => Received::Unreadable(e.to_string()),
-            };
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return Received::WouldBlock,
-            _ => return Received::Closed,
-        }
+    match recv_now(channel, buf) {
+        Ok(0) => Received::Closed,
+        Ok(n) if n > buf.len() => Received::Unreadable(format!("a report of {n} bytes")),
+        Ok(n) => match serde_json::from_slice(&buf[..n]) {
+            Ok(report) => Received::Report(Box::new(report)),
+            Err(e) => Received::Unreadable(e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Received::WouldBlock,
+        Err(_) => Received::Closed,
     }
 }
 
@@ -263,15 +249,10 @@ mod tests {
         ShimReport {
             exit: ExitRecord {
                 exit_code: Some(0),
-                signal: None,
-                killed_for: None,
                 started_at: 1,
                 ended_at: 2,
                 max_rss_kb: 3,
-                output_bytes: 0,
-                truncated: false,
-                spawn_error: None,
-                summary: None,
+                ..ExitRecord::default()
             },
             tail: RunTail {
                 output_summary: "done".into(),

@@ -140,13 +140,10 @@ pub fn observe(run: &RunDir, working_directory: &Path) -> RunTail {
         .or_else(|_| read_tail(&run.stdout()))
         .unwrap_or_default();
     let stderr = read_tail(&run.stderr()).unwrap_or_default();
-    let (git_branch, git_commit_sha, git_dirty_files) = git_state(working_directory);
     RunTail {
         output_summary: tail_summary(&String::from_utf8_lossy(&readable)),
         stderr_tail: tail_summary(&String::from_utf8_lossy(&stderr)),
-        git_branch,
-        git_commit_sha,
-        git_dirty_files,
+        ..observe_git(working_directory)
     }
 }
 

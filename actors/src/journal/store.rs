@@ -461,20 +461,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Priority;
+    use crate::model::task::tests_support::queued;
 
     fn task(id: &str, prompt: &str, created_at: i64) -> TaskRecord {
         TaskRecord {
-            id: id.into(),
             prompt: prompt.into(),
-            status: TaskStatus::Queued,
-            priority: Priority::P2,
-            agent: "claude".into(),
-            working_directory: "/work".into(),
-            timeout: 60_000,
-            max_output_buffer: 1 << 20,
             created_at,
-            ..Default::default()
+            ..queued(id)
         }
     }
 

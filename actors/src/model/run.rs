@@ -98,7 +98,8 @@ pub enum KillCause {
     Unrecoverable,
 }
 
-/// The result of one run, written atomically by the shim (write, fsync, rename).
+/// The result of one run, as the shim hands it over: in its report on the run's channel,
+/// or, where the daemon could not take it, on the run folder (`RunDir::record_exit`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitRecord {
