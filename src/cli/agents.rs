@@ -18,6 +18,7 @@ pub struct AgentsArgs {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum AgentsCommand {
     /// The agents, with the default marked (the default command)
     List {
@@ -35,6 +36,7 @@ enum AgentsCommand {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum AgentConfigCommand {
     /// Set apiKey, model, baseUrl or systemPrompt of an agent
     Set {

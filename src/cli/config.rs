@@ -12,6 +12,7 @@ use crate::mcp::tools::config::{ReloadConfigArgs, ShowConfigArgs};
 use crate::paths::Home;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ConfigCommand {
     /// Show every setting, its value and where it comes from
     Show {

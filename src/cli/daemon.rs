@@ -8,6 +8,7 @@ use crate::error::CliError;
 use crate::paths::Home;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum DaemonCommand {
     /// Start the daemon (detached unless --foreground)
     Start {

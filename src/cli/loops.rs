@@ -94,6 +94,7 @@ pub struct LoopFlags {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum LoopCommand {
     /// The newest loops
     List {

@@ -8,6 +8,7 @@ use crate::error::CliError;
 use crate::paths::Home;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum McpCommand {
     /// The stdio MCP server that MCP clients run (exits when stdin closes)
     Start,

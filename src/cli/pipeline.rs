@@ -41,6 +41,7 @@ pub struct PipelineArgs {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum PipelineCommand {
     /// The pipeline's state and each step's task and state
     Status {

@@ -25,6 +25,7 @@ use crate::mcp::tools::tasks::PriorityField;
 use crate::paths::{Home, absolute};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ScheduleCommand {
     /// Create a schedule: --cron EXPR (repeats) or --at TIME (once)
     Create(Box<CreateArgs>),
