@@ -21,6 +21,12 @@ use crate::launcher::{STARTUP_FAILURE, try_lock};
 use crate::mcp::server::{BackbeatMcp, Hello};
 use crate::paths::Home;
 
+/// How long an idle thread of the blocking pool (file reads, program lookups, the
+/// spawner's requests) is kept. tokio's default, 10 s, made the first task after a
+/// quiet spell wait for new threads at each of its hops; an idle thread costs only its
+/// stack's touched pages.
+const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Sets up the daemon's log. Lines go to `daemon.log` through a writer thread, so that
 /// no actor's thread (the actix thread above all) ever waits on a file write; nothing is
 /// dropped when it falls behind (the caller waits instead). In the foreground, stderr
@@ -147,7 +153,11 @@ fn run_inner(home: &Home, foreground: bool) -> Result<(), CliError> {
     let _ = std::fs::remove_file(&socket_path);
 
     let exe = std::env::current_exe()?;
-    let system = actix_rt::System::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build()?;
+    let system = actix_rt::System::with_tokio_rt(|| runtime);
     let result = system.block_on(serve(home.clone(), socket_path.clone(), exe, spawner));
     if let Err(e) = &result {
         tracing::error!(error = %e, "daemon stopped on an error");
