@@ -2,7 +2,8 @@
 //!
 //! Owns: holding the exclusive lock (`daemon.lock`, which also holds the PID), the Unix
 //! socket (0600, in a 0700 home), the log file, the actix system that hosts the engine,
-//! the accept loop that serves MCP to every client, and graceful stop. Starting it on
+//! the accept loop that serves every client (an MCP session, or tools only for the CLI),
+//! and graceful stop. Starting it on
 //! demand, finding it and stopping it are the front ends' side: `launcher.rs`.
 //! Must never: write to stdout (it belongs to no one here), or kill agents when it stops:
 //! they keep running in their shims for the next daemon to adopt.
@@ -13,12 +14,16 @@ use std::path::PathBuf;
 
 use backbeat_actors::agents::spawner::Spawner;
 use backbeat_actors::engine::{Engine, EngineConfig, Recover};
+use tokio::io::Lines;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::CliError;
 use crate::launcher::{STARTUP_FAILURE, try_lock};
-use crate::mcp::server::{BackbeatMcp, Hello};
+use crate::mcp::client::TOOLS_ONLY_ACK;
+use crate::mcp::server::{BackbeatMcp, Hello, answer_call, session_context};
+use crate::mcp::tools::ToolContext;
 use crate::paths::Home;
 
 /// How long an idle thread of the blocking pool (file reads, program lookups, the
@@ -226,6 +231,10 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
         Ok(h) if h.backbeat == "hello" => (h, None),
         _ => (Hello::default(), Some(first)),
     };
+    let context = session_context(handle, home, hello.cwd.map(PathBuf::from));
+    if hello.tools_only {
+        return serve_tool_calls(lines, write, context).await;
+    }
     // rmcp gets the lines that are JSON-RPC it can answer; the others are answered
     // here (it would drop a line that is not JSON, and call non-object arguments an
     // unknown method). Its replies and ours share one writer, a line at a time.
@@ -265,11 +274,11 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
             if line.trim().is_empty() {
                 continue;
             }
-            match protocol_error(&line) {
-                Some(reply) => {
+            match checked(&line) {
+                Err(reply) => {
                     let _ = tx.send(reply.to_string());
                 }
-                None => {
+                Ok(_) => {
                     if to_rmcp
                         .write_all(format!("{line}\n").as_bytes())
                         .await
@@ -282,8 +291,7 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
         }
         let _ = to_rmcp.shutdown().await;
     });
-    let server = BackbeatMcp::new(handle, home, hello.cwd.map(PathBuf::from));
-    match server.serve(theirs).await {
+    match BackbeatMcp::new(context).serve(theirs).await {
         Ok(running) => {
             let _ = running.waiting().await;
         }
@@ -291,15 +299,107 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
     }
 }
 
-/// The JSON-RPC error for a line the MCP library cannot answer rightly: -32700 for one
-/// that is not JSON, -32602 for `tools/call` without a tool name or whose `arguments`
-/// is not an object.
-fn protocol_error(line: &str) -> Option<serde_json::Value> {
+/// A connection whose hello asked for tools only (the `beat` CLI): JSON-RPC
+/// `tools/call` requests answered by the same tools, with the same results as in an
+/// MCP session, without the session (no `initialize`, each line parsed once and written
+/// straight to the socket). Calls run side by side: a CancelTask is answered while a
+/// WaitTask of the same connection waits. When the client goes away, its calls still
+/// waiting are dropped.
+async fn serve_tool_calls(
+    mut lines: Lines<BufReader<OwnedReadHalf>>,
+    mut write: OwnedWriteHalf,
+    context: ToolContext,
+) {
+    // Written before any call runs: a client that never reads it knows that nothing ran
+    // (a daemon of an older build closes such a connection unread).
+    let ack = format!("{TOOLS_ONLY_ACK}\n");
+    if write.write_all(ack.as_bytes()).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let writer = actix_rt::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.push('\n');
+            if write.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let mut calls = tokio::task::JoinSet::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        while calls.try_join_next().is_some() {}
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ToolCall {
+            id,
+            name,
+            arguments,
+        } = match tool_call(&line) {
+            Ok(Some(call)) => call,
+            Ok(None) => continue, // a notification or a response: nothing to answer
+            Err(reply) => {
+                let _ = tx.send(reply.to_string());
+                continue;
+            }
+        };
+        let (tx, context) = (tx.clone(), context.clone());
+        calls.spawn_local(async move {
+            let result = answer_call(&context, &name, arguments).await;
+            let reply = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });
+            let _ = tx.send(reply.to_string());
+        });
+    }
+    drop(calls);
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// A `tools/call` request of a tools-only connection.
+#[derive(Debug)]
+struct ToolCall {
+    id: serde_json::Value,
+    name: String,
+    arguments: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One line of a tools-only connection: a `tools/call` request, `None` for a
+/// notification or a response, or the JSON-RPC error to answer with.
+fn tool_call(line: &str) -> Result<Option<ToolCall>, serde_json::Value> {
+    use serde_json::{Value, json};
+    let mut message = checked(line)?;
+    let (Some(id), Some(method)) = (message.get("id").cloned(), message.get("method")) else {
+        return Ok(None);
+    };
+    if method != "tools/call" {
+        return Err(json!({ "jsonrpc": "2.0", "id": id, "error": {
+            "code": -32601,
+            "message": format!("Method not found: {method} (this connection's hello asked for tools/call only; connect without toolsOnly for an MCP session)")
+        }}));
+    }
+    let params = message["params"].take();
+    let name = params["name"].as_str().unwrap_or_default().to_string();
+    let arguments = match params.get("arguments") {
+        Some(Value::Object(map)) => Some(map.clone()),
+        _ => None,
+    };
+    Ok(Some(ToolCall {
+        id,
+        name,
+        arguments,
+    }))
+}
+
+/// A line as JSON, or the JSON-RPC error for a line the MCP library cannot answer
+/// rightly: -32700 for one that is not JSON, -32602 for `tools/call` without a tool
+/// name or whose `arguments` is not an object.
+fn checked(line: &str) -> Result<serde_json::Value, serde_json::Value> {
     use serde_json::{Value, json};
     let v: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => {
-            return Some(json!({ "jsonrpc": "2.0", "id": null, "error": {
+            return Err(json!({ "jsonrpc": "2.0", "id": null, "error": {
                 "code": -32700,
                 "message": format!("Parse error: the line is not JSON ({e}); send one JSON-RPC message per line")
             }}));
@@ -309,22 +409,23 @@ fn protocol_error(line: &str) -> Option<serde_json::Value> {
     if v["method"] == "tools/call"
         && (!v["params"]["name"].is_string() || !(arguments.is_null() || arguments.is_object()))
     {
-        return Some(
+        return Err(
             json!({ "jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null), "error": {
                 "code": -32602,
                 "message": "Invalid params: tools/call takes the tool's name as a string and its arguments as an object of the tool's fields (see tools/list)"
             }}),
         );
     }
-    None
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::protocol_error;
+    use super::{checked, tool_call};
 
     #[test]
     fn only_lines_rmcp_would_mishandle_are_answered_here() {
+        let protocol_error = |line: &str| checked(line).err();
         assert_eq!(protocol_error("not json").unwrap()["error"]["code"], -32700);
         let call = |params: &str| {
             protocol_error(&format!(
@@ -339,5 +440,29 @@ mod tests {
         assert!(call(r#"{"name":"X","arguments":{}}"#).is_none());
         assert!(call(r#"{"name":"X"}"#).is_none());
         assert!(protocol_error(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).is_none());
+    }
+
+    #[test]
+    fn a_tools_only_connection_answers_tools_call_and_refuses_other_methods() {
+        let super::ToolCall {
+            id,
+            name,
+            arguments,
+        } = tool_call(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"TaskStatus","arguments":{"taskId":"task-1"}}}"#)
+                .unwrap()
+                .unwrap();
+        assert_eq!((id, name.as_str()), (serde_json::json!(7), "TaskStatus"));
+        assert_eq!(arguments.unwrap()["taskId"], "task-1");
+        let refused = tool_call(r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#).unwrap_err();
+        assert_eq!(refused["error"]["code"], -32601);
+        assert_eq!(refused["id"], 8);
+        let notification = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        assert!(tool_call(notification).unwrap().is_none());
+        assert_eq!(tool_call("{").unwrap_err()["error"]["code"], -32700);
+        let bad_arguments = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"X","arguments":[]}}"#;
+        assert_eq!(
+            tool_call(bad_arguments).unwrap_err()["error"]["code"],
+            -32602
+        );
     }
 }

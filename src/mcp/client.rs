@@ -4,8 +4,10 @@
 //! went away, the hello line, sending a tool's typed arguments (the very structs the
 //! tool parses), and turning tool results into values or `CliError`s. It speaks
 //! newline-delimited JSON-RPC itself (a command makes one or two calls: a full MCP
-//! client library's session machinery cost more than the call), with the handshake
-//! sent in the same write as the hello line.
+//! client library's session machinery cost more than the call). Its hello asks for
+//! tools only: the daemon answers `tools/call` without an MCP session (no
+//! `initialize`); a daemon of an older build, which does not know that, refuses the
+//! call without the acknowledgement, and the client opens an MCP session instead.
 //! Must never: build a tool's arguments by hand: they are the tool's own argument type.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,19 +42,38 @@ pub struct DaemonClient {
     home: Home,
 }
 
+/// How a connection talks to the daemon.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Session {
+    /// `tools/call` only, no MCP session: what this build's daemon offers the CLI.
+    ToolsOnly,
+    /// An MCP session (`initialize` first): for a daemon of an older build.
+    Mcp,
+}
+
 /// One connection to the daemon: JSON-RPC lines both ways.
 struct Connection {
     lines: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
+    session: Session,
+    /// The daemon said it serves this session: its tools-only acknowledgement, or any
+    /// answer (in an MCP session, the one to `initialize`).
+    acknowledged: bool,
 }
 
-/// The first line every Backbeat client sends: its working directory.
-pub fn hello_line() -> String {
+/// What a daemon of this build answers a hello that asks for tools only, before
+/// anything else.
+pub const TOOLS_ONLY_ACK: &str = r#"{"backbeat":"tools"}"#;
+
+/// The first line every Backbeat client sends: its working directory, and whether it
+/// needs tools only (the CLI) or an MCP session (the proxy of MCP clients).
+pub fn hello_line(tools_only: bool) -> String {
     let hello = Hello {
         backbeat: "hello".into(),
         cwd: std::env::current_dir()
             .ok()
             .map(|p| p.display().to_string()),
+        tools_only,
     };
     format!("{}\n", serde_json::to_string(&hello).unwrap_or_default())
 }
@@ -69,13 +90,27 @@ fn disconnected(e: std::io::Error) -> CliError {
     CliError::Disconnected(format!("the daemon closed the connection: {e}"))
 }
 
-/// Connects and sends the hello line, `initialize` and `notifications/initialized` in
-/// one write: the daemon answers `initialize` before it reads on, so a command's first
-/// call follows at once instead of after a round trip. The answer to `initialize` is
-/// read (and checked) with the first call's.
-async fn open(home: &Home) -> Result<Connection, CliError> {
+/// Connects and sends the hello line; for an MCP session, `initialize` and
+/// `notifications/initialized` in the same write: the daemon answers `initialize`
+/// before it reads on, so a command's first call follows at once instead of after a
+/// round trip. The answer to `initialize` (or the tools-only acknowledgement) is read
+/// with the first call's.
+async fn open(home: &Home, session: Session) -> Result<Connection, CliError> {
     let stream = connect_or_start(home).await?;
     let (read, mut writer) = stream.into_split();
+    let connection = |writer| Connection {
+        lines: BufReader::new(read).lines(),
+        writer,
+        session,
+        acknowledged: false,
+    };
+    if session == Session::ToolsOnly {
+        writer
+            .write_all(hello_line(true).as_bytes())
+            .await
+            .map_err(disconnected)?;
+        return Ok(connection(writer));
+    }
     let initialize = json!({
         "jsonrpc": "2.0",
         "id": INITIALIZE_ID,
@@ -88,20 +123,17 @@ async fn open(home: &Home) -> Result<Connection, CliError> {
     });
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     writer
-        .write_all(format!("{}{initialize}\n{initialized}\n", hello_line()).as_bytes())
+        .write_all(format!("{}{initialize}\n{initialized}\n", hello_line(false)).as_bytes())
         .await
         .map_err(disconnected)?;
-    Ok(Connection {
-        lines: BufReader::new(read).lines(),
-        writer,
-    })
+    Ok(connection(writer))
 }
 
 /// `open`, again while the daemon is going away or coming back.
-async fn open_patiently(home: &Home) -> Result<Connection, CliError> {
+async fn open_patiently(home: &Home, session: Session) -> Result<Connection, CliError> {
     let deadline = Instant::now() + RECONNECT_LIMIT;
     loop {
-        match open(home).await {
+        match open(home, session).await {
             Err(CliError::Disconnected(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -156,6 +188,10 @@ impl Connection {
                     "the daemon closed the connection".into(),
                 ));
             };
+            if line == TOOLS_ONLY_ACK {
+                self.acknowledged = true;
+                continue;
+            }
             let Ok(message) = serde_json::from_str::<Incoming>(&line) else {
                 continue;
             };
@@ -175,6 +211,7 @@ impl Connection {
                     )));
                 }
             }
+            self.acknowledged = true;
             if answer_to == Some(id) {
                 return Ok(message.result.unwrap_or_default());
             }
@@ -187,7 +224,7 @@ impl DaemonClient {
     /// restarting meanwhile is waited for (at most a minute).
     pub async fn connect(home: &Home) -> Result<DaemonClient, CliError> {
         Ok(DaemonClient {
-            connection: tokio::sync::Mutex::new(open_patiently(home).await?),
+            connection: tokio::sync::Mutex::new(open_patiently(home, Session::ToolsOnly).await?),
             next_id: AtomicU64::new(INITIALIZE_ID + 1),
             home: home.clone(),
         })
@@ -196,7 +233,8 @@ impl DaemonClient {
     /// Connects again after the daemon went away (stopped, crashed or restarting),
     /// starting one when none comes back, for at most a minute.
     pub async fn reconnect(&mut self) -> Result<(), CliError> {
-        *self.connection.get_mut() = open_patiently(&self.home).await?;
+        let session = self.connection.get_mut().session;
+        *self.connection.get_mut() = open_patiently(&self.home, session).await?;
         Ok(())
     }
 
@@ -212,18 +250,25 @@ impl DaemonClient {
         let tool = A::TOOL;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let params = json!({ "name": tool, "arguments": arguments_of(args) });
-        let result = self
-            .connection
-            .lock()
-            .await
-            .request(id, "tools/call", params)
-            .await
-            .map_err(|e| match e {
-                CliError::Disconnected(why) => CliError::Disconnected(format!(
-                    "calling {tool} failed: the daemon went away ({why})"
-                )),
-                other => other,
-            })?;
+        let mut connection = self.connection.lock().await;
+        let mut result = connection.request(id, "tools/call", params.clone()).await;
+        if matches!(result, Err(CliError::Disconnected(_) | CliError::Daemon(_)))
+            && connection.session == Session::ToolsOnly
+            && !connection.acknowledged
+        {
+            // A daemon of an older build: it refused the call or closed the connection
+            // without acknowledging tools only (which this build does before it runs
+            // any call), so nothing ran. An MCP session instead.
+            *connection = open_patiently(&self.home, Session::Mcp).await?;
+            result = connection.request(id, "tools/call", params).await;
+        }
+        drop(connection);
+        let result = result.map_err(|e| match e {
+            CliError::Disconnected(why) => CliError::Disconnected(format!(
+                "calling {tool} failed: the daemon went away ({why})"
+            )),
+            other => other,
+        })?;
         let text = result
             .content
             .into_iter()
@@ -292,4 +337,108 @@ pub fn record_of(v: &Value) -> Result<TaskRecord, CliError> {
             "the daemon sent a task record this CLI cannot read: {e}"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// The lines a stand-in daemon reads from one connection, until `count` are in.
+    async fn read_lines(lines: &mut Lines<BufReader<OwnedReadHalf>>, count: usize) -> Vec<Value> {
+        let mut read = Vec::new();
+        while read.len() < count {
+            let line = lines.next_line().await.unwrap().expect("a line");
+            read.push(serde_json::from_str(&line).unwrap());
+        }
+        read
+    }
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home {
+            root: dir.path().to_path_buf(),
+            database: None,
+        };
+        (dir, home)
+    }
+
+    /// What a daemon of an older build does with a tools-only hello: it knows no such
+    /// thing, serves MCP, and refuses a call that came without a session. The client
+    /// then opens an MCP session and gets its answer.
+    #[tokio::test]
+    async fn a_daemon_that_refuses_tools_only_is_asked_again_in_an_mcp_session() {
+        let (_dir, home) = home();
+        let listener = UnixListener::bind(home.socket()).unwrap();
+        let older_daemon = tokio::spawn(async move {
+            let (first, _) = listener.accept().await.unwrap();
+            let (read, mut write) = first.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let [hello, call] = read_lines(&mut lines, 2).await.try_into().unwrap();
+            assert_eq!(hello["toolsOnly"], true);
+            let refusal = json!({ "jsonrpc": "2.0", "id": call["id"], "error": {
+                "code": -32602, "message": "request _meta is missing" }});
+            write
+                .write_all(format!("{refusal}\n").as_bytes())
+                .await
+                .unwrap();
+            let (second, _) = listener.accept().await.unwrap();
+            let (read, mut write) = second.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let [hello, initialize, _initialized, call] =
+                read_lines(&mut lines, 4).await.try_into().unwrap();
+            assert!(hello.get("toolsOnly").is_none(), "{hello}");
+            assert_eq!(initialize["method"], "initialize");
+            let answers = [
+                json!({ "jsonrpc": "2.0", "id": initialize["id"], "result": {} }),
+                json!({ "jsonrpc": "2.0", "id": call["id"], "result": {
+                    "content": [{ "type": "text", "text": "{\"answered\":\"in a session\"}" }] }}),
+            ];
+            for answer in answers {
+                write
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            call
+        });
+        let client = DaemonClient::connect(&home).await.unwrap();
+        let answer = client.call(&TaskStatusArgs::default()).await.unwrap();
+        assert_eq!(answer["answered"], "in a session");
+        let call = older_daemon.await.unwrap();
+        assert_eq!(call["params"]["name"], "TaskStatus");
+    }
+
+    /// A daemon of this build acknowledges tools only before it runs any call: its
+    /// refusal of a call is the call's answer, never a reason to send it again.
+    #[tokio::test]
+    async fn a_refusal_after_the_acknowledgement_is_the_answer() {
+        let (_dir, home) = home();
+        let listener = UnixListener::bind(home.socket()).unwrap();
+        let daemon = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let [_hello, call] = read_lines(&mut lines, 2).await.try_into().unwrap();
+            let refusal = json!({ "jsonrpc": "2.0", "id": call["id"], "error": {
+                "code": -32602, "message": "Invalid params" }});
+            let reply = format!("{TOOLS_ONLY_ACK}\n{refusal}\n");
+            write.write_all(reply.as_bytes()).await.unwrap();
+            // No second connection is accepted: a call sent again would hang here.
+            listener
+        });
+        let client = DaemonClient::connect(&home).await.unwrap();
+        // Bounded: a client that sent the call again would wait for an answer forever.
+        let args = TaskStatusArgs::default();
+        let call = client.call(&args);
+        let refused = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the refusal was taken as the answer, not sent again")
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CliError::Daemon(m) if m.contains("Invalid params")),
+            "{refused}"
+        );
+        drop(daemon.await.unwrap());
+    }
 }

@@ -1,4 +1,5 @@
-//! MCP, the one protocol: the daemon's server, the CLI's client, and the stdio proxy.
+//! MCP and its tools: the daemon's server, the CLI's client (`tools/call` without a session), and
+//! the stdio proxy.
 //!
 //! Must never: print to stdout except the protocol bytes of `beat mcp start`.
 

@@ -234,7 +234,7 @@ fn gone(e: std::io::Error) -> CliError {
 async fn handshake(stream: UnixStream, session: &Session) -> Result<Connection, CliError> {
     let (read, mut writer) = stream.into_split();
     writer
-        .write_all(hello_line().as_bytes())
+        .write_all(hello_line(false).as_bytes())
         .await
         .map_err(gone)?;
     let mut lines = BufReader::new(read).lines();

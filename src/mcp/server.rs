@@ -2,7 +2,8 @@
 //!
 //! Owns: `initialize` (with the usage guide generated from the tool table), `tools/list`
 //! (answered without touching the engine, so that a cold start answers at once) and the
-//! dispatch of `tools/call`, both read from `tools::TOOLS`. Errors of a tool are
+//! dispatch of `tools/call` (`answer_call`, also what a tools-only connection of the CLI
+//! is answered with), both read from `tools::TOOLS`. Errors of a tool are
 //! `isError` results whose text says what to do; only a broken JSON-RPC message is a
 //! protocol error.
 
@@ -26,6 +27,14 @@ use crate::paths::Home;
 pub struct Hello {
     pub backbeat: String,
     pub cwd: Option<String>,
+    /// The client sends `tools/call` requests only and needs no MCP session (the
+    /// `beat` CLI): no `initialize`, and each line parsed once (daemon.rs).
+    #[serde(
+        default,
+        rename = "toolsOnly",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub tools_only: bool,
 }
 
 #[derive(Clone)]
@@ -34,18 +43,42 @@ pub struct BackbeatMcp {
 }
 
 impl BackbeatMcp {
-    pub fn new(engine: EngineHandle, home: Home, cwd: Option<PathBuf>) -> BackbeatMcp {
-        let session_cwd = cwd
-            .filter(|p| p.is_absolute())
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        BackbeatMcp {
-            context: ToolContext {
-                engine,
-                home,
-                session_cwd,
-            },
-        }
+    pub fn new(context: ToolContext) -> BackbeatMcp {
+        BackbeatMcp { context }
+    }
+}
+
+/// What the tools of one connection work with: the client's directory from its hello
+/// (the daemon's when it gave none, or one that is not absolute).
+pub fn session_context(engine: EngineHandle, home: Home, cwd: Option<PathBuf>) -> ToolContext {
+    let session_cwd = cwd
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    ToolContext {
+        engine,
+        home,
+        session_cwd,
+    }
+}
+
+/// The result of `tools/call` of tool `name`: its answer, or an `isError` result.
+pub async fn answer_call(
+    context: &ToolContext,
+    name: &str,
+    arguments: Option<serde_json::Map<String, Value>>,
+) -> CallToolResult {
+    let args = Value::Object(arguments.unwrap_or_default());
+    match tools::find(name) {
+        Some(tool) => to_result((tool.call)(context, args).await),
+        None => CallToolResult::error(vec![ContentBlock::text(
+            json!({
+                "success": false,
+                "error": format!("Unknown tool: {name}. Call tools/list for the tools this server has"),
+                "code": "INVALID_TOOL"
+            })
+            .to_string(),
+        )]),
     }
 }
 
@@ -83,18 +116,8 @@ impl ServerHandler for BackbeatMcp {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = match tools::find(&request.name) {
-            Some(tool) => to_result((tool.call)(&self.context, args).await),
-            None => CallToolResult::error(vec![ContentBlock::text(
-                json!({
-                    "success": false,
-                    "error": format!("Unknown tool: {}. Call tools/list for the tools this server has", request.name),
-                    "code": "INVALID_TOOL"
-                })
-                .to_string(),
-            )]),
-        };
-        Ok(result.into())
+        Ok(answer_call(&self.context, &request.name, request.arguments)
+            .await
+            .into())
     }
 }
