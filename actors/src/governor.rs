@@ -54,6 +54,13 @@ pub struct Enqueue {
     pub reason_to: Option<Recipient<WaitReason>>,
 }
 
+/// Tasks are being journaled and will ask for slots as soon as they are: bring the
+/// machine's figures up to date now, while the commit runs, so that their grants need
+/// not wait for a measurement after it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Prepare;
+
 /// A granted task's agent runs under this shim: its process tree is sampled from now on.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -524,6 +531,16 @@ impl Handler<Enqueue> for ResourceGovernor {
             },
         );
         self.pump(ctx);
+    }
+}
+
+impl Handler<Prepare> for ResourceGovernor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Prepare, ctx: &mut Context<Self>) {
+        if Self::limits(&(self.settings)()).needs_measurement() && !self.measurement_is_fresh() {
+            self.measure(ctx);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use super::Engine;
 use crate::error::EngineError;
+use crate::governor::Prepare;
 use crate::journal::Append;
 use crate::model::dag::dependency_failed;
 use crate::model::dag::{DependencyState, Resolution, classify};
@@ -77,6 +78,9 @@ impl Engine {
             transitions.push(PipelineRecord::transition(event, p.clone()));
         }
         transitions.extend(joint);
+        if records.iter().any(|r| r.status == TaskStatus::Queued) {
+            self.governor.do_send(Prepare);
+        }
         let commit = self.journal.send(Append::new(transitions));
         Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
             let res = match res {
