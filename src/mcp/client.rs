@@ -344,23 +344,41 @@ mod tests {
     use super::*;
     use tokio::net::UnixListener;
 
-    /// The lines a stand-in daemon reads from one connection, until `count` are in.
-    async fn read_lines(lines: &mut Lines<BufReader<OwnedReadHalf>>, count: usize) -> Vec<Value> {
+    /// The next connection to a stand-in daemon: its first `count` lines, and its
+    /// writer (the connection stays open while the writer lives).
+    async fn accept(listener: &UnixListener, count: usize) -> (Vec<Value>, OwnedWriteHalf) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
         let mut read = Vec::new();
         while read.len() < count {
             let line = lines.next_line().await.unwrap().expect("a line");
             read.push(serde_json::from_str(&line).unwrap());
         }
-        read
+        (read, write)
     }
 
-    fn home() -> (tempfile::TempDir, Home) {
+    /// Writes `lines` to the client, each on a line of its own.
+    async fn answer(write: &mut OwnedWriteHalf, lines: &[String]) {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        write.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// A home whose socket a stand-in daemon listens on.
+    fn stand_in() -> (tempfile::TempDir, Home, UnixListener) {
         let dir = tempfile::tempdir().unwrap();
         let home = Home {
             root: dir.path().to_path_buf(),
             database: None,
         };
-        (dir, home)
+        let listener = UnixListener::bind(home.socket()).unwrap();
+        (dir, home, listener)
+    }
+
+    /// A JSON-RPC refusal of request `id`.
+    fn refusal(id: &Value, message: &str) -> String {
+        json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": message } })
+            .to_string()
     }
 
     /// What a daemon of an older build does with a tools-only hello: it knows no such
@@ -368,25 +386,18 @@ mod tests {
     /// then opens an MCP session and gets its answer.
     #[tokio::test]
     async fn a_daemon_that_refuses_tools_only_is_asked_again_in_an_mcp_session() {
-        let (_dir, home) = home();
-        let listener = UnixListener::bind(home.socket()).unwrap();
+        let (_dir, home, listener) = stand_in();
         let older_daemon = tokio::spawn(async move {
-            let (first, _) = listener.accept().await.unwrap();
-            let (read, mut write) = first.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let [hello, call] = read_lines(&mut lines, 2).await.try_into().unwrap();
+            let (read, mut first) = accept(&listener, 2).await;
+            let [hello, call] = read.try_into().unwrap();
             assert_eq!(hello["toolsOnly"], true);
-            let refusal = json!({ "jsonrpc": "2.0", "id": call["id"], "error": {
-                "code": -32602, "message": "request _meta is missing" }});
-            write
-                .write_all(format!("{refusal}\n").as_bytes())
-                .await
-                .unwrap();
-            let (second, _) = listener.accept().await.unwrap();
-            let (read, mut write) = second.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let [hello, initialize, _initialized, call] =
-                read_lines(&mut lines, 4).await.try_into().unwrap();
+            answer(
+                &mut first,
+                &[refusal(&call["id"], "request _meta is missing")],
+            )
+            .await;
+            let (read, mut second) = accept(&listener, 4).await;
+            let [hello, initialize, _initialized, call] = read.try_into().unwrap();
             assert!(hello.get("toolsOnly").is_none(), "{hello}");
             assert_eq!(initialize["method"], "initialize");
             let answers = [
@@ -394,12 +405,7 @@ mod tests {
                 json!({ "jsonrpc": "2.0", "id": call["id"], "result": {
                     "content": [{ "type": "text", "text": "{\"answered\":\"in a session\"}" }] }}),
             ];
-            for answer in answers {
-                write
-                    .write_all(format!("{answer}\n").as_bytes())
-                    .await
-                    .unwrap();
-            }
+            answer(&mut second, &answers.map(|a| a.to_string())).await;
             call
         });
         let client = DaemonClient::connect(&home).await.unwrap();
@@ -413,19 +419,14 @@ mod tests {
     /// refusal of a call is the call's answer, never a reason to send it again.
     #[tokio::test]
     async fn a_refusal_after_the_acknowledgement_is_the_answer() {
-        let (_dir, home) = home();
-        let listener = UnixListener::bind(home.socket()).unwrap();
+        let (_dir, home, listener) = stand_in();
         let daemon = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let [_hello, call] = read_lines(&mut lines, 2).await.try_into().unwrap();
-            let refusal = json!({ "jsonrpc": "2.0", "id": call["id"], "error": {
-                "code": -32602, "message": "Invalid params" }});
-            let reply = format!("{TOOLS_ONLY_ACK}\n{refusal}\n");
-            write.write_all(reply.as_bytes()).await.unwrap();
+            let (read, mut write) = accept(&listener, 2).await;
+            let [_hello, call] = read.try_into().unwrap();
+            let refused = refusal(&call["id"], "Invalid params");
+            answer(&mut write, &[TOOLS_ONLY_ACK.to_string(), refused]).await;
             // No second connection is accepted: a call sent again would hang here.
-            listener
+            (listener, write)
         });
         let client = DaemonClient::connect(&home).await.unwrap();
         // Bounded: a client that sent the call again would wait for an answer forever.
