@@ -21,8 +21,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::CliError;
 use crate::launcher::{STARTUP_FAILURE, try_lock};
-use crate::mcp::client::TOOLS_ONLY_ACK;
-use crate::mcp::server::{BackbeatMcp, Hello, answer_call, session_context};
+use crate::mcp::server::{BackbeatMcp, Hello, TOOLS_ONLY_ACK, answer_call, session_context};
 use crate::mcp::tools::ToolContext;
 use crate::paths::Home;
 

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::server::Hello;
+use super::server::{Hello, TOOLS_ONLY_ACK};
 use super::tools::ToolArgs;
 use super::tools::tasks::TaskStatusArgs;
 use crate::error::CliError;
@@ -60,10 +60,6 @@ struct Connection {
     /// answer (in an MCP session, the one to `initialize`).
     acknowledged: bool,
 }
-
-/// What a daemon of this build answers a hello that asks for tools only, before
-/// anything else.
-pub const TOOLS_ONLY_ACK: &str = r#"{"backbeat":"tools"}"#;
 
 /// The first line every Backbeat client sends: its working directory, and whether it
 /// needs tools only (the CLI) or an MCP session (the proxy of MCP clients).

@@ -37,6 +37,9 @@ pub struct Hello {
     pub tools_only: bool,
 }
 
+/// What the daemon answers a hello that asks for tools only, before anything else.
+pub const TOOLS_ONLY_ACK: &str = r#"{"backbeat":"tools"}"#;
+
 #[derive(Clone)]
 pub struct BackbeatMcp {
     context: ToolContext,
