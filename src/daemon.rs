@@ -3,8 +3,8 @@
 //! Owns: holding the exclusive lock (`daemon.lock`, which also holds the PID), the Unix
 //! socket (0600, in a 0700 home), the log file, the actix system that hosts the engine,
 //! the accept loop that serves every client (an MCP session, or tools only for the CLI),
-//! and graceful stop. Starting it on
-//! demand, finding it and stopping it are the front ends' side: `launcher.rs`.
+//! and graceful stop. Starting it on demand, finding it and stopping it are the front
+//! ends' side: `launcher.rs`.
 //! Must never: write to stdout (it belongs to no one here), or kill agents when it stops:
 //! they keep running in their shims for the next daemon to adopt.
 
@@ -14,8 +14,7 @@ use std::path::PathBuf;
 
 use backbeat_actors::agents::spawner::Spawner;
 use backbeat_actors::engine::{Engine, EngineConfig, Recover};
-use tokio::io::Lines;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -300,8 +299,8 @@ async fn serve_connection(stream: UnixStream, handle: backbeat_actors::EngineHan
 
 /// A connection whose hello asked for tools only (the `beat` CLI): JSON-RPC
 /// `tools/call` requests answered by the same tools, with the same results as in an
-/// MCP session, without the session (no `initialize`, each line parsed once and written
-/// straight to the socket). Calls run side by side: a CancelTask is answered while a
+/// MCP session, without the session (no `initialize`, no in-memory pipe, each line
+/// parsed once, the answers written by one writer task). Calls run side by side: a CancelTask is answered while a
 /// WaitTask of the same connection waits. When the client goes away, its calls still
 /// waiting are dropped.
 async fn serve_tool_calls(
@@ -310,7 +309,7 @@ async fn serve_tool_calls(
     context: ToolContext,
 ) {
     // Written before any call runs: a client that never reads it knows that nothing ran
-    // (a daemon of an older build closes such a connection unread).
+    // (a daemon of an older build refuses a call without it, or closes the connection).
     let ack = format!("{TOOLS_ONLY_ACK}\n");
     if write.write_all(ack.as_bytes()).await.is_err() {
         return;
