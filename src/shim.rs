@@ -862,20 +862,13 @@ mod tests {
 
     use backbeat_actors::agents::channel::{FINISHED, send_packet};
     use backbeat_actors::agents::checkpoint::RunTail;
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
     use super::*;
 
     /// A shim's link and the daemon's end of its channel, for a run folder under `dir`
     /// (not created).
     fn link(dir: &Path, handover: Option<OwnedFd>) -> (Link, OwnedFd, RunDir) {
-        let (daemon, shim) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (daemon, shim) = channel::seqpacket_pair().unwrap();
         let link = Link {
             channel: shim,
             handover,

@@ -70,6 +70,19 @@ pub enum FromDaemon {
     Nothing,
 }
 
+/// A `SOCK_SEQPACKET` socket pair, both ends close-on-exec: a run's channel (and the
+/// daemon's socket to its spawner).
+pub fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+}
+
 /// One packet received without blocking, into `buf`: its real length (larger than
 /// `buf` when it was cut: `MSG_TRUNC`), 0 at end-of-file, or the error (`WouldBlock`
 /// when there is none).
@@ -234,17 +247,6 @@ pub fn receive_report(channel: RawFd, buf: &mut [u8]) -> Received {
 mod tests {
     use super::*;
 
-    fn pair() -> (OwnedFd, OwnedFd) {
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (a, b)
-    }
-
     fn report() -> ShimReport {
         ShimReport {
             exit: ExitRecord {
@@ -263,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_report_crosses_the_channel_and_an_ack_comes_back() {
-        let (daemon, shim) = pair();
+        let (daemon, shim) = seqpacket_pair().unwrap();
         let bytes = serde_json::to_vec(&report()).unwrap();
         assert!(send_packet(shim.as_raw_fd(), &bytes));
         let mut buf = vec![0u8; MAX_REPORT];
@@ -284,14 +286,14 @@ mod tests {
 
     #[test]
     fn an_ack_dropped_unsent_reads_as_the_daemon_gone() {
-        let (daemon, shim) = pair();
+        let (daemon, shim) = seqpacket_pair().unwrap();
         drop(ExitAck::new(daemon));
         assert_eq!(read_from_daemon(shim.as_raw_fd()), FromDaemon::Gone);
     }
 
     #[test]
     fn a_report_larger_than_the_buffer_is_unreadable_not_cut() {
-        let (daemon, shim) = pair();
+        let (daemon, shim) = seqpacket_pair().unwrap();
         let mut big = report();
         big.tail.output_summary = "x".repeat(2000);
         assert!(send_packet(

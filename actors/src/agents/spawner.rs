@@ -28,11 +28,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
+use super::channel::seqpacket_pair;
 use super::run_dir::process_start_time;
 
 /// The entry point of a shim: runs it for a run folder, its spec (JSON) and its end of
@@ -266,17 +264,6 @@ fn await_ready(socket: &OwnedFd) -> std::io::Result<()> {
             "beat-spawner exited at start (another build than this beat's? its reason is in the daemon's log)",
         ))
     }
-}
-
-/// A `SOCK_SEQPACKET` socket pair, both ends close-on-exec.
-fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)
 }
 
 /// The daemon's socket to its spawner, with room for the largest request both ways.
