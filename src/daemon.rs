@@ -376,10 +376,10 @@ fn tool_call(line: &str) -> Result<Option<ToolCall>, serde_json::Value> {
             "message": format!("Method not found: {method} (this connection's hello asked for tools/call only; connect without toolsOnly for an MCP session)")
         }}));
     }
-    let params = message["params"].take();
+    let mut params = message["params"].take();
     let name = params["name"].as_str().unwrap_or_default().to_string();
-    let arguments = match params.get("arguments") {
-        Some(Value::Object(map)) => Some(map.clone()),
+    let arguments = match params["arguments"].take() {
+        Value::Object(map) => Some(map),
         _ => None,
     };
     Ok(Some(ToolCall {

@@ -245,9 +245,9 @@ impl DaemonClient {
     async fn call_text<A: ToolArgs>(&self, args: &A) -> Result<String, CliError> {
         let tool = A::TOOL;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let params = json!({ "name": tool, "arguments": arguments_of(args) });
+        let params = || json!({ "name": tool, "arguments": arguments_of(args) });
         let mut connection = self.connection.lock().await;
-        let mut result = connection.request(id, "tools/call", params.clone()).await;
+        let mut result = connection.request(id, "tools/call", params()).await;
         if matches!(result, Err(CliError::Disconnected(_) | CliError::Daemon(_)))
             && connection.session == Session::ToolsOnly
             && !connection.acknowledged
@@ -256,7 +256,7 @@ impl DaemonClient {
             // without acknowledging tools only (which this build does before it runs
             // any call), so nothing ran. An MCP session instead.
             *connection = open_patiently(&self.home, Session::Mcp).await?;
-            result = connection.request(id, "tools/call", params).await;
+            result = connection.request(id, "tools/call", params()).await;
         }
         drop(connection);
         let result = result.map_err(|e| match e {
