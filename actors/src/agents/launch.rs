@@ -105,25 +105,12 @@ impl Launcher {
         settings: &Settings,
     ) -> std::io::Result<Launched> {
         let run = self.run_dir(&task.id);
-        let needs_folder = cmd.prompt_on_stdin || !cmd.files.is_empty();
-        if needs_folder {
-            // One mkdir in the common case: a folder left by an earlier run is replaced.
-            match std::fs::create_dir(&run.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    std::fs::remove_dir_all(&run.path)?;
-                    std::fs::create_dir(&run.path)?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&run.path)?;
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            match std::fs::remove_dir_all(&run.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        match std::fs::remove_dir_all(&run.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if cmd.prompt_on_stdin || !cmd.files.is_empty() {
+            run.ensure()?;
         }
         if cmd.prompt_on_stdin {
             std::fs::write(run.prompt(), &task.prompt)?;
@@ -143,15 +130,16 @@ impl Launcher {
             output_format: cmd.output_format,
         };
         let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
-        self.spawn_shim(&run.path, &bytes, self.agent_env(task, cmd, &run.path))
+        self.spawn_shim(&run, &bytes, self.agent_env(task, cmd, &run.path))
     }
 
     fn spawn_shim(
         &self,
-        run_path: &Path,
+        run: &RunDir,
         spec: &[u8],
         env: Vec<(OsString, OsString)>,
     ) -> std::io::Result<Launched> {
+        let run_path = &run.path;
         if let Some(spawner) = &self.spawner {
             match spawner.spawn_shim(run_path, spec, &env) {
                 Ok(shim) => {
@@ -173,7 +161,7 @@ impl Launcher {
         // The exec'd shim reads its spec from the run folder. Not fsynced: if the
         // machine dies before the shim starts, recovery finds no shim identity and
         // launches again.
-        std::fs::create_dir_all(run_path)?;
+        run.ensure()?;
         write_atomically(&run_path.join(SPEC_FILE), spec, false)?;
         let log = std::fs::File::create(run_path.join("shim.log"))?;
         let mut command = tokio::process::Command::new(&self.shim_command[0]);
