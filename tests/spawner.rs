@@ -59,9 +59,9 @@ fn a_task_still_runs_when_the_spawner_is_gone() {
     );
 }
 
-#[test]
-fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
-    let beat = Beat::new();
+/// Submits a task whose agent runs until the returned gate file is written; returns
+/// once the agent runs: the task's id, the agent's PID and the gate.
+fn start_gated_run(beat: &Beat) -> (String, i32, std::path::PathBuf) {
     let pidfile = beat.workdir.path().join("agent.pid");
     let gate = beat.workdir.path().join("gate");
     let id = beat.submit(
@@ -73,6 +73,13 @@ fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
         &[],
     );
     let (agent, _) = read_pidfile(&pidfile);
+    (id, agent, gate)
+}
+
+#[test]
+fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
+    let beat = Beat::new();
+    let (id, agent, gate) = start_gated_run(&beat);
     let shims = processes_named(&beat, "beat-shim");
     assert_eq!(shims.len(), 1, "the run's shim: {shims:?}");
     let spawner = processes_named(&beat, "beat-spawner");
@@ -194,4 +201,55 @@ fn a_run_that_prints_nothing_leaves_no_run_folder() {
         "no file was written for the run"
     );
     assert_eq!(beat.ok(&["logs", &id]), "");
+}
+
+/// After one run: the one shim forked ahead of the next run (its `comm` is
+/// `beat-standby` until it takes a run).
+fn standby_after_a_run(beat: &Beat) -> Vec<i32> {
+    let first = beat.submit("print one", &[]);
+    assert_eq!(beat.wait(&first)["status"], "completed");
+    let standby = processes_named(beat, "beat-standby");
+    assert_eq!(
+        standby.len(),
+        1,
+        "one shim waits for the next run: {standby:?}"
+    );
+    standby
+}
+
+#[test]
+fn the_next_run_is_supervised_by_a_shim_forked_ahead_of_it() {
+    let beat = Beat::new();
+    let standby = standby_after_a_run(&beat);
+    let (id, _agent, gate) = start_gated_run(&beat);
+    assert_eq!(
+        processes_named(&beat, "beat-shim"),
+        standby,
+        "the run's shim is the one that waited"
+    );
+    std::fs::write(&gate, "go").unwrap();
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+}
+
+#[test]
+fn a_run_still_starts_when_the_shim_forked_ahead_of_it_is_gone() {
+    let beat = Beat::new();
+    let standby = standby_after_a_run(&beat);
+    kill9(standby[0]);
+    wait_until("the waiting shim to die", Duration::from_secs(10), || {
+        !pid_exists(standby[0])
+    });
+    let second = beat.submit("print two", &[]);
+    let t = beat.wait(&second);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &second]).trim(), "two");
+    wait_until(
+        "another shim to wait for the next run",
+        Duration::from_secs(10),
+        || {
+            let now = processes_named(&beat, "beat-standby");
+            now.len() == 1 && now != standby
+        },
+    );
 }

@@ -11,15 +11,23 @@
 //! runs in a session of its own, outlives the daemon and the spawner, and starts with
 //! TERM and INT blocked until its handler is in place.
 //!
+//! A run's shim is forked ahead of its request: the spawner keeps one *standby*, a
+//! child that has done everything a shim does before it knows its run (the fork, its
+//! session, its descriptors) and waits for the request on a socket of its own. A
+//! request is handed to it, and the next standby is forked after the reply, so the
+//! fork and its page faults are off the path from a commit to the agent's start. When
+//! the standby is gone (killed), the spawner forks a shim for the request as before.
+//!
 //! Owns: one `SOCK_SEQPACKET` socket pair between the daemon and the spawner; the
-//! spawner's children until they exit (it reaps them). For each shim it makes one more
+//! spawner's children until they exit (it reaps them); the standby's request socket. For each shim it makes one more
 //! socket pair, the run's channel (see `channel`): the shim keeps one end, and the
 //! daemon gets the other (over `SCM_RIGHTS`) with the shim's PID and start time. The
 //! channel closes when the shim exits, so the daemon learns of that without being its
 //! parent.
 //! Must never: run in a process that has more than one thread when it forks (only
 //! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
-//! descriptor of the daemon's open in a shim (the daemon's lock above all), or exec a shim.
+//! descriptor of the daemon's open in a shim (the daemon's lock above all), exec a shim,
+//! or keep more than one standby (a second would hold the first's sockets open).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -80,7 +88,7 @@ impl Spawner {
     ) -> std::io::Result<Spawner> {
         let log = std::ffi::CString::new(log.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("the log path holds a NUL byte"))?;
-        let (daemon_end, spawner_end) = daemon_socket()?;
+        let (daemon_end, spawner_end) = request_socket_pair()?;
         // SAFETY: the caller guarantees one thread; the child only runs `serve`.
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
@@ -115,7 +123,7 @@ impl Spawner {
         handover_lock: &Path,
     ) -> std::io::Result<Spawner> {
         use std::os::unix::process::CommandExt;
-        let (daemon_end, spawner_end) = daemon_socket()?;
+        let (daemon_end, spawner_end) = request_socket_pair()?;
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,8 +274,9 @@ fn await_ready(socket: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
-/// The daemon's socket to its spawner, with room for the largest request both ways.
-fn daemon_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// A socket pair with room for the largest request both ways: the daemon's to its
+/// spawner, and the spawner's to its standby.
+fn request_socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (daemon_end, spawner_end) = seqpacket_pair()?;
     for fd in [&daemon_end, &spawner_end] {
         let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
@@ -345,7 +354,8 @@ fn decode_request(bytes: &[u8]) -> Option<Request<'_>> {
 
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
-/// The spawner's loop: one request, one fork, one reply; reaps exited shims.
+/// The spawner's loop: one request, one shim (the standby's, or a fork), one reply;
+/// reaps exited shims.
 fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &Path) -> i32 {
     let fd = socket.as_raw_fd();
     // SAFETY: single-threaded; we close what the daemon had open (its lock above all, so
@@ -373,13 +383,21 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
     }
     // Opened once, not per shim (two path lookups fewer per run); close-on-exec, so an
     // agent inherits neither. A shim's 0 and 1 are /dev/null and its 2 the log.
-    let outputs = ShimOutputs {
+    let shims = ShimSetup {
+        socket: fd,
+        main: shim_main,
         null: open_cloexec(c"/dev/null", libc::O_RDWR),
         log: open_cloexec(log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND),
+        handover: handover.to_path_buf(),
     };
     let mut buf = vec![0u8; MAX_REQUEST + 1];
+    let mut standby: Option<Standby> = None;
     loop {
         reap();
+        if standby.is_none() {
+            // After the last reply, while the daemon and the last run go on.
+            standby = Standby::fork(&shims, &mut buf);
+        }
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -393,7 +411,7 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         // SAFETY: reading into a buffer we own.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n == 0 {
-            return 0; // the daemon is gone
+            return 0; // the daemon is gone (and, with this end, the standby)
         }
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -402,10 +420,13 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             }
             return 1;
         }
-        let (pid, errno, start_time, channel) = match decode_request(&buf[..n as usize]) {
-            Some((run, spec, env)) => {
-                fork_shim(fd, &run, spec, &env, shim_main, &outputs, handover)
-            }
+        let request = &buf[..n as usize];
+        let (pid, errno, start_time, channel) = match decode_request(request) {
+            Some((run, spec, env)) => match standby.take().and_then(|s| s.take_run(request)) {
+                Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
+                // The standby is gone (killed, say): a shim of its own for this run.
+                None => fork_shim(&shims, &run, spec, &env),
+            },
             None => (-1, libc::EINVAL, 0, None),
         };
         let mut reply = [0u8; 16];
@@ -435,37 +456,139 @@ fn reap() {
     }
 }
 
-/// Forks one shim. Returns (pid, errno, start time, the daemon's end of the run's
-/// channel) for the reply.
-fn fork_shim(
+/// What the spawner gives every shim: its standard descriptors (opened once), its
+/// entry point and the handover lock; and the daemon's socket, which a shim must not keep.
+struct ShimSetup {
     socket: RawFd,
+    main: ShimMain,
+    null: Option<OwnedFd>,
+    log: Option<OwnedFd>,
+    handover: PathBuf,
+}
+
+/// A shim forked ahead of its run, waiting for the request on `feed`.
+struct Standby {
+    pid: i32,
+    start_time: u64,
+    /// The spawner's end of the standby's request socket. Closed without a request (the
+    /// spawner exited), the standby exits.
+    feed: OwnedFd,
+    /// The daemon's end of the channel of the run the standby will supervise.
+    channel: OwnedFd,
+}
+
+impl Standby {
+    /// Forks the next standby. `buf` is the spawner's request buffer: the child reads
+    /// its request into its own copy of it (no allocation of its own). `None` if the
+    /// fork failed: requests are then served by a fork each.
+    fn fork(shims: &ShimSetup, buf: &mut [u8]) -> Option<Standby> {
+        let (daemon_end, shim_end) = seqpacket_pair().ok()?;
+        let (feed, standby_end) = request_socket_pair().ok()?;
+        let spawner_ends = [daemon_end.as_raw_fd(), feed.as_raw_fd()];
+        // The closure owns the child's ends: run in the child, dropped unrun here.
+        let (pid, start_time) = fork_child(shims, c"beat-standby", move || {
+            // SAFETY: this child's copies of the spawner's ends; nothing else uses them.
+            for fd in spawner_ends {
+                unsafe { libc::close(fd) };
+            }
+            let n = loop {
+                // SAFETY: reading into this process's copy of the buffer.
+                let n = unsafe {
+                    libc::recv(
+                        standby_end.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                    )
+                };
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                break n;
+            };
+            drop(standby_end);
+            if n <= 0 {
+                return 0; // the spawner is gone: no run was ever ours
+            }
+            let Some((run, spec, env)) = decode_request(&buf[..n as usize]) else {
+                return 2; // the spawner decoded it before handing it over
+            };
+            become_shim(shims, &run, spec, &env, shim_end)
+        })
+        .ok()?;
+        Some(Standby {
+            pid,
+            start_time,
+            feed,
+            channel: daemon_end,
+        })
+    }
+
+    /// Hands `request` to the standby; `None` if it is gone (then nothing runs it).
+    fn take_run(self, request: &[u8]) -> Option<SpawnedShim> {
+        // SAFETY: send(2) of a buffer we own on a descriptor we own.
+        let sent = unsafe {
+            libc::send(
+                self.feed.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        (sent == request.len() as isize).then_some(SpawnedShim {
+            pid: self.pid as u32,
+            start_time: self.start_time,
+            channel: self.channel,
+        })
+    }
+}
+
+/// Forks one shim for a request. Returns (pid, errno, start time, the daemon's end of
+/// the run's channel) for the reply.
+fn fork_shim(
+    shims: &ShimSetup,
     run: &Path,
     spec: &[u8],
     env: &[(OsString, OsString)],
-    shim_main: ShimMain,
-    outputs: &ShimOutputs,
-    handover: &Path,
 ) -> (i32, i32, u64, Option<OwnedFd>) {
-    let failed = |e: std::io::Error| (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None);
     let (daemon_end, shim_end) = match seqpacket_pair() {
         Ok(pair) => pair,
-        Err(e) => return failed(e),
+        Err(e) => return (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None),
     };
+    let spawner_end = daemon_end.as_raw_fd();
+    match fork_child(shims, c"beat-shim", move || {
+        // SAFETY: this child's copy of the spawner's end; nothing else uses it.
+        unsafe { libc::close(spawner_end) };
+        become_shim(shims, run, spec, env, shim_end)
+    }) {
+        Ok((pid, start_time)) => (pid, 0, start_time, Some(daemon_end)),
+        Err(e) => (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None),
+    }
+}
+
+/// Forks a child of the spawner, set up as every shim is, named `name`, that runs
+/// `child` and exits with its code. Returns the child's PID and start time.
+fn fork_child(
+    shims: &ShimSetup,
+    name: &std::ffi::CStr,
+    child: impl FnOnce() -> i32,
+) -> std::io::Result<(i32, u64)> {
     let forking_at = boot_ticks();
-    // SAFETY: the spawner is single-threaded; the child runs the shim and never returns.
+    // SAFETY: the spawner is single-threaded; the child runs `child` and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return failed(std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        drop(daemon_end);
         // SAFETY: in the new child, single-threaded. A session of its own, so nothing
         // that signals the daemon's group reaches it; TERM and INT blocked until the
         // shim's handler is in place (it unblocks them), so an immediate cancel is
         // delayed, never lost (the spawner keeps them blocked with default dispositions,
         // so one sent before this point is pending, not discarded).
         unsafe {
-            libc::close(socket);
+            libc::close(shims.socket);
             libc::setsid();
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -474,28 +597,19 @@ fn fork_shim(
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::signal(libc::SIGCHLD, libc::SIG_DFL);
             // dup2 clears close-on-exec on the copies, which are the shim's own.
-            if let Some(null) = &outputs.null {
+            if let Some(null) = &shims.null {
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(null.as_raw_fd(), 1);
             }
-            if let Some(log) = &outputs.log {
+            if let Some(log) = &shims.log {
                 libc::dup2(log.as_raw_fd(), 2);
             }
-            libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0);
-            // The environment is replaced wholesale, as `env_clear().envs(..)` did: one
-            // array built here, where a `setenv` per variable scans the whole
-            // environment each time (quadratic, for the 40 to 100 of an agent).
-            replace_environment(env);
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
         }
-        let channel = ShimChannel {
-            channel: shim_end,
-            handover_lock: handover.to_path_buf(),
-        };
-        let code = shim_main(run, spec, channel);
+        let code = child();
         // SAFETY: the shim is done; leave without the spawner's exit handlers.
         unsafe { libc::_exit(code) }
     }
-    drop(shim_end);
     let start_time = match (forking_at, boot_ticks()) {
         // The kernel took the child's start time between the two readings of the same
         // clock, in the same ticks: when both fall in one tick, that tick is it.
@@ -504,13 +618,29 @@ fn fork_shim(
         // /proc shows it, at worst as a zombie.
         _ => process_start_time(pid as u32).unwrap_or(0),
     };
-    (pid, 0, start_time, Some(daemon_end))
+    Ok((pid, start_time))
 }
 
-/// What every shim's standard descriptors point to, opened once by the spawner.
-struct ShimOutputs {
-    null: Option<OwnedFd>,
-    log: Option<OwnedFd>,
+/// In a forked child: takes the run's environment and runs the shim; returns its code.
+fn become_shim(
+    shims: &ShimSetup,
+    run: &Path,
+    spec: &[u8],
+    env: &[(OsString, OsString)],
+    channel: OwnedFd,
+) -> i32 {
+    // SAFETY: single-threaded child. The environment is replaced wholesale, as
+    // `env_clear().envs(..)` did: one array built here, where a `setenv` per variable
+    // scans the whole environment each time (quadratic, for the 40 to 100 of an agent).
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0);
+        replace_environment(env);
+    }
+    let channel = ShimChannel {
+        channel,
+        handover_lock: shims.handover.clone(),
+    };
+    (shims.main)(run, spec, channel)
 }
 
 fn open_cloexec(path: &std::ffi::CStr, flags: libc::c_int) -> Option<OwnedFd> {
