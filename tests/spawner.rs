@@ -253,3 +253,20 @@ fn a_run_still_starts_when_the_shim_forked_ahead_of_it_is_gone() {
         },
     );
 }
+
+#[test]
+fn a_run_whose_environment_is_too_large_for_the_waiting_shim_is_forked_and_keeps_it() {
+    // 100 kB, more than the 64 KiB handed to the shim forked ahead.
+    let big = "x".repeat(100_000);
+    let beat = Beat::with_config_and_env(serde_json::json!({}), &[("BIG", &big)]);
+    let standby = standby_after_a_run(&beat);
+    let id = beat.submit("env BIG", &[]);
+    let t = beat.wait(&id);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &id]).trim(), format!("BIG={big}"));
+    assert_eq!(
+        processes_named(&beat, "beat-standby"),
+        standby,
+        "the shim forked ahead still waits, for a run that fits"
+    );
+}

@@ -88,7 +88,7 @@ impl Spawner {
     ) -> std::io::Result<Spawner> {
         let log = std::ffi::CString::new(log.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("the log path holds a NUL byte"))?;
-        let (daemon_end, spawner_end) = request_socket_pair()?;
+        let (daemon_end, spawner_end) = daemon_socket()?;
         // SAFETY: the caller guarantees one thread; the child only runs `serve`.
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
@@ -123,7 +123,7 @@ impl Spawner {
         handover_lock: &Path,
     ) -> std::io::Result<Spawner> {
         use std::os::unix::process::CommandExt;
-        let (daemon_end, spawner_end) = request_socket_pair()?;
+        let (daemon_end, spawner_end) = daemon_socket()?;
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -274,9 +274,8 @@ fn await_ready(socket: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
-/// A socket pair with room for the largest request both ways: the daemon's to its
-/// spawner, and the spawner's to its standby.
-fn request_socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// The daemon's socket to its spawner, with room for the largest request both ways.
+fn daemon_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (daemon_end, spawner_end) = seqpacket_pair()?;
     for fd in [&daemon_end, &spawner_end] {
         let size: libc::c_int = (MAX_REQUEST as libc::c_int) + 4096;
@@ -422,11 +421,21 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         }
         let request = &buf[..n as usize];
         let (pid, errno, start_time, channel) = match decode_request(request) {
-            Some((run, spec, env)) => match standby.take().and_then(|s| s.take_run(request)) {
-                Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
-                // The standby is gone (killed, say): a shim of its own for this run.
-                None => fork_shim(&shims, &run, spec, &env),
-            },
+            Some((run, spec, env)) => {
+                let taken = match standby.take() {
+                    Some(s) if request.len() <= STANDBY_REQUEST_MAX => s.take_run(request),
+                    kept => {
+                        standby = kept;
+                        None
+                    }
+                };
+                match taken {
+                    Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
+                    // A request too large for the standby's socket, or a standby that is
+                    // gone (killed, say): a shim of its own for this run.
+                    None => fork_shim(&shims, &run, spec, &env),
+                }
+            }
             None => (-1, libc::EINVAL, 0, None),
         };
         let mut reply = [0u8; 16];
@@ -466,6 +475,11 @@ struct ShimSetup {
     handover: PathBuf,
 }
 
+/// The largest request handed to a standby: far below a socket's default buffer, so
+/// its one send never fails for want of room. Larger ones (an environment of more than
+/// 64 KiB) are served by a fork.
+const STANDBY_REQUEST_MAX: usize = 64 * 1024;
+
 /// A shim forked ahead of its run, waiting for the request on `feed`.
 struct Standby {
     pid: i32,
@@ -483,7 +497,7 @@ impl Standby {
     /// fork failed: requests are then served by a fork each.
     fn fork(shims: &ShimSetup, buf: &mut [u8]) -> Option<Standby> {
         let (daemon_end, shim_end) = seqpacket_pair().ok()?;
-        let (feed, standby_end) = request_socket_pair().ok()?;
+        let (feed, standby_end) = seqpacket_pair().ok()?;
         let spawner_ends = [daemon_end.as_raw_fd(), feed.as_raw_fd()];
         // The closure owns the child's ends: run in the child, dropped unrun here.
         let (pid, start_time) = fork_child(shims, c"beat-standby", move || {
