@@ -14,11 +14,11 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backbeat_actors::agents::agent_spawn::spawn_in_own_group;
 use backbeat_actors::agents::channel::{self, FromDaemon, ShimReport};
 use backbeat_actors::agents::checkpoint;
 use backbeat_actors::agents::parse::{
@@ -694,14 +694,14 @@ fn supervise(
     };
     let stdin = if spec.prompt_on_stdin {
         match File::open(run.prompt()) {
-            Ok(f) => Stdio::from(f),
+            Ok(f) => Some(OwnedFd::from(f)),
             Err(e) => {
                 let error = spawn_error(started_at, format!("cannot open the prompt file: {e}"));
                 return (error, link);
             }
         }
     } else {
-        Stdio::null()
+        None // /dev/null
     };
     let Some((program, args)) = spec.argv.split_first() else {
         return (
@@ -709,29 +709,22 @@ fn supervise(
             link,
         );
     };
-    let mut child = match Command::new(program)
-        .args(args)
-        .current_dir(&spec.cwd)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    let agent = match spawn_in_own_group(program.as_ref(), &args, &spec.cwd, stdin) {
+        Ok(agent) => agent,
         Err(e) => return (spawn_error(started_at, format!("{program}: {e}")), link),
     };
-    let pid = child.id() as i32;
+    let pid = agent.pid;
     let mut sup = Supervisor {
         pipes: [
             Pipe {
-                from: child.stdout.take().map(OwnedFd::from),
+                from: Some(agent.stdout),
                 to: out_file,
                 path: run.stdout(),
                 stream: Stream::Stdout,
             },
             Pipe {
-                from: child.stderr.take().map(OwnedFd::from),
+                from: Some(agent.stderr),
                 to: err_file,
                 path: run.stderr(),
                 stream: Stream::Stderr,
@@ -753,7 +746,7 @@ fn supervise(
         run: run.clone(),
         read_buffer: Vec::new(),
     };
-    drop(child); // reaped by `reap_children`, with its rusage
+    // The agent is reaped by `reap_children`, with its rusage.
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let start = Instant::now();

@@ -8,6 +8,7 @@
 //! put API keys anywhere but the agent's environment.
 
 pub mod adapter;
+pub mod agent_spawn;
 pub mod channel;
 pub mod checkpoint;
 pub mod launch;
