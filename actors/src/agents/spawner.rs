@@ -19,11 +19,11 @@
 //! the standby is gone (killed), the spawner forks a shim for the request as before.
 //!
 //! Owns: one `SOCK_SEQPACKET` socket pair between the daemon and the spawner; the
-//! spawner's children until they exit (it reaps them); the standby's request socket. For each shim it makes one more
-//! socket pair, the run's channel (see `channel`): the shim keeps one end, and the
-//! daemon gets the other (over `SCM_RIGHTS`) with the shim's PID and start time. The
-//! channel closes when the shim exits, so the daemon learns of that without being its
-//! parent.
+//! spawner's children until they exit (it reaps them); the standby's request socket.
+//! For each shim it makes one more socket pair, the run's channel (see `channel`): the
+//! shim keeps one end, and the daemon gets the other (over `SCM_RIGHTS`) with the
+//! shim's PID and start time. The channel closes when the shim exits, so the daemon
+//! learns of that without being its parent.
 //! Must never: run in a process that has more than one thread when it forks (only
 //! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
 //! descriptor of the daemon's open in a shim (the daemon's lock above all), exec a shim,
@@ -334,6 +334,13 @@ fn encode_request(run_path: &Path, spec: &[u8], env: &[(OsString, OsString)]) ->
 /// A decoded request: run folder, spec, environment.
 type Request<'a> = (PathBuf, &'a [u8], Vec<(OsString, OsString)>);
 
+/// Whether `decode_request` would decode `bytes` (a run path and a spec, each ended by
+/// a NUL), told without building anything: what the spawner checks before it hands a
+/// request to the standby, which decodes it itself.
+fn is_request(bytes: &[u8]) -> bool {
+    bytes.split(|b| *b == 0).nth(1).is_some()
+}
+
 fn decode_request(bytes: &[u8]) -> Option<Request<'_>> {
     let mut parts = bytes.split(|b| *b == 0);
     let run = PathBuf::from(OsStr::from_bytes(parts.next()?));
@@ -420,23 +427,23 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             return 1;
         }
         let request = &buf[..n as usize];
-        let (pid, errno, start_time, channel) = match decode_request(request) {
-            Some((run, spec, env)) => {
-                let taken = match standby.take() {
-                    Some(s) if request.len() <= STANDBY_REQUEST_MAX => s.take_run(request),
-                    kept => {
-                        standby = kept;
-                        None
-                    }
-                };
-                match taken {
-                    Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
-                    // A request too large for the standby's socket, or a standby that is
-                    // gone (killed, say): a shim of its own for this run.
-                    None => fork_shim(&shims, &run, spec, &env),
-                }
+        let taken = match standby.take() {
+            Some(s) if request.len() <= STANDBY_REQUEST_MAX && is_request(request) => {
+                s.take_run(request)
             }
-            None => (-1, libc::EINVAL, 0, None),
+            kept => {
+                standby = kept;
+                None
+            }
+        };
+        let (pid, errno, start_time, channel) = match taken {
+            Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
+            // A request too large for the standby's socket, or a standby that is gone
+            // (killed, say): a shim of its own for this run.
+            None => match decode_request(request) {
+                Some((run, spec, env)) => fork_shim(&shims, &run, spec, &env),
+                None => (-1, libc::EINVAL, 0, None),
+            },
         };
         let mut reply = [0u8; 16];
         reply[0..4].copy_from_slice(&pid.to_ne_bytes());
@@ -499,7 +506,6 @@ impl Standby {
         let (daemon_end, shim_end) = seqpacket_pair().ok()?;
         let (feed, standby_end) = seqpacket_pair().ok()?;
         let spawner_ends = [daemon_end.as_raw_fd(), feed.as_raw_fd()];
-        // The closure owns the child's ends: run in the child, dropped unrun here.
         let (pid, start_time) = fork_child(shims, c"beat-standby", move || {
             // SAFETY: this child's copies of the spawner's ends; nothing else uses them.
             for fd in spawner_ends {
@@ -527,8 +533,10 @@ impl Standby {
                 return 0; // the spawner is gone: no run was ever ours
             }
             let Some((run, spec, env)) = decode_request(&buf[..n as usize]) else {
-                return 2; // the spawner decoded it before handing it over
+                return 2; // the spawner checked it before handing it over
             };
+            // SAFETY: naming this process.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0) };
             become_shim(shims, &run, spec, &env, shim_end)
         })
         .ok()?;
@@ -583,7 +591,9 @@ fn fork_shim(
 }
 
 /// Forks a child of the spawner, set up as every shim is, named `name`, that runs
-/// `child` and exits with its code. Returns the child's PID and start time.
+/// `child` and exits with its code. Returns the child's PID and start time. `child`
+/// runs only in the child; here it is dropped unrun, which closes what it owns (the
+/// child's ends of its sockets) in the spawner.
 fn fork_child(
     shims: &ShimSetup,
     name: &std::ffi::CStr,
@@ -635,7 +645,8 @@ fn fork_child(
     Ok((pid, start_time))
 }
 
-/// In a forked child: takes the run's environment and runs the shim; returns its code.
+/// In a forked child named `beat-shim`: takes the run's environment and runs the shim;
+/// returns its code.
 fn become_shim(
     shims: &ShimSetup,
     run: &Path,
@@ -646,10 +657,7 @@ fn become_shim(
     // SAFETY: single-threaded child. The environment is replaced wholesale, as
     // `env_clear().envs(..)` did: one array built here, where a `setenv` per variable
     // scans the whole environment each time (quadratic, for the 40 to 100 of an agent).
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0);
-        replace_environment(env);
-    }
+    unsafe { replace_environment(env) };
     let channel = ShimChannel {
         channel,
         handover_lock: shims.handover.clone(),
@@ -767,6 +775,25 @@ mod tests {
             }
         }
         assert!(compared > 0, "no fork fell within one tick");
+    }
+
+    #[test]
+    fn what_is_handed_to_the_standby_unread_is_what_a_fork_would_decode() {
+        for bytes in [
+            &b""[..],
+            b"run",
+            b"run\0",
+            b"\0",
+            b"run\0{}",
+            b"run\0{}\0A=1\0",
+        ] {
+            assert_eq!(
+                is_request(bytes),
+                decode_request(bytes).is_some(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]

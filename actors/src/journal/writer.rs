@@ -2,10 +2,12 @@
 //! COMMIT ran goes into the next transaction, and each sender hears back only after
 //! that COMMIT returned. Then the records it committed are broadcast to waiters.
 //!
-//! Under load (an append came in while the last COMMIT ran) a group also waits for
-//! appends that keep coming, each within `Gathering::gap` of the last, for at most
-//! `Gathering::limit`: fewer, larger commits, with less work per transition. An append
-//! to an idle journal is committed at once: a lone task's latency never pays the wait.
+//! Under load (an append came in while the last COMMIT ran) a group smaller than
+//! `Gathering::few` also waits for appends that keep coming, each within
+//! `Gathering::gap` of the last, for at most `Gathering::limit`: fewer, larger commits,
+//! with less work per transition. An append to an idle journal is committed at once (a
+//! lone task's latency never pays the wait), and so is a group that is large already
+//! (its senders outpace the commits; a wait would only idle the writer).
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -79,10 +81,9 @@ const MAX_GROUP: usize = 4096;
 /// How a group of a busy journal waits for more appends.
 #[derive(Debug, Clone, Copy)]
 struct Gathering {
-    /// An append that comes within this of the last one joins the group. Sized to the
-    /// spacing of a loaded daemon's appends (a few per millisecond) and far below a
-    /// commit's time, so a group of closed-loop senders, which all send again at once,
-    /// is gathered whole and then closed.
+    /// An append that comes within this of the last one joins the group: about the
+    /// spacing of a loaded daemon's appends (a few per millisecond), and below a
+    /// commit's time.
     gap: Duration,
     /// The most a group waits for more.
     limit: Duration,
