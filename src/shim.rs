@@ -709,8 +709,7 @@ fn supervise(
             link,
         );
     };
-    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    let agent = match spawn_in_own_group(program.as_ref(), &args, &spec.cwd, stdin) {
+    let agent = match spawn_in_own_group(program.as_ref(), args, &spec.cwd, stdin) {
         Ok(agent) => agent,
         Err(e) => return (spawn_error(started_at, format!("{program}: {e}")), link),
     };

@@ -16,10 +16,10 @@
 //! parent's memory until its exec), allocate or take a lock in the child, or leave a
 //! child that failed to exec unreaped.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// A started agent: its PID (also its process group) and the read ends of its stdout
@@ -57,7 +57,7 @@ struct ChildPlan {
 /// The child is the caller's to reap.
 pub fn spawn_in_own_group(
     program: &OsStr,
-    args: &[OsString],
+    args: &[impl AsRef<OsStr>],
     cwd: &Path,
     stdin: Option<OwnedFd>,
 ) -> io::Result<SpawnedAgent> {
@@ -67,9 +67,9 @@ pub fn spawn_in_own_group(
     };
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
-    let argv_strings: Vec<CString> = std::iter::once(program.to_os_string())
-        .chain(args.iter().cloned())
-        .map(c_string)
+    let argv_strings: Vec<CString> = std::iter::once(program)
+        .chain(args.iter().map(AsRef::as_ref))
+        .map(|a| c_string(a.as_bytes().to_vec()))
         .collect::<io::Result<_>>()?;
     let mut argv: Vec<*const libc::c_char> = argv_strings.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -81,7 +81,7 @@ pub fn spawn_in_own_group(
         argv,
         // SAFETY: reading the pointer; the shim is single-threaded, nothing changes it.
         envp: unsafe { environ },
-        cwd: c_string(cwd.as_os_str().to_os_string())?,
+        cwd: c_string(cwd.as_os_str().as_bytes().to_vec())?,
         stdin: stdin.as_raw_fd(),
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
@@ -177,7 +177,7 @@ fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
     if program.as_bytes().contains(&b'/') {
-        return Ok(vec![c_string(program.to_os_string())?]);
+        return Ok(vec![c_string(program.as_bytes().to_vec())?]);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
     path.as_bytes()
@@ -188,13 +188,13 @@ fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
                 full.push(b'/');
             }
             full.extend_from_slice(program.as_bytes());
-            c_string(OsString::from_vec(full))
+            c_string(full)
         })
         .collect()
 }
 
-fn c_string(s: OsString) -> io::Result<CString> {
-    CString::new(s.into_vec()).map_err(|_| {
+fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "a command-line argument, the program or the directory holds a NUL byte",
@@ -218,8 +218,7 @@ mod tests {
     use std::io::Read;
 
     fn run(program: &str, args: &[&str], cwd: &Path) -> io::Result<(i32, String, String)> {
-        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let agent = spawn_in_own_group(OsStr::new(program), &args, cwd, None)?;
+        let agent = spawn_in_own_group(OsStr::new(program), args, cwd, None)?;
         let (mut out, mut err) = (String::new(), String::new());
         std::fs::File::from(agent.stdout).read_to_string(&mut out)?;
         std::fs::File::from(agent.stderr).read_to_string(&mut err)?;

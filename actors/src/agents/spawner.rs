@@ -437,7 +437,7 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             }
         };
         let (pid, errno, start_time, channel) = match taken {
-            Some(shim) => (shim.pid as i32, 0, shim.start_time, Some(shim.channel)),
+            Some((pid, start_time, channel)) => (pid, 0, start_time, Some(channel)),
             // A request too large for the standby's socket, or a standby that is gone
             // (killed, say): a shim of its own for this run.
             None => match decode_request(request) {
@@ -548,8 +548,9 @@ impl Standby {
         })
     }
 
-    /// Hands `request` to the standby; `None` if it is gone (then nothing runs it).
-    fn take_run(self, request: &[u8]) -> Option<SpawnedShim> {
+    /// Hands `request` to the standby: its PID, start time and the daemon's end of the
+    /// run's channel, or `None` if it is gone (then nothing runs it).
+    fn take_run(self, request: &[u8]) -> Option<(i32, u64, OwnedFd)> {
         // SAFETY: send(2) of a buffer we own on a descriptor we own.
         let sent = unsafe {
             libc::send(
@@ -559,11 +560,7 @@ impl Standby {
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
         };
-        (sent == request.len() as isize).then_some(SpawnedShim {
-            pid: self.pid as u32,
-            start_time: self.start_time,
-            channel: self.channel,
-        })
+        (sent == request.len() as isize).then_some((self.pid, self.start_time, self.channel))
     }
 }
 
