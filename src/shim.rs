@@ -9,7 +9,10 @@
 //! writes to the run folder only what the daemon could otherwise lose.
 //! Must never: outlive its agent's group, leave a process of that group behind, or leave
 //! a partial exit record (one `setxattr`, or a temporary file renamed). It runs in its
-//! own session, so it survives the daemon; the daemon stops it with SIGTERM.
+//! own session, so it survives the daemon. The daemon cancels a forked shim's run on its
+//! channel (`TERMINATE`) and an exec'd or adopted shim with SIGTERM.
+//! A forked shim may supervise another run once the daemon has journaled this one's
+//! result (`ShimEnd::Free`), unless a process of this run is still its child.
 
 use std::fs::File;
 use std::io::Write;
@@ -28,7 +31,7 @@ use backbeat_actors::agents::run_dir::{
     ExitRecord, KillCause, RunDir, RunSpec, ShimIdentity, process_start_time, truncation_marker,
     write_atomically,
 };
-use backbeat_actors::agents::spawner::ShimChannel;
+use backbeat_actors::agents::spawner::{ShimChannel, ShimEnd};
 use backbeat_actors::model::now_ms;
 
 /// Output accounting for both streams: one budget for the two.
@@ -180,6 +183,8 @@ struct Link {
     finished: bool,
     /// The daemon's end is closed.
     gone: bool,
+    /// The daemon asked to stop the agent (a user's cancel), not yet acted on.
+    cancel: bool,
 }
 
 impl Link {
@@ -200,6 +205,7 @@ impl Link {
                     self.finished = true;
                     self.handover = None;
                 }
+                FromDaemon::Terminate => self.cancel = true,
                 FromDaemon::Gone => self.daemon_gone(run),
                 FromDaemon::Nothing => return,
             }
@@ -369,6 +375,9 @@ impl Supervisor {
             && let Some(link) = &mut self.link
         {
             link.hear(&self.run);
+            if std::mem::take(&mut link.cancel) {
+                self.terminate_requested = true;
+            }
         }
     }
 
@@ -509,7 +518,7 @@ pub fn run(run_path: &Path) -> i32 {
         path: run_path.to_path_buf(),
     };
     match run.read_spec() {
-        Ok(spec) => supervise_run(run, spec, None),
+        Ok(spec) => supervise_run(run, spec, None).code(),
         Err(e) => {
             eprintln!("beat shim: cannot read {}: {e}", run.spec().display());
             2
@@ -518,8 +527,9 @@ pub fn run(run_path: &Path) -> i32 {
 }
 
 /// Runs the shim forked by the spawner, which hands it the spec (no `spec.json`: one
-/// file fewer to create per run).
-pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
+/// file fewer to create per run). `ShimEnd::Free` once the daemon has journaled the
+/// result and nothing of the run is left: the process may then supervise another run.
+pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> ShimEnd {
     let run = RunDir {
         path: run_path.to_path_buf(),
     };
@@ -527,7 +537,7 @@ pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
         Ok(spec) => spec,
         Err(e) => {
             eprintln!("beat shim: unreadable spec for {}: {e}", run.path.display());
-            return 2;
+            return ShimEnd::Exit(2);
         }
     };
     // Taken before anything else, so that a recovering daemon waits for us (see
@@ -539,13 +549,14 @@ pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
         identified: false,
         finished: false,
         gone: false,
+        cancel: false,
     };
     link.hear(&run);
     if link.gone {
         // The daemon died before this shim ran anything: the next daemon runs a task
         // the crash left queued (a run it journaled as started in that instant ends as
         // lost, never twice). Nothing to leave.
-        return 0;
+        return ShimEnd::Exit(0);
     }
     if link.handover.is_none() {
         // Without the lock, recovery would not wait for us: say who we are up front.
@@ -554,7 +565,7 @@ pub fn run_forked(run_path: &Path, spec: &[u8], channel: ShimChannel) -> i32 {
     supervise_run(run, spec, Some(link))
 }
 
-fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
+fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> ShimEnd {
     // SAFETY: setting signal dispositions and prctl at start, before any thread exists.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
@@ -573,7 +584,7 @@ fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
                 "beat shim: cannot record its identity in {}: {e}",
                 run.path.display()
             );
-            return 2;
+            return ShimEnd::Exit(2);
         }
     }
     // TERM and INT are blocked already (the spawner or the daemon started us so), and
@@ -583,7 +594,7 @@ fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("beat shim: cannot handle signals: {e}");
-            return 2;
+            return ShimEnd::Exit(2);
         }
     };
     let (record, mut link) = supervise(&run, &spec, signals, link.take());
@@ -598,7 +609,14 @@ fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
             exit: record.clone(),
         };
         if link.hand_over(&run, &report) {
-            return 0; // journaled by the daemon: nothing to write
+            // Journaled by the daemon: nothing to write. A process left behind (one that
+            // escaped the agent's group, and came to us as subreaper) keeps this shim
+            // from another run, whose agent it could be mistaken for.
+            return if has_children() {
+                ShimEnd::Exit(0)
+            } else {
+                ShimEnd::Free
+            };
         }
     }
     // Not fsynced (two fsyncs cost about 14 ms per run on a slow disk, on the path from
@@ -608,9 +626,21 @@ fn supervise_run(run: RunDir, spec: RunSpec, mut link: Option<Link>) -> i32 {
             "beat shim: cannot record the run's result in {}: {e}",
             run.path.display()
         );
-        return 2;
+        return ShimEnd::Exit(2);
     }
-    0
+    ShimEnd::Exit(0)
+}
+
+/// Whether a child of ours is still alive (zombies are reaped on the way).
+fn has_children() -> bool {
+    loop {
+        // SAFETY: a non-blocking waitpid on any child, its status not kept.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if r > 0 {
+            continue; // a zombie, reaped
+        }
+        return r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+    }
 }
 
 fn spawn_error(started_at: i64, message: String) -> ExitRecord {
@@ -714,6 +744,9 @@ fn supervise(
         Err(e) => return (spawn_error(started_at, format!("{program}: {e}")), link),
     };
     let pid = agent.pid;
+    let mut link = link;
+    // A cancel heard before the agent started.
+    let cancelled = link.as_mut().is_some_and(|l| std::mem::take(&mut l.cancel));
     let mut sup = Supervisor {
         pipes: [
             Pipe {
@@ -740,7 +773,7 @@ fn supervise(
         transcript,
         agent: pid,
         exited: None,
-        terminate_requested: false,
+        terminate_requested: cancelled,
         link,
         run: run.clone(),
         read_buffer: Vec::new(),
@@ -867,6 +900,7 @@ mod tests {
             identified: false,
             finished: false,
             gone: false,
+            cancel: false,
         };
         (link, daemon, RunDir::new(dir, "task-1"))
     }
@@ -896,6 +930,19 @@ mod tests {
             channel::Received::Report(r) => assert_eq!(*r, report()),
             _ => panic!("the daemon got no report"),
         }
+    }
+
+    #[test]
+    fn a_cancel_on_the_channel_is_heard_and_ends_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut link, daemon, run) = link(dir.path(), None);
+        assert!(send_packet(daemon.as_raw_fd(), &[channel::TERMINATE]));
+        link.hear(&run);
+        assert!(link.cancel, "the cancel was heard");
+        assert!(
+            !link.finished && !link.gone,
+            "the run goes on until it is stopped"
+        );
     }
 
     #[test]

@@ -62,11 +62,20 @@ fn a_task_still_runs_when_the_spawner_is_gone() {
 /// Submits a task whose agent runs until the returned gate file is written; returns
 /// once the agent runs: the task's id, the agent's PID and the gate.
 fn start_gated_run(beat: &Beat) -> (String, i32, std::path::PathBuf) {
+    start_gated_script(beat, "", "print done")
+}
+
+/// The same, for an agent that runs the steps `before` (each ended by `;`) once it
+/// started, and `after` once the gate is written.
+fn start_gated_script(beat: &Beat, before: &str, after: &str) -> (String, i32, std::path::PathBuf) {
     let pidfile = beat.workdir.path().join("agent.pid");
     let gate = beat.workdir.path().join("gate");
+    // Those of an earlier gated run.
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(&gate);
     let id = beat.submit(
         &format!(
-            "pidfile {}; waitfile {}; print done",
+            "pidfile {}; {before} waitfile {}; {after}",
             pidfile.display(),
             gate.display()
         ),
@@ -83,11 +92,17 @@ fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
     let shims = processes_named(&beat, "beat-shim");
     assert_eq!(shims.len(), 1, "the run's shim: {shims:?}");
     let spawner = processes_named(&beat, "beat-spawner");
+    let waiting = processes_named(&beat, "beat-standby");
+    assert!(!waiting.is_empty(), "a shim waits for the next run");
     let daemon = beat.daemon_pid().expect("daemon running") as i32;
     kill9(daemon);
-    // The spawner follows the daemon out (its socket closes); the shim and agent stay.
+    // The spawner follows the daemon out (its socket closes), and so do the shims that
+    // wait for a run; the run's shim and agent stay.
     wait_until("the spawner to exit", Duration::from_secs(10), || {
         spawner.iter().all(|p| !pid_exists(*p))
+    });
+    wait_until("the waiting shims to exit", Duration::from_secs(10), || {
+        waiting.iter().all(|p| !pid_exists(*p))
     });
     assert!(pid_exists(shims[0]), "the shim survived");
     assert!(pid_exists(agent), "the agent survived");
@@ -203,29 +218,44 @@ fn a_run_that_prints_nothing_leaves_no_run_folder() {
     assert_eq!(beat.ok(&["logs", &id]), "");
 }
 
-/// After one run: the one shim forked ahead of the next run (its `comm` is
-/// `beat-standby` until it takes a run).
-fn standby_after_a_run(beat: &Beat) -> Vec<i32> {
+/// The shims waiting for a run (`beat-standby`), once no run is under way.
+fn waiting_shims(beat: &Beat) -> Vec<i32> {
+    wait_until(
+        "every shim to be done with its run",
+        Duration::from_secs(10),
+        || processes_named(beat, "beat-shim").is_empty(),
+    );
+    let mut waiting = processes_named(beat, "beat-standby");
+    waiting.sort_unstable();
+    waiting
+}
+
+/// After one run: the shims that wait for the next (the one forked ahead of it, and the
+/// one that supervised the run).
+fn waiting_after_a_run(beat: &Beat) -> Vec<i32> {
     let first = beat.submit("print one", &[]);
     assert_eq!(beat.wait(&first)["status"], "completed");
-    let standby = processes_named(beat, "beat-standby");
-    assert_eq!(
-        standby.len(),
-        1,
-        "one shim waits for the next run: {standby:?}"
-    );
-    standby
+    let waiting = waiting_shims(beat);
+    assert!(!waiting.is_empty(), "a shim waits for the next run");
+    waiting
+}
+
+/// The one shim supervising a run now.
+fn the_running_shim(beat: &Beat) -> i32 {
+    let shims = processes_named(beat, "beat-shim");
+    assert_eq!(shims.len(), 1, "one run, one shim: {shims:?}");
+    shims[0]
 }
 
 #[test]
-fn the_next_run_is_supervised_by_a_shim_forked_ahead_of_it() {
+fn the_next_run_is_supervised_by_a_shim_that_waited_for_it() {
     let beat = Beat::new();
-    let standby = standby_after_a_run(&beat);
+    let waiting = waiting_after_a_run(&beat);
     let (id, _agent, gate) = start_gated_run(&beat);
-    assert_eq!(
-        processes_named(&beat, "beat-shim"),
-        standby,
-        "the run's shim is the one that waited"
+    let shim = the_running_shim(&beat);
+    assert!(
+        waiting.contains(&shim),
+        "the run's shim {shim} is one that waited: {waiting:?}"
     );
     std::fs::write(&gate, "go").unwrap();
     let t = beat.wait(&id);
@@ -233,40 +263,130 @@ fn the_next_run_is_supervised_by_a_shim_forked_ahead_of_it() {
 }
 
 #[test]
-fn a_run_still_starts_when_the_shim_forked_ahead_of_it_is_gone() {
+fn a_shim_supervises_the_next_run_once_the_last_one_is_journaled() {
     let beat = Beat::new();
-    let standby = standby_after_a_run(&beat);
-    kill9(standby[0]);
-    wait_until("the waiting shim to die", Duration::from_secs(10), || {
-        !pid_exists(standby[0])
+    let (first, _agent, gate) = start_gated_run(&beat);
+    let shim = the_running_shim(&beat);
+    std::fs::write(&gate, "go").unwrap();
+    assert_eq!(beat.wait(&first)["status"], "completed");
+    assert!(
+        waiting_shims(&beat).contains(&shim),
+        "the shim waits again once its run is journaled"
+    );
+    // The next run gets its own environment, not the last one's.
+    let (second, _agent, gate) = start_gated_script(&beat, "", "env BACKBEAT_TASK_ID");
+    assert_eq!(
+        the_running_shim(&beat),
+        shim,
+        "the last shim freed is the first to serve"
+    );
+    std::fs::write(&gate, "go").unwrap();
+    assert_eq!(beat.wait(&second)["status"], "completed");
+    assert_eq!(
+        beat.ok(&["logs", &second]).trim(),
+        format!("BACKBEAT_TASK_ID={second}")
+    );
+}
+
+#[test]
+fn a_cancel_stops_the_run_it_names_and_not_the_next_one_of_the_same_shim() {
+    let beat = Beat::new();
+    let (first, _agent, _gate) = start_gated_run(&beat);
+    let shim = the_running_shim(&beat);
+    beat.ok(&["cancel", &first]);
+    assert_eq!(beat.wait(&first)["status"], "cancelled");
+    assert!(
+        waiting_shims(&beat).contains(&shim),
+        "the shim of a cancelled run waits again"
+    );
+    // Whatever the cancel left with the shim is not carried into its next run.
+    let gate = beat.workdir.path().join("gate");
+    let second = beat.submit(&format!("waitfile {}; print two", gate.display()), &[]);
+    wait_until("the next run to start", Duration::from_secs(10), || {
+        processes_named(&beat, "beat-shim") == [shim]
+    });
+    std::fs::write(&gate, "go").unwrap();
+    let t = beat.wait(&second);
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(beat.ok(&["logs", &second]).trim(), "two");
+}
+
+#[test]
+fn a_shim_whose_run_left_a_process_behind_supervises_no_other_run() {
+    let beat = Beat::new();
+    let escaped = beat.workdir.path().join("escaped.pid");
+    let (id, _agent, gate) = start_gated_script(
+        &beat,
+        &format!("escape {} 60000;", escaped.display()),
+        "print done",
+    );
+    let shim = the_running_shim(&beat);
+    std::fs::write(&gate, "go").unwrap();
+    assert_eq!(beat.wait(&id)["status"], "completed");
+    let (left_behind, _) = read_pidfile(&escaped);
+    wait_until("the shim to exit", Duration::from_secs(10), || {
+        !pid_exists(shim)
+    });
+    assert!(
+        pid_exists(left_behind),
+        "the process outside the agent's group was not the shim's to stop"
+    );
+    kill9(left_behind);
+    assert!(!waiting_shims(&beat).contains(&shim));
+}
+
+#[test]
+fn a_run_still_starts_when_the_waiting_shims_are_gone() {
+    let beat = Beat::new();
+    let waiting = waiting_after_a_run(&beat);
+    // TERM ends a shim that waits: no run is its to stop.
+    for &pid in &waiting {
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    wait_until("the waiting shims to exit", Duration::from_secs(10), || {
+        waiting.iter().all(|p| !pid_exists(*p))
     });
     let second = beat.submit("print two", &[]);
     let t = beat.wait(&second);
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(beat.ok(&["logs", &second]).trim(), "two");
-    wait_until(
-        "another shim to wait for the next run",
-        Duration::from_secs(10),
-        || {
-            let now = processes_named(&beat, "beat-standby");
-            now.len() == 1 && now != standby
-        },
+    let now = waiting_shims(&beat);
+    assert!(
+        !now.is_empty() && now.iter().all(|p| !waiting.contains(p)),
+        "new shims wait for the next run: {now:?}"
     );
 }
 
 #[test]
-fn a_run_whose_environment_is_too_large_for_the_waiting_shim_is_forked_and_keeps_it() {
-    // 100 kB, more than the 64 KiB handed to the shim forked ahead.
+fn no_more_than_eight_shims_wait_after_a_burst() {
+    let beat = Beat::with_config(serde_json::json!({ "maxWorkers": 12 }));
+    let together = beat.workdir.path().join("together");
+    std::fs::create_dir(&together).unwrap();
+    let ids: Vec<String> = (0..12)
+        .map(|_| beat.submit(&format!("rendezvous {} 12", together.display()), &[]))
+        .collect();
+    for id in &ids {
+        assert_eq!(beat.wait(id)["status"], "completed");
+    }
+    // Twelve shims supervised the burst at once; eight of them (`IDLE_MAX`) are kept.
+    assert_eq!(waiting_shims(&beat).len(), 8);
+}
+
+#[test]
+fn a_run_whose_environment_is_too_large_for_a_waiting_shim_is_forked_and_keeps_them() {
+    // 100 kB, more than the 64 KiB handed to a shim that waits.
     let big = "x".repeat(100_000);
     let beat = Beat::with_config_and_env(serde_json::json!({}), &[("BIG", &big)]);
-    let standby = standby_after_a_run(&beat);
+    let waiting = waiting_after_a_run(&beat);
     let id = beat.submit("env BIG", &[]);
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(beat.ok(&["logs", &id]).trim(), format!("BIG={big}"));
     assert_eq!(
-        processes_named(&beat, "beat-standby"),
-        standby,
-        "the shim forked ahead still waits, for a run that fits"
+        waiting_shims(&beat),
+        waiting,
+        "the shims that waited still wait, for a run that fits"
     );
 }

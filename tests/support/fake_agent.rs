@@ -6,7 +6,8 @@
 //! separated by `;`, each a word followed by its arguments, run in order:
 //!
 //! `print TEXT`, `eprint TEXT`, `lines N TEXT`, `sleep MS`, `write PATH TEXT`,
-//! `pidfile PATH`, `ignore-term`, `grandchild PATH MS`, `flood BYTES`,
+//! `pidfile PATH`, `ignore-term`, `grandchild PATH MS`, `escape PATH MS` (a grandchild in
+//! a process group of its own), `flood BYTES`,
 //! `hold MB`, `exit N`, `signal NAME`, `echo-stdin`, `env NAME`, `cwd`,
 //! `await PATH` (wait until PATH exists), `rendezvous DIR N` (leave a file in DIR, then
 //! wait until DIR holds N files: N agents running at once). Waits fail after 120 s.
@@ -114,14 +115,25 @@ fn run_step(step: &str, held: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
         "ignore-term" => unsafe {
             libc::signal(libc::SIGTERM, libc::SIG_IGN);
         },
-        "grandchild" => {
+        // `escape` is a grandchild in a process group of its own: it escapes the stop of
+        // the agent's group (and TERM to it) and outlives the run.
+        "grandchild" | "escape" => {
+            use std::os::unix::process::CommandExt;
             let (path, ms) = split_word(rest);
             let ms: u64 = num(ms, step);
+            let mut grandchild = Command::new(std::env::current_exe()?);
+            grandchild.stdin(Stdio::null());
+            if word == "escape" {
+                grandchild
+                    .arg(format!("pidfile {path}; sleep {ms}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0);
+            } else {
+                grandchild.arg(format!("pidfile {path}; ignore-term; sleep {ms}"));
+            }
             // Deliberately neither waited for nor killed: it must outlive us.
-            Command::new(std::env::current_exe()?)
-                .arg(format!("pidfile {path}; ignore-term; sleep {ms}"))
-                .stdin(Stdio::null())
-                .spawn()?;
+            grandchild.spawn()?;
             let deadline = Instant::now() + Duration::from_secs(5);
             while !Path::new(path).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));

@@ -22,7 +22,10 @@
 //! Nothing is said when the start is journaled: waking every shim for it would cost a
 //! trivial run more than the identity a daemon's death makes each running shim write.
 //!
-//! Owns: the wire format (the one-byte acknowledgement, the report as JSON), the
+//! A cancel goes the same way (`TERMINATE`), so that it reaches this run and no other:
+//! once a run's result is journaled, its shim may go on to supervise another run.
+//!
+//! Owns: the wire format (the one-byte acknowledgement and cancel, the report as JSON), the
 //! handover lock's path and its two sides, and `ExitAck`, the daemon's promise to
 //! acknowledge a report once it is journaled (dropped unacknowledged, it closes the
 //! channel, which makes the shim write the record to the folder).
@@ -40,6 +43,11 @@ use super::run_dir::ExitRecord;
 
 /// Daemon to shim: the run's result is journaled; the shim may exit without writing it.
 pub const FINISHED: u8 = b'F';
+
+/// Daemon to shim: stop the agent (a user's cancel). Sent on the run's own channel, not
+/// as a signal to the shim's PID: a shim may supervise a later run once this one is
+/// journaled, and a signal sent late would reach that run.
+pub const TERMINATE: u8 = b'T';
 
 /// The largest report the daemon reads from the channel; a larger one (a huge list of
 /// dirty files, say) makes the daemon close the channel, and the shim then writes the
@@ -64,6 +72,7 @@ pub struct ShimReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FromDaemon {
     Finished,
+    Terminate,
     /// The daemon's end is closed: it died, or dropped the run.
     Gone,
     /// Nothing to read now.
@@ -114,6 +123,7 @@ pub fn read_from_daemon(channel: RawFd) -> FromDaemon {
     match recv_now(channel, &mut byte) {
         Ok(0) => FromDaemon::Gone,
         Ok(_) if byte[0] == FINISHED => FromDaemon::Finished,
+        Ok(_) if byte[0] == TERMINATE => FromDaemon::Terminate,
         Ok(_) => FromDaemon::Nothing,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => FromDaemon::Nothing,
         Err(_) => FromDaemon::Gone,

@@ -8,8 +8,9 @@
 //! comes in one packet, and the task acknowledges it once journaled. An exec'd shim is
 //! awaited as a child, and a shim adopted after a restart is checked by PID and start
 //! time until its exit record appears: for those (and a channel that closes without a
-//! report) the result is read from the run folder. Cancelling sends SIGTERM to the shim,
-//! which stops the agent's whole process group (TERM, grace, KILL) and records why.
+//! report) the result is read from the run folder. Cancelling tells the shim (on the
+//! run's channel; SIGTERM to an exec'd or adopted shim, which supervises no other run),
+//! and it stops the agent's whole process group (TERM, grace, KILL) and records why.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -330,6 +331,17 @@ impl Handler<Terminate> for AgentProcess {
     type Result = ();
 
     fn handle(&mut self, _msg: Terminate, _ctx: &mut Context<Self>) {
+        if let Some(channel) = &self.channel {
+            // A forked shim is told on the run's channel, never by PID: once this run is
+            // journaled, the same process may supervise another, which a signal still
+            // on its way would stop. A closed channel means the report is coming.
+            channel::send_packet(channel.get_ref().as_raw_fd(), &[channel::TERMINATE]);
+            return;
+        }
+        if self.reported {
+            return;
+        }
+        // An exec'd or adopted shim supervises this run only, and exits after it.
         let (pid, start) = (self.followed.shim_pid, self.followed.shim_start_time);
         // The identity check reads /proc: off the actix thread, like every file access.
         tokio::task::spawn_blocking(move || {

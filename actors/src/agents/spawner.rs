@@ -1,5 +1,5 @@
-//! The shim spawner: a small single-threaded process that forks one shim per run
-//! *without exec*. It is `beat-spawner`, a small program of its own that the daemon
+//! The shim spawner: a small single-threaded process that forks shims *without exec*.
+//! It is `beat-spawner`, a small program of its own that the daemon
 //! starts ([`Spawner::exec`]), or, where that is not installed, a copy of the daemon
 //! forked before it starts any thread ([`Spawner::start`]).
 //!
@@ -11,23 +11,33 @@
 //! runs in a session of its own, outlives the daemon and the spawner, and starts with
 //! TERM and INT blocked until its handler is in place.
 //!
-//! A run's shim is forked ahead of its request: the spawner keeps one *standby*, a
-//! child that has done everything a shim does before it knows its run (the fork, its
-//! session, its descriptors) and waits for the request on a socket of its own. A
-//! request is handed to it, and the next standby is forked after the reply, so the
-//! fork and its page faults are off the path from a commit to the agent's start. When
-//! the standby is gone (killed), the spawner forks a shim for the request as before.
+//! A run's shim is forked ahead of its request, and serves more than one run: the
+//! spawner keeps *waiting shims*, children that have done everything a shim does before
+//! it knows its run (the fork, its session, its descriptors) and wait for a request on a
+//! socket of their own. A request goes to the shim freed last, with a new channel for the
+//! run; when no shim waits, the next one is forked after the reply, so the fork and its
+//! page faults are off the path from a commit to the agent's start. Once the daemon has
+//! journaled a run's result (`FINISHED`), its shim says it is free and waits again,
+//! unless something of the run is left (a process that escaped the agent's group), it has
+//! served `RUNS_MAX` runs, or its peak memory passed `PEAK_RSS_MAX_KB`: then it exits, as
+//! every shim did before. A fork and an exit per run were most of what a shim cost a
+//! trivial task. At most `IDLE_MAX` shims wait; one freed beyond that exits. A shim is
+//! still one run's only supervisor while that run lasts, and a run is cancelled on its
+//! own channel, never by the shim's PID (see `channel`). When no shim waits (the fork
+//! failed) or the request is too large for its socket, the spawner forks a shim for the
+//! request alone.
 //!
 //! Owns: one `SOCK_SEQPACKET` socket pair between the daemon and the spawner; the
-//! spawner's children until they exit (it reaps them); the standby's request socket.
-//! For each shim it makes one more socket pair, the run's channel (see `channel`): the
-//! shim keeps one end, and the daemon gets the other (over `SCM_RIGHTS`) with the
-//! shim's PID and start time. The channel closes when the shim exits, so the daemon
-//! learns of that without being its parent.
+//! spawner's children until they exit (it reaps them); each shim's request socket.
+//! For each run it makes one more socket pair, the run's channel (see `channel`): the
+//! shim gets one end with the request, and the daemon gets the other (over
+//! `SCM_RIGHTS`) with the shim's PID and start time. The channel closes when the shim is
+//! done with the run, so the daemon learns of that without being its parent.
 //! Must never: run in a process that has more than one thread when it forks (only
 //! [`Spawner::start`] forks from the daemon, and it must be called first), keep any
-//! descriptor of the daemon's open in a shim (the daemon's lock above all), exec a shim,
-//! or keep more than one standby (a second would hold the first's sockets open).
+//! descriptor of the daemon's open in a shim (the daemon's lock above all), let a shim
+//! keep another shim's socket (that shim would not see the spawner go), exec a shim, or
+//! hand a run to a shim before the last run it supervised is journaled.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -42,8 +52,28 @@ use super::channel::seqpacket_pair;
 use super::run_dir::process_start_time;
 
 /// The entry point of a shim: runs it for a run folder, its spec (JSON) and its end of
-/// the run's channel, and returns its exit code.
-pub type ShimMain = fn(&Path, &[u8], ShimChannel) -> i32;
+/// the run's channel, and says whether the process may supervise another run.
+pub type ShimMain = fn(&Path, &[u8], ShimChannel) -> ShimEnd;
+
+/// How a run ended for the process that supervised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimEnd {
+    /// The daemon journaled the result, and nothing of the run is left (no process, no
+    /// descriptor, no lock): the process may supervise another run.
+    Free,
+    /// The process must exit with this code.
+    Exit(i32),
+}
+
+impl ShimEnd {
+    /// The exit code of a process that supervises no other run.
+    pub fn code(self) -> i32 {
+        match self {
+            ShimEnd::Free => 0,
+            ShimEnd::Exit(code) => code,
+        }
+    }
+}
 
 /// A forked shim's link to the daemon (see `channel`).
 #[derive(Debug)]
@@ -336,7 +366,7 @@ type Request<'a> = (PathBuf, &'a [u8], Vec<(OsString, OsString)>);
 
 /// Whether `decode_request` would decode `bytes` (a run path and a spec, each ended by
 /// a NUL), told without building anything: what the spawner checks before it hands a
-/// request to the standby, which decodes it itself.
+/// request to a waiting shim, which decodes it itself.
 fn is_request(bytes: &[u8]) -> bool {
     bytes.split(|b| *b == 0).nth(1).is_some()
 }
@@ -360,8 +390,8 @@ fn decode_request(bytes: &[u8]) -> Option<Request<'_>> {
 
 extern "C" fn on_sigchld(_: libc::c_int) {}
 
-/// The spawner's loop: one request, one shim (the standby's, or a fork), one reply;
-/// reaps exited shims.
+/// The spawner's loop: one request, one shim (one that waits, or a fork), one reply;
+/// takes back shims that are free again, and reaps those that exited.
 fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &Path) -> i32 {
     let fd = socket.as_raw_fd();
     // SAFETY: single-threaded; we close what the daemon had open (its lock above all, so
@@ -397,27 +427,52 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         handover: handover.to_path_buf(),
     };
     let mut buf = vec![0u8; MAX_REQUEST + 1];
-    let mut standby: Option<Standby> = None;
+    // Shims waiting for a run, the last one freed on top (its pages are the warmest),
+    // and shims supervising one, whose sockets say when they are free again.
+    let mut idle: Vec<Shim> = Vec::new();
+    let mut busy: Vec<Shim> = Vec::new();
+    let mut polled: Vec<libc::pollfd> = Vec::new();
     loop {
         reap();
-        if standby.is_none() {
+        if idle.is_empty() {
             // After the last reply, while the daemon and the last run go on.
-            standby = Standby::fork(&shims, &mut buf);
+            let others: Vec<RawFd> = busy.iter().map(|s| s.feed.as_raw_fd()).collect();
+            idle.extend(Shim::fork(&shims, &mut buf, &others));
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd we own.
-        let ready = unsafe { libc::poll(&mut pfd, 1, -1) };
+        polled.clear();
+        polled.extend(
+            std::iter::once(fd)
+                .chain(busy.iter().map(|s| s.feed.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+        );
+        // SAFETY: pollfds we own, as many as we pass.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if ready < 0 {
             continue; // EINTR from SIGCHLD: reap and wait again
+        }
+        // From the end, so that `swap_remove` moves only shims already looked at.
+        for i in (0..busy.len()).rev() {
+            if polled[i + 1].revents == 0 {
+                continue;
+            }
+            match busy[i].hear() {
+                Heard::Free if idle.len() < IDLE_MAX => idle.push(busy.swap_remove(i)),
+                // Enough wait already: this one's socket closes, and it exits.
+                Heard::Free | Heard::Gone => drop(busy.swap_remove(i)),
+                Heard::Nothing => {}
+            }
+        }
+        if polled[0].revents == 0 {
+            continue;
         }
         // SAFETY: reading into a buffer we own.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n == 0 {
-            return 0; // the daemon is gone (and, with this end, the standby)
+            return 0; // the daemon is gone (and, with this end, every idle shim)
         }
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -427,21 +482,30 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             return 1;
         }
         let request = &buf[..n as usize];
-        let taken = match standby.take() {
-            Some(s) if request.len() <= STANDBY_REQUEST_MAX && is_request(request) => {
-                s.take_run(request)
+        let mut taken = None;
+        if request.len() <= SHIM_REQUEST_MAX && is_request(request) {
+            // A shim that is gone (killed) is dropped, and the next one asked.
+            while let Some(shim) = idle.pop() {
+                if let Some(channel) = shim.take_run(request) {
+                    taken = Some((shim.pid, shim.start_time, channel));
+                    busy.push(shim);
+                    break;
+                }
             }
-            kept => {
-                standby = kept;
-                None
-            }
-        };
+        }
         let (pid, errno, start_time, channel) = match taken {
             Some((pid, start_time, channel)) => (pid, 0, start_time, Some(channel)),
-            // A request too large for the standby's socket, or a standby that is gone
-            // (killed, say): a shim of its own for this run.
+            // A request too large for a waiting shim's socket, or no shim waiting (the
+            // fork failed): a shim of its own for this run.
             None => match decode_request(request) {
-                Some((run, spec, env)) => fork_shim(&shims, &run, spec, &env),
+                Some((run, spec, env)) => {
+                    let others: Vec<RawFd> = idle
+                        .iter()
+                        .chain(&busy)
+                        .map(|s| s.feed.as_raw_fd())
+                        .collect();
+                    fork_shim(&shims, &run, spec, &env, &others)
+                }
                 None => (-1, libc::EINVAL, 0, None),
             },
         };
@@ -482,85 +546,205 @@ struct ShimSetup {
     handover: PathBuf,
 }
 
-/// The largest request handed to a standby: far below a socket's default buffer, so
-/// its one send never fails for want of room. Larger ones (an environment of more than
-/// 64 KiB) are served by a fork.
-const STANDBY_REQUEST_MAX: usize = 64 * 1024;
+/// The largest request handed to a waiting shim: far below a socket's default buffer,
+/// so its one send never fails for want of room. Larger ones (an environment of more
+/// than 64 KiB) are served by a fork.
+const SHIM_REQUEST_MAX: usize = 64 * 1024;
 
-/// A shim forked ahead of its run, waiting for the request on `feed`.
-struct Standby {
+/// The most shims kept waiting; one freed beyond that exits. Enough for the runs of a
+/// usual `maxWorkers` to follow each other without a fork.
+pub const IDLE_MAX: usize = 8;
+
+/// The most runs one process supervises, and the most memory it may have used, before it
+/// exits rather than wait for another: whatever a run leaves behind in the process (a
+/// heap grown for a large transcript, say) is bounded.
+const RUNS_MAX: u32 = 1000;
+const PEAK_RSS_MAX_KB: i64 = 16 * 1024;
+
+/// Shim to spawner, on its own socket: the run is over and journaled, and it waits for
+/// the next one.
+const FREE: u8 = b'I';
+
+/// A child of the spawner that supervises runs, one at a time: forked ahead of its first
+/// request, and waiting again after each run whose result the daemon journaled.
+struct Shim {
     pid: i32,
     start_time: u64,
-    /// The spawner's end of the standby's request socket. Closed without a request (the
-    /// spawner exited), the standby exits.
+    /// The spawner's end of the shim's socket: requests go out on it, each with the
+    /// shim's end of the run's channel, and `FREE` comes back. Closed, a waiting shim
+    /// exits.
     feed: OwnedFd,
-    /// The daemon's end of the channel of the run the standby will supervise.
-    channel: OwnedFd,
 }
 
-impl Standby {
-    /// Forks the next standby. `buf` is the spawner's request buffer: the child reads
-    /// its request into its own copy of it (no allocation of its own). `None` if the
-    /// fork failed: requests are then served by a fork each.
-    fn fork(shims: &ShimSetup, buf: &mut [u8]) -> Option<Standby> {
-        let (daemon_end, shim_end) = seqpacket_pair().ok()?;
-        let (feed, standby_end) = seqpacket_pair().ok()?;
-        let spawner_ends = [daemon_end.as_raw_fd(), feed.as_raw_fd()];
-        let (pid, start_time) = fork_child(shims, c"beat-standby", move || {
-            // SAFETY: this child's copies of the spawner's ends; nothing else uses them.
-            for fd in spawner_ends {
-                unsafe { libc::close(fd) };
-            }
-            let n = loop {
-                // SAFETY: reading into this process's copy of the buffer.
-                let n = unsafe {
-                    libc::recv(
-                        standby_end.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                    )
-                };
-                if n < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {
-                    continue;
-                }
-                break n;
-            };
-            drop(standby_end);
-            if n <= 0 {
-                return 0; // the spawner is gone: no run was ever ours
-            }
-            let Some((run, spec, env)) = decode_request(&buf[..n as usize]) else {
-                return 2; // the spawner checked it before handing it over
-            };
-            // SAFETY: naming this process.
-            unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0) };
-            become_shim(shims, &run, spec, &env, shim_end)
+/// What a busy shim said.
+enum Heard {
+    Free,
+    /// Exited (or was killed): its socket is closed.
+    Gone,
+    Nothing,
+}
+
+impl Shim {
+    /// Forks a shim that waits for its first run. `buf` is the spawner's request
+    /// buffer: the child reads its requests into its own copy of it (no allocation of
+    /// its own). `others` are the spawner's ends of the other shims' sockets, which the
+    /// child closes (holding one, it would keep that shim from seeing the spawner go).
+    /// `None` if the fork failed: requests are then served by a fork each.
+    fn fork(shims: &ShimSetup, buf: &mut [u8], others: &[RawFd]) -> Option<Shim> {
+        let (feed, shim_end) = seqpacket_pair().ok()?;
+        let spawner_end = feed.as_raw_fd();
+        let (pid, start_time) = fork_child(shims, c"beat-standby", others, move || {
+            // SAFETY: this child's copy of the spawner's end; nothing else uses it.
+            unsafe { libc::close(spawner_end) };
+            serve_runs(shims, &shim_end, buf)
         })
         .ok()?;
-        Some(Standby {
+        Some(Shim {
             pid,
             start_time,
             feed,
-            channel: daemon_end,
         })
     }
 
-    /// Hands `request` to the standby: its PID, start time and the daemon's end of the
-    /// run's channel, or `None` if it is gone (then nothing runs it).
-    fn take_run(self, request: &[u8]) -> Option<(i32, u64, OwnedFd)> {
-        // SAFETY: send(2) of a buffer we own on a descriptor we own.
-        let sent = unsafe {
-            libc::send(
+    /// Hands `request` to the shim with a new channel for the run: the daemon's end of
+    /// it, or `None` if the shim is gone (then nothing runs it).
+    fn take_run(&self, request: &[u8]) -> Option<OwnedFd> {
+        let (daemon_end, shim_end) = seqpacket_pair().ok()?;
+        let fds = [shim_end.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            self.feed.as_raw_fd(),
+            &[IoSlice::new(request)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        (sent == Ok(request.len())).then_some(daemon_end)
+    }
+
+    /// Reads what a busy shim said, without blocking.
+    fn hear(&self) -> Heard {
+        let mut byte = [0u8; 1];
+        // SAFETY: recv(2) into a buffer we own.
+        let n = unsafe {
+            libc::recv(
                 self.feed.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1 if byte[0] == FREE => Heard::Free,
+            0 => Heard::Gone,
+            n if n < 0
+                && matches!(
+                    std::io::Error::last_os_error().kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Heard::Nothing
+            }
+            n if n < 0 => Heard::Gone,
+            _ => Heard::Nothing,
+        }
+    }
+}
+
+/// In a shim: waits for a run on `feed`, supervises it, and again after each run that
+/// left it free, up to `RUNS_MAX`; returns the exit code. Waiting, the shim takes TERM
+/// and INT as any process does (they end it): no run is its to stop then.
+fn serve_runs(shims: &ShimSetup, feed: &OwnedFd, buf: &mut [u8]) -> i32 {
+    for runs in 1..=RUNS_MAX {
+        let Some((n, channel)) = wait_for_run(feed, buf) else {
+            return 0; // the spawner is gone: no run is ours
+        };
+        let Some((run, spec, env)) = decode_request(&buf[..n]) else {
+            return 2; // the spawner checked it before handing it over
+        };
+        // SAFETY: naming this process.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0) };
+        if become_shim(shims, &run, spec, &env, channel) != ShimEnd::Free
+            || runs == RUNS_MAX
+            || peak_rss_kb() > PEAK_RSS_MAX_KB
+        {
+            return 0;
+        }
+        // SAFETY: naming this process.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-standby".as_ptr(), 0, 0, 0) };
+        // SAFETY: send(2) of one byte we own.
+        let said = unsafe {
+            libc::send(
+                feed.as_raw_fd(),
+                [FREE].as_ptr().cast(),
+                1,
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
         };
-        (sent == request.len() as isize).then_some((self.pid, self.start_time, self.channel))
+        if said != 1 {
+            return 0; // the spawner is gone
+        }
+    }
+    0
+}
+
+/// Waits for a request on `feed` and reads it into `buf`: its length and the run's
+/// channel. `None` when the spawner's end is closed. TERM and INT are let through while
+/// it waits (their default action ends the process); they stay blocked otherwise.
+fn wait_for_run(feed: &OwnedFd, buf: &mut [u8]) -> Option<(usize, OwnedFd)> {
+    // SAFETY: building a signal set we own.
+    let unblocked = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, std::ptr::null(), &mut set);
+        libc::sigdelset(&mut set, libc::SIGTERM);
+        libc::sigdelset(&mut set, libc::SIGINT);
+        set
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: feed.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, and a mask for the wait only.
+        let ready = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &unblocked) };
+        if ready < 0 {
+            continue; // EINTR
+        }
+        let mut iov = [IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = match recvmsg::<()>(
+            feed.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        };
+        let mut channel = None;
+        for cmsg in msg.cmsgs().ok()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel just gave us this descriptor; we own it now.
+                    channel.get_or_insert(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        return match (msg.bytes, channel) {
+            (0, _) | (_, None) => None,
+            (n, Some(channel)) => Some((n, channel)),
+        };
+    }
+}
+
+/// This process's peak resident memory, in KiB.
+fn peak_rss_kb() -> i64 {
+    // SAFETY: getrusage(2) into a struct we own.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss
     }
 }
 
@@ -571,16 +755,17 @@ fn fork_shim(
     run: &Path,
     spec: &[u8],
     env: &[(OsString, OsString)],
+    others: &[RawFd],
 ) -> (i32, i32, u64, Option<OwnedFd>) {
     let (daemon_end, shim_end) = match seqpacket_pair() {
         Ok(pair) => pair,
         Err(e) => return (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None),
     };
     let spawner_end = daemon_end.as_raw_fd();
-    match fork_child(shims, c"beat-shim", move || {
+    match fork_child(shims, c"beat-shim", others, move || {
         // SAFETY: this child's copy of the spawner's end; nothing else uses it.
         unsafe { libc::close(spawner_end) };
-        become_shim(shims, run, spec, env, shim_end)
+        become_shim(shims, run, spec, env, shim_end).code()
     }) {
         Ok((pid, start_time)) => (pid, 0, start_time, Some(daemon_end)),
         Err(e) => (-1, e.raw_os_error().unwrap_or(libc::EIO), 0, None),
@@ -594,6 +779,7 @@ fn fork_shim(
 fn fork_child(
     shims: &ShimSetup,
     name: &std::ffi::CStr,
+    others: &[RawFd],
     child: impl FnOnce() -> i32,
 ) -> std::io::Result<(i32, u64)> {
     let forking_at = boot_ticks();
@@ -610,6 +796,9 @@ fn fork_child(
         // so one sent before this point is pending, not discarded).
         unsafe {
             libc::close(shims.socket);
+            for &fd in others {
+                libc::close(fd);
+            }
             libc::setsid();
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -650,7 +839,7 @@ fn become_shim(
     spec: &[u8],
     env: &[(OsString, OsString)],
     channel: OwnedFd,
-) -> i32 {
+) -> ShimEnd {
     // SAFETY: single-threaded child. The environment is replaced wholesale, as
     // `env_clear().envs(..)` did: one array built here, where a `setenv` per variable
     // scans the whole environment each time (quadratic, for the 40 to 100 of an agent).
@@ -694,8 +883,9 @@ fn boot_ticks() -> Option<u64> {
 /// NUL byte (which no environment can carry) are left out.
 ///
 /// # Safety
-/// Only in a single-threaded process: nothing may read the environment meanwhile. The
-/// memory is leaked on purpose: the environment lives as long as the process.
+/// Only in a single-threaded process: nothing may read the environment meanwhile, nor
+/// keep a pointer into the one it replaces (freed here, when this process set it: a shim
+/// sets one per run).
 unsafe fn replace_environment(env: &[(OsString, OsString)]) {
     use std::os::unix::ffi::OsStrExt;
     unsafe extern "C" {
@@ -713,13 +903,19 @@ unsafe fn replace_environment(env: &[(OsString, OsString)]) {
         .collect();
     let mut pointers: Vec<*const libc::c_char> = entries.iter().map(|e| e.as_ptr()).collect();
     pointers.push(std::ptr::null());
-    // SAFETY: a NUL-terminated array of NUL-terminated strings that are never freed; per
-    // the function's contract no other thread reads `environ`.
+    // SAFETY: a NUL-terminated array of NUL-terminated strings, kept until the next
+    // call; per the function's contract no other thread reads `environ`.
     unsafe {
         environ = pointers.as_ptr();
     }
-    std::mem::forget(entries);
-    std::mem::forget(pointers);
+    SET_ENVIRONMENT.with_borrow_mut(|set| *set = Some((entries, pointers)));
+}
+
+thread_local! {
+    /// The environment `replace_environment` set last, which `environ` points into.
+    #[allow(clippy::type_complexity)]
+    static SET_ENVIRONMENT: std::cell::RefCell<Option<(Vec<std::ffi::CString>, Vec<*const libc::c_char>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Closes every descriptor but `keep`.
@@ -775,7 +971,7 @@ mod tests {
     }
 
     #[test]
-    fn what_is_handed_to_the_standby_unread_is_what_a_fork_would_decode() {
+    fn what_is_handed_to_a_waiting_shim_unread_is_what_a_fork_would_decode() {
         for bytes in [
             &b""[..],
             b"run",

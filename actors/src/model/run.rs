@@ -83,7 +83,8 @@ impl RunSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "camelCase")]
 pub enum KillCause {
-    /// The daemon asked (SIGTERM to the shim): a user's cancel.
+    /// The daemon asked (on the run's channel, or SIGTERM to an adopted shim): a user's
+    /// cancel.
     Cancel,
     Timeout {
         #[serde(rename = "afterMs")]
