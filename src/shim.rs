@@ -636,10 +636,12 @@ fn has_children() -> bool {
     loop {
         // SAFETY: a non-blocking waitpid on any child, its status not kept.
         let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        if r > 0 {
+        let interrupted =
+            r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if r > 0 || interrupted {
             continue; // a zombie, reaped
         }
-        return r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        return r == 0; // else ECHILD: none
     }
 }
 

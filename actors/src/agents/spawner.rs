@@ -483,11 +483,14 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         }
         let request = &buf[..n as usize];
         let mut taken = None;
-        if request.len() <= SHIM_REQUEST_MAX && is_request(request) {
+        if request.len() <= SHIM_REQUEST_MAX
+            && is_request(request)
+            && let Ok((daemon_end, shim_end)) = seqpacket_pair()
+        {
             // A shim that is gone (killed) is dropped, and the next one asked.
             while let Some(shim) = idle.pop() {
-                if let Some(channel) = shim.take_run(request) {
-                    taken = Some((shim.pid, shim.start_time, channel));
+                if shim.take_run(request, &shim_end) {
+                    taken = Some((shim.pid, shim.start_time, daemon_end));
                     busy.push(shim);
                     break;
                 }
@@ -555,10 +558,12 @@ const SHIM_REQUEST_MAX: usize = 64 * 1024;
 /// usual `maxWorkers` to follow each other without a fork.
 pub const IDLE_MAX: usize = 8;
 
-/// The most runs one process supervises, and the most memory it may have used, before it
-/// exits rather than wait for another: whatever a run leaves behind in the process (a
-/// heap grown for a large transcript, say) is bounded.
+/// The most runs one process supervises before it exits rather than wait for another:
+/// whatever a run leaves behind in the process is bounded.
 const RUNS_MAX: u32 = 1000;
+
+/// The peak resident memory past which a shim exits after its run rather than wait for
+/// another (a heap grown for a large transcript, say, is not kept by a waiting shim).
 const PEAK_RSS_MAX_KB: i64 = 16 * 1024;
 
 /// Shim to spawner, on its own socket: the run is over and journaled, and it waits for
@@ -606,10 +611,9 @@ impl Shim {
         })
     }
 
-    /// Hands `request` to the shim with a new channel for the run: the daemon's end of
-    /// it, or `None` if the shim is gone (then nothing runs it).
-    fn take_run(&self, request: &[u8]) -> Option<OwnedFd> {
-        let (daemon_end, shim_end) = seqpacket_pair().ok()?;
+    /// Hands `request` to the shim with its end of the run's channel (the shim gets a
+    /// copy); `false` if the shim is gone (then nothing runs it).
+    fn take_run(&self, request: &[u8], shim_end: &OwnedFd) -> bool {
         let fds = [shim_end.as_raw_fd()];
         let sent = sendmsg::<()>(
             self.feed.as_raw_fd(),
@@ -618,7 +622,7 @@ impl Shim {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             None,
         );
-        (sent == Ok(request.len())).then_some(daemon_end)
+        sent == Ok(request.len())
     }
 
     /// Reads what a busy shim said, without blocking.
@@ -663,11 +667,9 @@ fn serve_runs(shims: &ShimSetup, feed: &OwnedFd, buf: &mut [u8]) -> i32 {
         };
         // SAFETY: naming this process.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-shim".as_ptr(), 0, 0, 0) };
-        if become_shim(shims, &run, spec, &env, channel) != ShimEnd::Free
-            || runs == RUNS_MAX
-            || peak_rss_kb() > PEAK_RSS_MAX_KB
-        {
-            return 0;
+        let end = become_shim(shims, &run, spec, &env, channel);
+        if end != ShimEnd::Free || runs == RUNS_MAX || peak_rss_kb() > PEAK_RSS_MAX_KB {
+            return end.code();
         }
         // SAFETY: naming this process.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-standby".as_ptr(), 0, 0, 0) };
