@@ -935,14 +935,20 @@ impl ProcessCpu {
 /// `utime + stime` and `cutime + cstime` from `/proc/<pid>/stat`.
 fn process_cpu(pid: u32) -> Result<ProcessCpu> {
     let mut cpu = one_process_cpu(pid)?;
-    // The daemon's live children (its shim spawner) reap the shims: count what they
-    // have reaped, and their own time, as the daemon's children's.
-    for child in live_children(pid) {
-        if let Ok(c) = one_process_cpu(child) {
-            cpu.children += c.own + c.children;
-        }
-    }
+    cpu.children += live_descendants_cpu(pid);
     Ok(cpu)
+}
+
+/// The CPU time of a process's live descendants, with what each has reaped: the daemon's
+/// shim spawner, and the shims that wait for their next run (each holds its agents' time
+/// until it exits and the spawner reaps it).
+fn live_descendants_cpu(pid: u32) -> f64 {
+    live_children(pid)
+        .into_iter()
+        .map(|child| {
+            one_process_cpu(child).map_or(0.0, |c| c.own + c.children) + live_descendants_cpu(child)
+        })
+        .sum()
 }
 
 /// Direct children of a process that are still alive (from every thread's list).
