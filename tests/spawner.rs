@@ -370,8 +370,11 @@ fn no_more_than_eight_shims_wait_after_a_burst() {
     for id in &ids {
         assert_eq!(beat.wait(id)["status"], "completed");
     }
-    // Twelve shims supervised the burst at once; eight of them (`IDLE_MAX`) are kept.
-    assert_eq!(waiting_shims(&beat).len(), 8);
+    // Twelve shims supervised the burst at once; eight of them (`IDLE_MAX`) are kept,
+    // and the others exit (each may still be on its way out when the runs end).
+    wait_until("eight shims to wait", Duration::from_secs(10), || {
+        waiting_shims(&beat).len() == 8
+    });
 }
 
 #[test]
