@@ -95,7 +95,7 @@ pub fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// One packet received without blocking, into `buf`: its real length (larger than
 /// `buf` when it was cut: `MSG_TRUNC`), 0 at end-of-file, or the error (`WouldBlock`
 /// when there is none).
-fn recv_now(channel: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn recv_now(channel: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: recv(2) into a buffer we own, of its length.
         let n = unsafe {
@@ -113,6 +113,56 @@ fn recv_now(channel: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+/// Sends `bytes` in one packet with `descriptor`, if any (`SCM_RIGHTS`); the number of
+/// bytes sent. `flags` as for sendmsg(2).
+pub fn send_with_descriptor(
+    socket: RawFd,
+    bytes: &[u8],
+    descriptor: Option<&OwnedFd>,
+    flags: nix::sys::socket::MsgFlags,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    let fds: Vec<RawFd> = descriptor.iter().map(|d| d.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs = if fds.is_empty() { &[][..] } else { &rights[..] };
+    sendmsg::<()>(socket, &[std::io::IoSlice::new(bytes)], cmsgs, flags, None)
+        .map_err(std::io::Error::from)
+}
+
+/// Receives one packet into `buf`, waiting for it, with the descriptor it carries if
+/// any (`SCM_RIGHTS`, made close-on-exec); an interrupted wait is retried. A length of 0
+/// is end-of-file.
+pub fn recv_with_descriptor(
+    socket: RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = match recvmsg::<()>(
+            socket,
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut descriptor = None;
+        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel just gave us this descriptor; we own it now.
+                    descriptor.get_or_insert(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        return Ok((msg.bytes, descriptor));
     }
 }
 

@@ -40,15 +40,17 @@
 //! hand a run to a shim before the last run it supervised is journaled.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::socket::{MsgFlags, sendmsg};
 
-use super::channel::seqpacket_pair;
+use super::channel::{
+    recv_now, recv_with_descriptor, send_packet, send_with_descriptor, seqpacket_pair,
+};
 use super::run_dir::process_start_time;
 
 /// The entry point of a shim: runs it for a run folder, its spec (JSON) and its end of
@@ -226,21 +228,7 @@ impl Spawner {
             },
         )?;
         let mut reply = [0u8; 16];
-        let mut iov = [IoSliceMut::new(&mut reply)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(std::io::Error::from)?;
-        let mut channel = None;
-        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                for raw in fds {
-                    // SAFETY: the kernel just gave us this descriptor; we own it now.
-                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                    channel.get_or_insert(owned);
-                }
-            }
-        }
-        let bytes = msg.bytes;
+        let (bytes, channel) = recv_with_descriptor(fd, &mut reply)?;
         drop(socket);
         if bytes == 0 {
             return Err(std::io::Error::other(
@@ -436,7 +424,7 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         reap();
         if idle.is_empty() {
             // After the last reply, while the daemon and the last run go on.
-            let others: Vec<RawFd> = busy.iter().map(|s| s.feed.as_raw_fd()).collect();
+            let others = feeds(&idle, &busy);
             idle.extend(Shim::fork(&shims, &mut buf, &others));
         }
         polled.clear();
@@ -501,14 +489,7 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
             // A request too large for a waiting shim's socket, or no shim waiting (the
             // fork failed): a shim of its own for this run.
             None => match decode_request(request) {
-                Some((run, spec, env)) => {
-                    let others: Vec<RawFd> = idle
-                        .iter()
-                        .chain(&busy)
-                        .map(|s| s.feed.as_raw_fd())
-                        .collect();
-                    fork_shim(&shims, &run, spec, &env, &others)
-                }
+                Some((run, spec, env)) => fork_shim(&shims, &run, spec, &env, &feeds(&idle, &busy)),
                 None => (-1, libc::EINVAL, 0, None),
             },
         };
@@ -516,16 +497,18 @@ fn serve(socket: OwnedFd, shim_main: ShimMain, log: &std::ffi::CStr, handover: &
         reply[0..4].copy_from_slice(&pid.to_ne_bytes());
         reply[4..8].copy_from_slice(&errno.to_ne_bytes());
         reply[8..16].copy_from_slice(&start_time.to_ne_bytes());
-        let fds: Vec<RawFd> = channel.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
-            vec![]
-        } else {
-            vec![ControlMessage::ScmRights(&fds)]
-        };
-        if sendmsg::<()>(fd, &[IoSlice::new(&reply)], &cmsgs, MsgFlags::empty(), None).is_err() {
+        if send_with_descriptor(fd, &reply, channel.as_ref(), MsgFlags::empty()).is_err() {
             return 1;
         }
     }
+}
+
+/// The spawner's ends of its shims' sockets: what a new child must close.
+fn feeds(idle: &[Shim], busy: &[Shim]) -> Vec<RawFd> {
+    idle.iter()
+        .chain(busy)
+        .map(|s| s.feed.as_raw_fd())
+        .collect()
 }
 
 fn reap() {
@@ -614,42 +597,24 @@ impl Shim {
     /// Hands `request` to the shim with its end of the run's channel (the shim gets a
     /// copy); `false` if the shim is gone (then nothing runs it).
     fn take_run(&self, request: &[u8], shim_end: &OwnedFd) -> bool {
-        let fds = [shim_end.as_raw_fd()];
-        let sent = sendmsg::<()>(
+        let sent = send_with_descriptor(
             self.feed.as_raw_fd(),
-            &[IoSlice::new(request)],
-            &[ControlMessage::ScmRights(&fds)],
+            request,
+            Some(shim_end),
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            None,
         );
-        sent == Ok(request.len())
+        sent.is_ok_and(|n| n == request.len())
     }
 
     /// Reads what a busy shim said, without blocking.
     fn hear(&self) -> Heard {
         let mut byte = [0u8; 1];
-        // SAFETY: recv(2) into a buffer we own.
-        let n = unsafe {
-            libc::recv(
-                self.feed.as_raw_fd(),
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            1 if byte[0] == FREE => Heard::Free,
-            0 => Heard::Gone,
-            n if n < 0
-                && matches!(
-                    std::io::Error::last_os_error().kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Heard::Nothing
-            }
-            n if n < 0 => Heard::Gone,
-            _ => Heard::Nothing,
+        match recv_now(self.feed.as_raw_fd(), &mut byte) {
+            Ok(0) => Heard::Gone,
+            Ok(_) if byte[0] == FREE => Heard::Free,
+            Ok(_) => Heard::Nothing,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Heard::Nothing,
+            Err(_) => Heard::Gone,
         }
     }
 }
@@ -673,16 +638,7 @@ fn serve_runs(shims: &ShimSetup, feed: &OwnedFd, buf: &mut [u8]) -> i32 {
         }
         // SAFETY: naming this process.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"beat-standby".as_ptr(), 0, 0, 0) };
-        // SAFETY: send(2) of one byte we own.
-        let said = unsafe {
-            libc::send(
-                feed.as_raw_fd(),
-                [FREE].as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if said != 1 {
+        if !send_packet(feed.as_raw_fd(), &[FREE]) {
             return 0; // the spawner is gone
         }
     }
@@ -712,30 +668,9 @@ fn wait_for_run(feed: &OwnedFd, buf: &mut [u8]) -> Option<(usize, OwnedFd)> {
         if ready < 0 {
             continue; // EINTR
         }
-        let mut iov = [IoSliceMut::new(buf)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = match recvmsg::<()>(
-            feed.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => msg,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
-        };
-        let mut channel = None;
-        for cmsg in msg.cmsgs().ok()? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                for raw in fds {
-                    // SAFETY: the kernel just gave us this descriptor; we own it now.
-                    channel.get_or_insert(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        return match (msg.bytes, channel) {
-            (0, _) | (_, None) => None,
-            (n, Some(channel)) => Some((n, channel)),
+        return match recv_with_descriptor(feed.as_raw_fd(), buf) {
+            Ok((n, Some(channel))) if n > 0 => Some((n, channel)),
+            _ => None,
         };
     }
 }
