@@ -28,6 +28,45 @@ fn processes_named(beat: &Beat, comm: &str) -> Vec<i32> {
     pids
 }
 
+/// The parent and the state (`R`, `S`, ...) of a live process, from `/proc/PID/stat`.
+fn parent_and_state(pid: i32) -> Option<(i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.to_string();
+    let parent = fields.next()?.parse().ok()?;
+    Some((parent, state))
+}
+
+/// The daemon's spawners: the processes named `beat-spawner` that no spawner forked. A
+/// shim bears its spawner's name from its fork until it names itself.
+fn spawners(beat: &Beat) -> Vec<i32> {
+    let named = processes_named(beat, "beat-spawner");
+    named
+        .iter()
+        .copied()
+        .filter(|&pid| parent_and_state(pid).is_some_and(|(parent, _)| !named.contains(&parent)))
+        .collect()
+}
+
+/// The daemon's one spawner.
+fn the_spawner(beat: &Beat) -> i32 {
+    let spawners = spawners(beat);
+    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
+    spawners[0]
+}
+
+/// Whether the spawner is asleep (in `poll`, waiting for the daemon or a shim) and no
+/// shim it forked is still unnamed. It sleeps only once a shim waits for the next run,
+/// and a shim forked ahead of that names itself `beat-standby` on its own time.
+fn spawner_at_rest(beat: &Beat) -> bool {
+    let [spawner] = spawners(beat)[..] else {
+        return false;
+    };
+    // Its state first: a shim forked before it fell asleep shows in the names read after.
+    let asleep = parent_and_state(spawner).is_some_and(|(_, state)| state == "S");
+    asleep && processes_named(beat, "beat-spawner") == [spawner]
+}
+
 fn kill9(pid: i32) {
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -39,11 +78,10 @@ fn a_task_still_runs_when_the_spawner_is_gone() {
     let beat = Beat::new();
     let first = beat.submit("print one", &[]);
     assert_eq!(beat.wait(&first)["status"], "completed");
-    let spawners = processes_named(&beat, "beat-spawner");
-    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
-    kill9(spawners[0]);
+    let spawner = the_spawner(&beat);
+    kill9(spawner);
     wait_until("the spawner to die", Duration::from_secs(10), || {
-        !pid_exists(spawners[0])
+        !pid_exists(spawner)
     });
     let second = beat.submit("print two", &[]);
     let t = beat.wait(&second);
@@ -91,7 +129,10 @@ fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
     let (id, agent, gate) = start_gated_run(&beat);
     let shims = processes_named(&beat, "beat-shim");
     assert_eq!(shims.len(), 1, "the run's shim: {shims:?}");
-    let spawner = processes_named(&beat, "beat-spawner");
+    wait_until("the spawner to be at rest", Duration::from_secs(10), || {
+        spawner_at_rest(&beat)
+    });
+    let spawner = the_spawner(&beat);
     let waiting = processes_named(&beat, "beat-standby");
     assert!(!waiting.is_empty(), "a shim waits for the next run");
     let daemon = beat.daemon_pid().expect("daemon running") as i32;
@@ -99,7 +140,7 @@ fn a_forked_shim_outlives_the_daemon_and_its_spawner() {
     // The spawner follows the daemon out (its socket closes), and so do the shims that
     // wait for a run; the run's shim and agent stay.
     wait_until("the spawner to exit", Duration::from_secs(10), || {
-        spawner.iter().all(|p| !pid_exists(*p))
+        !pid_exists(spawner)
     });
     wait_until("the waiting shims to exit", Duration::from_secs(10), || {
         waiting.iter().all(|p| !pid_exists(*p))
@@ -121,9 +162,7 @@ fn the_spawner_is_a_small_program_of_its_own_when_installed_beside_beat() {
     let beat = Beat::new();
     let id = beat.submit("print one", &[]);
     assert_eq!(beat.wait(&id)["status"], "completed");
-    let spawners = processes_named(&beat, "beat-spawner");
-    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
-    let program = program_of(spawners[0]);
+    let program = program_of(the_spawner(&beat));
     assert_eq!(
         program.file_name().and_then(|n| n.to_str()),
         Some("beat-spawner"),
@@ -152,9 +191,7 @@ fn runs_with_a_forked_spawner(beat: &Beat, alone: &std::path::Path) {
     let id = beat.submit("print one", &[]);
     let t = beat.wait(&id);
     assert_eq!(t["status"], "completed", "{t}");
-    let spawners = processes_named(beat, "beat-spawner");
-    assert_eq!(spawners.len(), 1, "one spawner per daemon: {spawners:?}");
-    assert_eq!(program_of(spawners[0]), alone, "a copy of the daemon");
+    assert_eq!(program_of(the_spawner(beat)), alone, "a copy of the daemon");
 }
 
 /// A `beat` installed alone in a new folder, with `spawner` (if any) as the
@@ -221,9 +258,9 @@ fn a_run_that_prints_nothing_leaves_no_run_folder() {
 /// The shims waiting for a run (`beat-standby`), once no run is under way.
 fn waiting_shims(beat: &Beat) -> Vec<i32> {
     wait_until(
-        "every shim to be done with its run",
+        "every shim to be done with its run, and the spawner at rest",
         Duration::from_secs(10),
-        || processes_named(beat, "beat-shim").is_empty(),
+        || spawner_at_rest(beat) && processes_named(beat, "beat-shim").is_empty(),
     );
     let mut waiting = processes_named(beat, "beat-standby");
     waiting.sort_unstable();
