@@ -40,13 +40,12 @@
 //! hand a run to a shim before the last run it supervised is journaled.
 
 use std::ffi::{OsStr, OsString};
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::sys::socket::{MsgFlags, sendmsg};
+use nix::sys::socket::MsgFlags;
 
 use super::channel::{
     recv_now, recv_with_descriptor, send_packet, send_with_descriptor, seqpacket_pair,
@@ -219,14 +218,12 @@ impl Spawner {
             .lock()
             .map_err(|_| std::io::Error::other("the spawner's lock was poisoned"))?;
         let fd = socket.as_raw_fd();
-        sendmsg::<()>(fd, &[IoSlice::new(&request)], &[], MsgFlags::empty(), None).map_err(
-            |e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    format!("the shim spawner is gone: {e}"),
-                )
-            },
-        )?;
+        send_with_descriptor(fd, &request, None, MsgFlags::empty()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("the shim spawner is gone: {e}"),
+            )
+        })?;
         let mut reply = [0u8; 16];
         let (bytes, channel) = recv_with_descriptor(fd, &mut reply)?;
         drop(socket);
@@ -319,15 +316,7 @@ pub fn serve_program(shim_main: ShimMain, log: &Path, handover_lock: &Path) -> i
     };
     // SAFETY: the daemon gave us this descriptor at exec; nothing else owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(SPAWNER_FD) };
-    if sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(READY)],
-        &[],
-        MsgFlags::empty(),
-        None,
-    )
-    .is_err()
-    {
+    if send_with_descriptor(socket.as_raw_fd(), READY, None, MsgFlags::empty()).is_err() {
         return 1;
     }
     serve(socket, shim_main, &log, handover_lock)
